@@ -1,0 +1,38 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv (if missing) and install the project into it first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.hyperfed-installed
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export MPLBACKEND = Agg
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+# torch is installed on its own first, pinned: on the reference machines this picks a
+# local CPU wheel; letting a resolver choose would download a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,notebooks]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/hyperfed demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

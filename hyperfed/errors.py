@@ -1,0 +1,59 @@
+"""Typed errors of the federation, unlearning and ledger layers.
+
+Everything derives from :class:`hypernet.errors.HyperFedError`, so a caller can catch the
+whole library with one ``except``.
+"""
+
+from __future__ import annotations
+
+from hypernet.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    CorruptFileError,
+    DuplicateClientError,
+    HyperFedError,
+    MalformedUpdateError,
+    NoLoraTargetsError,
+    UnknownClientError,
+)
+
+__all__ = [
+    "HyperFedError",
+    "ConfigError",
+    "UnknownClientError",
+    "DuplicateClientError",
+    "NoLoraTargetsError",
+    "CheckpointMismatchError",
+    "CorruptFileError",
+    "ForgottenClientError",
+    "MalformedUpdateError",
+    "LedgerError",
+    "LedgerUnavailableError",
+    "LedgerConflictError",
+    "ContractViolationError",
+    "TamperDetectedError",
+]
+
+
+class ForgottenClientError(UnknownClientError):
+    """The client was forgotten; forgetting is final and the id cannot be reused."""
+
+
+class LedgerError(HyperFedError):
+    """Base class of ledger failures."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The ledger cannot be reached right now; the operation may be retried later."""
+
+
+class LedgerConflictError(LedgerError):
+    """An MVCC read conflict or duplicate transaction id: nothing was written; retry."""
+
+
+class ContractViolationError(LedgerError):
+    """The contract rejected the transaction because it breaks an invariant."""
+
+
+class TamperDetectedError(LedgerError):
+    """Stored ledger data or a run file does not match its hash chain or recorded hash."""

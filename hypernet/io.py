@@ -1,0 +1,193 @@
+"""Save, load, hash and export: the hypernetwork checkpoint and peft adapter folders.
+
+Checkpoint layout (a directory)::
+
+    hypernet.safetensors   every tensor: shared weights and client embeddings
+    hypernet.json          format version, HyperLoRAConfig, TargetSpec, LoRA config,
+                           client ids in order, sha256 of hypernet.safetensors
+
+An exported adapter is a standard peft folder (``adapter_config.json`` +
+``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` loads as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from hypernet.atomic import atomic_directory, atomic_write_bytes
+from hypernet.config import HyperLoRAConfig
+from hypernet.errors import CheckpointMismatchError, CorruptFileError
+from hypernet.hyperlora import HyperLoRA
+from hypernet.targets import TargetSpec
+
+__all__ = [
+    "adapter_hash",
+    "file_sha256",
+    "save_hypernet",
+    "load_hypernet",
+    "export_adapter",
+    "HYPERNET_WEIGHTS",
+    "HYPERNET_META",
+]
+
+FORMAT_VERSION = 1
+HYPERNET_WEIGHTS = "hypernet.safetensors"
+HYPERNET_META = "hypernet.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def adapter_hash(adapter: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 of a canonical serialisation of ``adapter``.
+
+    For each key in sorted order: length-prefixed key, dtype name, shape, then the raw
+    little-endian bytes of the contiguous CPU tensor. Independent of dict order, device and
+    memory layout; any change to a key, dtype, shape or value changes the hash.
+    """
+    h = hashlib.sha256(b"hyperfed.adapter.v1\x00")
+    for key in sorted(adapter):
+        tensor = adapter[key].detach().to("cpu").contiguous()
+        for field in (key, str(tensor.dtype).removeprefix("torch.")):
+            encoded = field.encode()
+            h.update(struct.pack("<I", len(encoded)) + encoded)
+        h.update(struct.pack("<I", tensor.dim()) + struct.pack(f"<{tensor.dim()}q", *tensor.shape))
+        data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        h.update(struct.pack("<Q", len(data)) + data)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tensors(hypernet: HyperLoRA) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in hypernet.state_dict().items()}
+
+
+def save_hypernet(hypernet: HyperLoRA, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    ``extra`` is stored under ``"extra"`` in ``hypernet.json`` (e.g. the round number).
+    """
+    blob = save(_tensors(hypernet))
+    meta = {
+        "format": FORMAT_VERSION,
+        "config": hypernet.config.to_dict(),
+        "spec": json.loads(hypernet.spec.to_json()),
+        "lora_config": hypernet.lora_config,
+        "client_ids": hypernet.client_ids,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "extra": dict(extra or {}),
+    }
+
+    def fill(tmp: Path) -> None:
+        (tmp / HYPERNET_WEIGHTS).write_bytes(blob)
+        (tmp / HYPERNET_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    atomic_directory(path, fill)
+    return Path(path)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``hypernet.json`` of a checkpoint directory."""
+    meta_path = Path(path) / HYPERNET_META
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CorruptFileError(f"{meta_path} is missing: not a hypernetwork checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{meta_path} is not valid JSON ({exc})") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CorruptFileError(f"{meta_path}: unsupported format {meta.get('format')!r}")
+    return meta
+
+
+def load_hypernet(
+    path: str | os.PathLike,
+    spec: TargetSpec | None = None,
+    device: str | torch.device = "cpu",
+) -> HyperLoRA:
+    """Load a checkpoint written by :func:`save_hypernet`.
+
+    Parameters
+    ----------
+    spec:
+        The targets of the model it will drive; if given, a checkpoint built for other
+        shapes raises :class:`CheckpointMismatchError` instead of failing later.
+
+    Raises
+    ------
+    CorruptFileError
+        Missing, unparsable or tampered files (the weights' sha256 is checked).
+    CheckpointMismatchError
+        The checkpoint does not fit ``spec``.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    weights = path / HYPERNET_WEIGHTS
+    try:
+        blob = weights.read_bytes()
+    except FileNotFoundError:
+        raise CorruptFileError(f"{weights} is missing") from None
+    if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
+        raise CorruptFileError(f"{weights} does not match the sha256 recorded in {HYPERNET_META}")
+    saved_spec = TargetSpec.from_json(json.dumps(meta["spec"]))
+    if spec is not None:
+        spec.check_compatible(saved_spec)
+    hypernet = HyperLoRA(saved_spec, HyperLoRAConfig.from_dict(meta["config"]))
+    hypernet.lora_config = meta.get("lora_config")
+    try:
+        tensors = load_file(weights)
+    except SafetensorError as exc:
+        raise CorruptFileError(f"{weights} is not a valid safetensors file ({exc})") from None
+    for cid in meta["client_ids"]:
+        hypernet.add_client(cid)
+    try:
+        hypernet.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(f"{weights} does not fit its own metadata: {exc}") from None
+    return hypernet.to(device)
+
+
+def export_adapter(
+    hypernet: HyperLoRA,
+    client_id: str,
+    path: str | os.PathLike,
+    base_model_name_or_path: str | None = None,
+) -> str:
+    """Write ``client_id``'s adapter as a peft folder; return the adapter's :func:`adapter_hash`.
+
+    Load it with ``PeftModel.from_pretrained(base_model, path)``.
+    """
+    from peft import LoraConfig
+
+    if hypernet.lora_config is None:
+        raise CheckpointMismatchError(
+            "this HyperLoRA has no LoRA config to export with; build it with "
+            "HyperLoRA.from_peft_model(peft_model) or set hypernet.lora_config"
+        )
+    with torch.no_grad():
+        adapter = {k: v.detach().to("cpu").contiguous() for k, v in hypernet.generate(client_id).items()}
+    config = LoraConfig(**{k: v for k, v in hypernet.lora_config.items() if k != "peft_type"})
+    if base_model_name_or_path is not None:
+        config.base_model_name_or_path = base_model_name_or_path
+
+    def fill(tmp: Path) -> None:
+        config.save_pretrained(str(tmp))
+        atomic_write_bytes(tmp / ADAPTER_WEIGHTS, save(adapter, metadata={"format": "pt"}))
+
+    atomic_directory(path, fill)
+    return adapter_hash(adapter)

@@ -1,0 +1,100 @@
+import copy
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from hypernet import (
+    CheckpointMismatchError,
+    CorruptFileError,
+    HyperLoRA,
+    HyperLoRAConfig,
+    adapter_hash,
+    discover_targets,
+    export_adapter,
+    functional_forward,
+    load_hypernet,
+    save_hypernet,
+)
+from hypernet.io import HYPERNET_META, HYPERNET_WEIGHTS
+from hypernet.models import add_lora, tiny_llama
+
+
+def _trained(model, ids=("a", "b")):
+    hn = HyperLoRA.from_peft_model(model, HyperLoRAConfig(chunk_size=None), client_ids=list(ids))
+    with torch.no_grad():  # move every weight away from its init so B ≠ 0
+        for p in hn.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return hn
+
+
+def test_exported_adapter_loads_in_peft_and_matches_functional_forward(arch_model, tmp_path):
+    hn = _trained(arch_model)
+    digest = export_adapter(hn, "a", tmp_path / "adapter-a")
+    assert (tmp_path / "adapter-a" / "adapter_config.json").exists()
+    x = torch.randint(0, 260, (2, 10))
+    with torch.no_grad():
+        expected = functional_forward(arch_model, hn.generate("a"), input_ids=x).logits
+        base_model = copy.deepcopy(arch_model).unload()  # the plain base model, as a user loads it
+        loaded = PeftModel.from_pretrained(base_model, tmp_path / "adapter-a").eval()
+        got = loaded(input_ids=x).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert digest == adapter_hash(hn.generate("a"))
+
+
+def test_save_load_generate_is_bitwise_identical(llama_model, tmp_path):
+    hn = _trained(llama_model, ids=("org/a", "b", "c"))
+    save_hypernet(hn, tmp_path / "ckpt", extra={"round": 3})
+    loaded = load_hypernet(tmp_path / "ckpt", spec=discover_targets(llama_model))
+    assert loaded.client_ids == ["org/a", "b", "c"]
+    with torch.no_grad():
+        for cid in hn.client_ids:
+            a, b = hn.generate(cid), loaded.generate(cid)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+            assert adapter_hash(a) == adapter_hash(b)
+    meta = json.loads((tmp_path / "ckpt" / HYPERNET_META).read_text())
+    assert meta["extra"] == {"round": 3}
+
+
+def test_adapter_hash_is_canonical_and_sensitive():
+    a = {"x.lora_A.weight": torch.arange(6.0).view(2, 3), "x.lora_B.weight": torch.ones(3, 2)}
+    reordered = dict(reversed(list(a.items())))
+    assert adapter_hash(a) == adapter_hash(reordered)
+    assert adapter_hash(a) == adapter_hash({k: v.t().contiguous().t() for k, v in a.items()})
+    changed = dict(a, **{"x.lora_B.weight": torch.ones(3, 2).index_put_((torch.tensor(0), torch.tensor(0)), torch.tensor(1.0000001))})
+    assert adapter_hash(changed) != adapter_hash(a)
+    assert adapter_hash({k: v.double() for k, v in a.items()}) != adapter_hash(a)
+    assert adapter_hash({k: v.reshape(-1) for k, v in a.items()}) != adapter_hash(a)
+    assert len(adapter_hash(a)) == 64
+
+
+def test_tampered_or_missing_files_raise_corrupt(llama_model, tmp_path):
+    save_hypernet(_trained(llama_model), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / HYPERNET_WEIGHTS
+    blob = bytearray(weights.read_bytes())
+    blob[-3] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(CorruptFileError, match="sha256"):
+        load_hypernet(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / HYPERNET_META).write_text("{not json")
+    with pytest.raises(CorruptFileError, match="JSON"):
+        load_hypernet(tmp_path / "ckpt")
+    with pytest.raises(CorruptFileError, match="missing"):
+        load_hypernet(tmp_path / "nowhere")
+
+
+def test_checkpoint_for_another_model_is_refused(llama_model, tmp_path):
+    save_hypernet(_trained(llama_model), tmp_path / "ckpt")
+    wider = add_lora(tiny_llama(hidden_size=96, num_heads=4, num_kv_heads=2), rank=4)
+    with pytest.raises(CheckpointMismatchError, match="shape"):
+        load_hypernet(tmp_path / "ckpt", spec=discover_targets(wider))
+
+
+def test_resave_replaces_checkpoint_atomically(llama_model, tmp_path):
+    hn = _trained(llama_model)
+    save_hypernet(hn, tmp_path / "ckpt")
+    hn.add_client("late")
+    save_hypernet(hn, tmp_path / "ckpt")
+    assert load_hypernet(tmp_path / "ckpt").client_ids == ["a", "b", "late"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dirs left behind
