@@ -96,9 +96,10 @@ class HypernetTrainer:
         self.step_count = 0
 
     def _make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        groups = [{"params": params}]  # one explicit group, so it may start empty (no clients yet)
         if self.config.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr)
-        return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum)
+            return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=self.config.momentum)
 
     # ----------------------------------------------------------------- clients
     def add_client(self, client_id: str, embedding: torch.Tensor | None = None) -> None:

@@ -1,0 +1,145 @@
+"""The offline federated corpus: clients from domains that really differ.
+
+Three domains, each with several clients and with text that *no* client owns reserved for
+pretraining the base model:
+
+=========  ============================================  ==================================
+domain     clients                                        pretraining text
+=========  ============================================  ==================================
+code       one standard-library package each              other standard-library packages
+docs       a slice of Python's reference docs each        the remaining reference topics
+legal      one licence text each (Debian's                other licences
+           /usr/share/common-licenses; skipped if absent)
+=========  ============================================  ==================================
+
+Clients of one domain share style (so a hypernetwork can share what they have in common),
+clients of different domains differ sharply (so one shared FedAvg adapter fits nobody
+well). Everything is read from files every Python install (and every Debian system) has,
+in sorted order, so the corpus is identical on every machine with the same Python; its
+manifest records a sha256 per client so a run can prove which data it used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from hyperfed.data.sources import LICENSES_DIR, license_text, pydoc_topics_text, stdlib_family_text
+from hyperfed.data.tokenizer import ByteTokenizer
+from hypernet import ClientData, to_blocks
+from hypernet.errors import ConfigError
+
+__all__ = ["CorpusConfig", "FederatedCorpus", "build_corpus", "DOMAINS"]
+
+# domain → (client sources, pretraining sources); each source is (name, text loader).
+_Source = tuple[str, Callable[[], str]]
+
+
+def _code(families: list[str]) -> list[_Source]:
+    return [(f, lambda f=f: stdlib_family_text(f, max_bytes=400_000)) for f in families]
+
+
+def _docs(slices: list[tuple[int, int]]) -> list[_Source]:
+    return [(f"topics-{a:02d}-{b:02d}", lambda a=a, b=b: pydoc_topics_text(a, b)) for a, b in slices]
+
+
+def _legal(names: list[str]) -> list[_Source]:
+    return [(n, lambda n=n: license_text(n)) for n in names if (LICENSES_DIR / n).is_file()]
+
+
+DOMAINS: dict[str, tuple[list[_Source], list[_Source]]] = {
+    "code": (
+        _code(["asyncio", "email", "xml", "unittest"]),
+        _code(["json", "http", "logging", "urllib", "concurrent", "importlib", "html", "xmlrpc", "wsgiref", "sqlite3", "zoneinfo", "tomllib"]),
+    ),
+    "docs": (_docs([(0, 12), (12, 26), (26, 40), (40, 54)]), _docs([(54, 79)])),
+    "legal": (_legal(["GPL-3", "GFDL-1.3", "LGPL-2.1", "MPL-1.1"]), _legal(["GPL-2", "Apache-2.0", "MPL-2.0", "Artistic", "LGPL-3", "GFDL-1.2"])),
+}
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Which clients and how much of their text.
+
+    Attributes
+    ----------
+    domains: domains to draw clients from (see :data:`DOMAINS`).
+    clients_per_domain: clients taken from each domain (at most 4).
+    train_kib, val_kib: bytes of train and validation text per client (val follows train).
+    block_size: bytes per training block.
+    """
+
+    domains: tuple[str, ...] = ("code", "docs", "legal")
+    clients_per_domain: int = 3
+    train_kib: float = 16
+    val_kib: float = 4
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.domains) - set(DOMAINS))
+        if unknown:
+            raise ConfigError(f"CorpusConfig.domains: unknown {unknown}; choose from {sorted(DOMAINS)}")
+        if not 1 <= self.clients_per_domain <= 4:
+            raise ConfigError(f"CorpusConfig.clients_per_domain must be 1..4, got {self.clients_per_domain}")
+        if not (self.train_kib > 0 and self.val_kib > 0 and self.block_size > 1):
+            raise ConfigError(f"CorpusConfig needs train_kib, val_kib > 0 and block_size > 1, got {self}")
+
+
+@dataclass
+class FederatedCorpus:
+    """Per-client train/val blocks, each client's domain, and the pretraining text."""
+
+    clients: dict[str, ClientData]
+    domain_of: dict[str, str]
+    pretrain_text: str
+    manifest: dict[str, str] = field(default_factory=dict)  # client id → sha256 of its text
+
+    @property
+    def client_ids(self) -> list[str]:
+        return list(self.clients)
+
+
+def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
+    """Build the corpus deterministically from local files.
+
+    Raises :class:`ConfigError` if a client's source is shorter than
+    ``train_kib + val_kib`` (choose less data per client).
+    """
+    tok = ByteTokenizer()
+    train_bytes, val_bytes = int(config.train_kib * 1024), int(config.val_kib * 1024)
+    clients: dict[str, ClientData] = {}
+    domain_of: dict[str, str] = {}
+    manifest: dict[str, str] = {}
+    pretrain_parts: list[str] = []
+    for domain in config.domains:
+        client_sources, pretrain_sources = DOMAINS[domain]
+        for name, load in client_sources[: config.clients_per_domain]:
+            raw = load().encode("utf-8")
+            if len(raw) < train_bytes + val_bytes:
+                raise ConfigError(
+                    f"{domain}/{name} has {len(raw) // 1024} KiB of text, fewer than the "
+                    f"{config.train_kib + config.val_kib} KiB asked for; lower train_kib/val_kib"
+                )
+            # Validation text is the *end* of the source, train text comes before it:
+            # no block is shared between the two.
+            val = raw[len(raw) - val_bytes :]
+            train = raw[len(raw) - val_bytes - train_bytes : len(raw) - val_bytes]
+            cid = f"{domain}/{name}"
+            clients[cid] = ClientData(
+                train=to_blocks(tok.encode(train.decode("utf-8", "replace")), config.block_size),
+                val=to_blocks(tok.encode(val.decode("utf-8", "replace")), config.block_size),
+            )
+            domain_of[cid] = domain
+            manifest[cid] = hashlib.sha256(train + b"\x00" + val).hexdigest()
+        pretrain_parts += [load() for _, load in pretrain_sources]
+    if not clients:
+        raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
+    return FederatedCorpus(clients, domain_of, "\n".join(pretrain_parts), manifest)
+
+
+def pretrain_blocks(corpus: FederatedCorpus, block_size: int) -> torch.Tensor:
+    """The pretraining text as blocks (no client's text is in it)."""
+    return to_blocks(ByteTokenizer().encode(corpus.pretrain_text), block_size)
