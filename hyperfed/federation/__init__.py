@@ -1,0 +1,40 @@
+"""Federated training: sampling, the three methods' server logic, client logic, the loop.
+
+The Flower apps in :mod:`hyperfed.flower` are thin layers over these functions.
+"""
+
+from hyperfed.federation.client import evaluate_client, local_round
+from hyperfed.federation.config import METHODS, FederationConfig
+from hyperfed.federation.loop import evaluate_all, run_rounds
+from hyperfed.federation.sampling import participates, poisson_sample
+from hyperfed.federation.servers import (
+    AdapterServer,
+    FedAvgLoRAServer,
+    HyperLoRAServer,
+    LocalOnlyServer,
+    Reply,
+    RoundOutcome,
+    fedavg,
+    make_server,
+    screen_replies,
+)
+
+__all__ = [
+    "FederationConfig",
+    "METHODS",
+    "poisson_sample",
+    "participates",
+    "AdapterServer",
+    "HyperLoRAServer",
+    "FedAvgLoRAServer",
+    "LocalOnlyServer",
+    "Reply",
+    "RoundOutcome",
+    "fedavg",
+    "screen_replies",
+    "make_server",
+    "local_round",
+    "evaluate_client",
+    "run_rounds",
+    "evaluate_all",
+]

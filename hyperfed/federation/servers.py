@@ -1,0 +1,252 @@
+"""Server-side logic of the three methods, free of any Flower type.
+
+Every method answers the same three questions, so one thin Flower strategy drives them all
+and they are compared on exactly the same budget:
+
+* ``configure_round(round, client_ids)`` → the adapter to send to each sampled client;
+* ``aggregate_round(round, replies)`` → screen the replies, learn from the accepted ones;
+* ``adapter_for(client_id)`` → the adapter a client is evaluated with.
+
+============  ====================================================================
+HyperLoRA     a hypernetwork generates each client's adapter; replies become a
+              pFedHN gradient for the hypernetwork and the client's embedding
+FedAvg-LoRA   one shared adapter; replies are averaged (weighted by examples)
+local-only    each client's adapter is kept for it alone; nothing is shared
+============  ====================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hyperfed.federation.config import FederationConfig
+from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, TrainerConfig, discover_targets, validate_adapter
+from hypernet.errors import ConfigError, MalformedUpdateError
+from hypernet.local import get_adapter
+
+__all__ = [
+    "Reply",
+    "RoundOutcome",
+    "AdapterServer",
+    "HyperLoRAServer",
+    "FedAvgLoRAServer",
+    "LocalOnlyServer",
+    "fedavg",
+    "screen_replies",
+    "make_server",
+]
+
+log = logging.getLogger(__name__)
+
+Adapter = dict[str, torch.Tensor]
+
+
+@dataclass
+class Reply:
+    """What a client returns after local training."""
+
+    adapter: Mapping[str, torch.Tensor]
+    num_examples: int
+    train_loss: float = float("nan")
+
+
+@dataclass
+class RoundOutcome:
+    """What a round did: who was accepted, who was rejected and why."""
+
+    round: int
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    update_norms: dict[str, float] = field(default_factory=dict)
+    train_loss: float = float("nan")
+
+
+def screen_replies(
+    spec: TargetSpec,
+    sent: Mapping[str, Mapping[str, torch.Tensor]],
+    replies: Mapping[str, Reply],
+    max_update_norm: float,
+) -> tuple[dict[str, Reply], dict[str, str]]:
+    """Split replies into accepted and rejected (``client → reason``); log every rejection."""
+    accepted, rejected = {}, {}
+    for cid, reply in replies.items():
+        if cid not in sent:
+            rejected[cid] = "no adapter was sent to this client this round"
+        elif not isinstance(reply.num_examples, int) or reply.num_examples <= 0:
+            rejected[cid] = f"num_examples must be a positive int, got {reply.num_examples!r}"
+        else:
+            try:
+                validate_adapter(spec, reply.adapter, sent[cid], max_update_norm)
+            except MalformedUpdateError as exc:
+                rejected[cid] = str(exc)
+        if cid in rejected:
+            log.warning("rejected the reply of client %r: %s", cid, rejected[cid])
+        else:
+            accepted[cid] = reply
+    return accepted, rejected
+
+
+def fedavg(adapters: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> Adapter:
+    """Weighted average of adapters, key by key (FedAvg on LoRA A and B separately)."""
+    total = float(sum(weights))
+    if not adapters or total <= 0:
+        raise MalformedUpdateError("fedavg needs at least one adapter and positive weights")
+    return {key: sum(a[key].double() * (w / total) for a, w in zip(adapters, weights)).to(adapters[0][key].dtype) for key in adapters[0]}
+
+
+def _mean_loss(replies: Mapping[str, Reply]) -> float:
+    losses = [r.train_loss for r in replies.values()]
+    return sum(losses) / len(losses) if losses else float("nan")
+
+
+class AdapterServer(ABC):
+    """The server role of one method."""
+
+    method: str
+
+    def __init__(self, spec: TargetSpec, config: FederationConfig) -> None:
+        self.spec = spec
+        self.config = config
+        self.sent: dict[str, Adapter] = {}
+
+    @abstractmethod
+    def adapter_for(self, client_id: str) -> Adapter:
+        """The adapter ``client_id`` gets now (detached tensors)."""
+
+    def register(self, client_ids: Sequence[str]) -> list[str]:
+        """Make sure the server knows ``client_ids``; return the newly added ones."""
+        return []
+
+    def configure_round(self, round_: int, client_ids: Sequence[str]) -> dict[str, Adapter]:
+        self.register(client_ids)
+        self.sent = {cid: self.adapter_for(cid) for cid in client_ids}
+        return self.sent
+
+    def aggregate_round(self, round_: int, replies: Mapping[str, Reply]) -> RoundOutcome:
+        accepted, rejected = screen_replies(self.spec, self.sent, replies, self.config.max_update_norm)
+        outcome = RoundOutcome(round_, sorted(accepted), rejected, train_loss=_mean_loss(accepted))
+        if accepted:
+            outcome.update_norms = self._learn(accepted)
+        return outcome
+
+    @abstractmethod
+    def _learn(self, accepted: Mapping[str, Reply]) -> dict[str, float]:
+        """Update server state from accepted replies; return per-client update norms."""
+
+
+class HyperLoRAServer(AdapterServer):
+    """Generates a personalised adapter per client and trains the hypernetwork (pFedHN)."""
+
+    method = "hyperlora"
+
+    def __init__(self, hypernet: HyperLoRA, peft_model: nn.Module, config: FederationConfig) -> None:
+        super().__init__(hypernet.spec, config)
+        self.trainer = HypernetTrainer(
+            hypernet,
+            peft_model,
+            TrainerConfig(
+                lr=config.server_lr,
+                embedding_lr=config.embedding_lr,
+                optimizer=config.server_optimizer,
+                momentum=config.server_momentum,
+                seed=config.seed,
+            ),
+        )
+
+    @property
+    def hypernet(self) -> HyperLoRA:
+        return self.trainer.hypernet
+
+    def register(self, client_ids: Sequence[str]) -> list[str]:
+        new = [cid for cid in client_ids if cid not in self.hypernet.clients]
+        for cid in new:
+            self.trainer.add_client(cid)
+        return new
+
+    @torch.no_grad()
+    def adapter_for(self, client_id: str) -> Adapter:
+        return {k: v.detach().clone() for k, v in self.hypernet.generate(client_id).items()}
+
+    @torch.no_grad()
+    def adapters_for(self, client_ids: Sequence[str]) -> dict[str, Adapter]:
+        """Many clients' adapters with one batched generation."""
+        return {cid: {k: v.detach().clone() for k, v in a.items()} for cid, a in self.hypernet.generate(list(client_ids)).items()}
+
+    def configure_round(self, round_: int, client_ids: Sequence[str]) -> dict[str, Adapter]:
+        self.register(client_ids)
+        self.sent = self.adapters_for(client_ids) if client_ids else {}
+        return self.sent
+
+    def _learn(self, accepted: Mapping[str, Reply]) -> dict[str, float]:
+        returned = {cid: r.adapter for cid, r in accepted.items()}
+        weights = {cid: float(r.num_examples) for cid, r in accepted.items()}
+        sent = {cid: self.sent[cid] for cid in accepted}
+        return self.trainer.apply_client_updates(returned, sent, weights)
+
+
+class FedAvgLoRAServer(AdapterServer):
+    """One adapter shared by every client (the standard federated LoRA baseline)."""
+
+    method = "fedavg"
+
+    def __init__(self, initial: Mapping[str, torch.Tensor], spec: TargetSpec, config: FederationConfig) -> None:
+        super().__init__(spec, config)
+        self.global_adapter: Adapter = {k: v.detach().clone() for k, v in initial.items()}
+
+    def adapter_for(self, client_id: str) -> Adapter:
+        return {k: v.clone() for k, v in self.global_adapter.items()}
+
+    def _learn(self, accepted: Mapping[str, Reply]) -> dict[str, float]:
+        ids = sorted(accepted)
+        self.global_adapter = fedavg([accepted[c].adapter for c in ids], [accepted[c].num_examples for c in ids])
+        return {}
+
+
+class LocalOnlyServer(AdapterServer):
+    """Keeps each client's own adapter and hands it back next round; nothing is shared.
+
+    (It plays the role of the client's disk, so local-only runs over the same protocol,
+    sampling and budget as the federated methods.)
+    """
+
+    method = "local"
+
+    def __init__(self, initial: Mapping[str, torch.Tensor], spec: TargetSpec, config: FederationConfig) -> None:
+        super().__init__(spec, config)
+        self.initial: Adapter = {k: v.detach().clone() for k, v in initial.items()}
+        self.adapters: dict[str, Adapter] = {}
+
+    def adapter_for(self, client_id: str) -> Adapter:
+        return {k: v.clone() for k, v in self.adapters.get(client_id, self.initial).items()}
+
+    def _learn(self, accepted: Mapping[str, Reply]) -> dict[str, float]:
+        for cid, reply in accepted.items():
+            self.adapters[cid] = {k: v.detach().clone() for k, v in reply.adapter.items()}
+        return {}
+
+
+def make_server(
+    method: str,
+    peft_model: nn.Module,
+    config: FederationConfig,
+    hypernet: HyperLoRA | None = None,
+) -> AdapterServer:
+    """The server for ``method``; all start from the same peft LoRA initialisation."""
+    if method == "hyperlora":
+        from hypernet import HyperLoRAConfig
+
+        hypernet = hypernet or HyperLoRA.from_peft_model(peft_model, HyperLoRAConfig(seed=config.seed))
+        return HyperLoRAServer(hypernet, peft_model, config)
+    spec = discover_targets(peft_model)
+    initial = get_adapter(peft_model)
+    if method == "fedavg":
+        return FedAvgLoRAServer(initial, spec, config)
+    if method == "local":
+        return LocalOnlyServer(initial, spec, config)
+    raise ConfigError(f"unknown method {method!r}; choose from hyperlora, fedavg, local")
