@@ -1,0 +1,371 @@
+"""The HyperFed contract: who trained on what, and who was forgotten — hashes only.
+
+Runs unchanged on a Fabric peer (CCaaS) and inside :class:`hyperfed.ledger.EmbeddedLedger`.
+Only hashes, salted commitments and Merkle roots are stored, never weights or embeddings.
+
+Invariants (each refusal raises ``ContractError`` whose text starts with ``[code]``):
+
+* **One writer.** ``init_ledger(writer_msp)`` is the first transaction; it must come from
+  that MSP and can never be changed. Every other submit must come from the writer MSP.
+* **Known, live clients.** Generations and checkpoints only name registered clients that
+  were not forgotten. **Forget is final**: a forgotten id can be neither re-registered,
+  forgotten again, nor given a generation.
+* **Rounds move forward.** ``record_checkpoint`` needs a round above the latest
+  checkpoint's. ``record_forget`` records a new checkpoint *version* of the current round
+  (``version = latest.version + 1``) or of a later round (version 0); it never goes back.
+  A checkpoint is addressed by ``(round, version)``; training checkpoints have version 0.
+* **Roots are checked.** A checkpoint's Merkle root must equal the root over the listed
+  clients' registered commitments (:func:`chaincode.merkle.keyed_merkle_root`).
+* **Generations reference a recorded checkpoint** (by its weights hash): record the
+  initial weights as round 0 before generating from them. One key per client per round;
+  it may only be replaced by an adapter regenerated from a *later* checkpoint.
+* **Idempotent replays.** Submitting a record identical to one already stored writes
+  nothing and answers ``{"replayed": true, "record": …}``, so a retry after a crash (or a
+  lost reply) never records anything twice.
+* Time comes from the transaction timestamp only; no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import List
+
+from chaincode.fabric_compat import Contract, TransactionContextInterface
+from chaincode.merkle import keyed_inclusion_proof
+from chaincode.records import (
+    CONFIG_KEY,
+    HEAD_KEY,
+    MAX_VERSION,
+    ContractError,
+    check_client_id,
+    check_client_list,
+    check_digest,
+    check_mode,
+    check_msp,
+    check_round,
+    checkpoint_key,
+    checkpoint_prefix,
+    client_generation_key,
+    client_generation_prefix,
+    client_key,
+    decode,
+    forget_key,
+    generation_key,
+    generation_prefix,
+    timestamp_iso,
+    weights_key,
+)
+from chaincode.state import (
+    answer,
+    check_root,
+    dump,
+    get_record,
+    live_client,
+    put_record,
+    scan_records,
+    store_checkpoint,
+    writer_tx,
+)
+
+__all__ = ["HyperFedContract", "SUBMIT_TRANSACTIONS", "EVALUATE_TRANSACTIONS"]
+
+SUBMIT_TRANSACTIONS = (
+    "init_ledger", "register_client", "record_checkpoint", "record_generation", "record_forget",
+)
+EVALUATE_TRANSACTIONS = (
+    "get_config", "get_client", "list_clients", "get_client_history", "get_round",
+    "get_checkpoint", "get_latest_checkpoint", "list_checkpoints", "list_generations",
+    "list_forgets", "get_membership_proof",
+)
+
+
+class HyperFedContract(Contract):
+    """Accountability records of HyperFed training and unlearning (see module docstring)."""
+
+    Name = "hyperfed"
+
+    def get_evaluate_transactions(self) -> list[str]:
+        return list(EVALUATE_TRANSACTIONS)
+
+    # ------------------------------------------------------------------ submit
+
+    async def init_ledger(self, ctx: TransactionContextInterface, writer_msp: str) -> str:
+        """Name the only MSP allowed to write. Once; the caller must belong to it."""
+        stub = ctx.get_stub()
+        check_msp(writer_msp)
+        config = await get_record(stub, "config", CONFIG_KEY)
+        if config is not None:
+            if config["writer_msp"] == writer_msp:
+                return answer(config, replayed=True)
+            raise ContractError(
+                "already-configured", f"the writer is already {config['writer_msp']!r}"
+            )
+        caller = ctx.get_client_identity().get_mspid()
+        if caller != writer_msp:
+            raise ContractError(
+                "not-writer", f"init_ledger must be sent by {writer_msp!r} itself, not {caller!r}"
+            )
+        config = {"writer_msp": writer_msp, "tx_id": stub.get_txid(),
+                  "timestamp": timestamp_iso(stub.get_tx_timestamp())}
+        await put_record(stub, "config", CONFIG_KEY, config)
+        return answer(config)
+
+    async def register_client(
+        self, ctx: TransactionContextInterface, client_id: str, commitment: str
+    ) -> str:
+        """Register a client with the salted commitment to its embedding."""
+        stub, tx = await writer_tx(ctx)
+        check_client_id(client_id)
+        check_digest("commitment", commitment)
+        existing = await get_record(stub, "client", client_key(client_id))
+        if existing is not None:
+            if existing["status"] != "active":
+                raise ContractError(
+                    "forgotten-client",
+                    f"client {client_id!r} was forgotten; forgetting is final, use a new id",
+                )
+            if existing["commitment"] == commitment:
+                return answer(existing, replayed=True)
+            raise ContractError(
+                "duplicate-client", f"client {client_id!r} is registered with another commitment"
+            )
+        record = {"client_id": client_id, "commitment": commitment, "status": "active",
+                  "registered_tx": tx["tx_id"], "registered_at": tx["timestamp"],
+                  "forgotten_round": None, "forgotten_tx": None, "forgotten_at": None}
+        await put_record(stub, "client", client_key(client_id), record)
+        return answer(record)
+
+    async def record_checkpoint(
+        self, ctx: TransactionContextInterface, round_no: int, weights_hash: str,
+        merkle_root: str, client_ids: List[str],
+    ) -> str:
+        """Record round ``round_no``'s shared-weights hash and commitments root."""
+        stub, tx = await writer_tx(ctx)
+        check_round(round_no)
+        check_digest("weights_hash", weights_hash)
+        check_digest("merkle_root", merkle_root)
+        ids = check_client_list("client_ids", client_ids)
+        fact = {"round": round_no, "version": 0, "weights_hash": weights_hash,
+                "merkle_root": merkle_root, "client_ids": ids, "kind": "train",
+                "forgotten_client": None}
+        head = await get_record(stub, "head", HEAD_KEY)
+        if head is not None and round_no <= head["round"]:
+            existing = await get_record(stub, "checkpoint", checkpoint_key(round_no, 0))
+            if existing is not None and all(existing[k] == v for k, v in fact.items()):
+                return answer(existing, replayed=True)
+            raise ContractError(
+                "round-order",
+                f"checkpoint rounds move forward: round {round_no} is not after the latest "
+                f"checkpoint (round {head['round']}, version {head['version']})",
+            )
+        await check_root(stub, ids, merkle_root)
+        record = dict(fact, **tx)
+        await store_checkpoint(stub, record)
+        return answer(record)
+
+    async def record_generation(
+        self, ctx: TransactionContextInterface, round_no: int, client_id: str,
+        adapter_hash: str, checkpoint_hash: str,
+    ) -> str:
+        """Record the hash of the adapter generated for a client in a round."""
+        stub, tx = await writer_tx(ctx)
+        check_round(round_no)
+        check_client_id(client_id)
+        check_digest("adapter_hash", adapter_hash)
+        check_digest("checkpoint_hash", checkpoint_hash)
+        existing = await get_record(stub, "generation", generation_key(round_no, client_id))
+        if existing is not None and (existing["adapter_hash"], existing["checkpoint_hash"]) == (
+            adapter_hash, checkpoint_hash
+        ):
+            return answer(existing, replayed=True)
+        await live_client(stub, client_id)
+        source = await get_record(stub, "weights", weights_key(checkpoint_hash))
+        if source is None:
+            raise ContractError(
+                "unknown-checkpoint",
+                f"no checkpoint with weights hash {checkpoint_hash} was recorded; record it "
+                "first (the initial weights as round 0)",
+            )
+        if round_no < source["round"]:
+            raise ContractError(
+                "round-order",
+                f"a round-{round_no} adapter cannot come from a checkpoint first recorded "
+                f"at round {source['round']}",
+            )
+        if existing is not None and (source["round"], source["version"]) <= (
+            existing["checkpoint_round"], existing["checkpoint_version"]
+        ):
+            raise ContractError(
+                "duplicate-generation",
+                f"client {client_id!r} already has a round-{round_no} adapter; it can only be "
+                "replaced by one regenerated from a later checkpoint",
+            )
+        record = {"round": round_no, "client_id": client_id, "adapter_hash": adapter_hash,
+                  "checkpoint_hash": checkpoint_hash, "checkpoint_round": source["round"],
+                  "checkpoint_version": source["version"], **tx}
+        await put_record(stub, "generation", generation_key(round_no, client_id), record)
+        await put_record(stub, "generation", client_generation_key(client_id, round_no), record)
+        return answer(record)
+
+    async def record_forget(
+        self, ctx: TransactionContextInterface, client_id: str, round_no: int,
+        weights_hash: str, merkle_root: str, adapters_root: str, mode: str,
+        remaining_client_ids: List[str],
+    ) -> str:
+        """Forget a client: final, with the new checkpoint and regenerated adapters' root."""
+        stub, tx = await writer_tx(ctx)
+        check_client_id(client_id)
+        check_round(round_no)
+        for name, value in (("weights_hash", weights_hash), ("merkle_root", merkle_root),
+                            ("adapters_root", adapters_root)):
+            check_digest(name, value)
+        check_mode(mode)
+        remaining = check_client_list("remaining_client_ids", remaining_client_ids)
+        if client_id in remaining:
+            raise ContractError("bad-argument", "remaining_client_ids lists the forgotten client")
+        fact = {"client_id": client_id, "round": round_no, "weights_hash": weights_hash,
+                "merkle_root": merkle_root, "adapters_root": adapters_root, "mode": mode,
+                "remaining_client_ids": remaining}
+        existing = await get_record(stub, "forget", forget_key(client_id))
+        if existing is not None:
+            if all(existing[k] == v for k, v in fact.items()):
+                return answer(existing, replayed=True)
+            raise ContractError(
+                "forgotten-client",
+                f"client {client_id!r} was already forgotten at round {existing['round']}; "
+                "forget is final",
+            )
+        client = await live_client(stub, client_id)
+        head = await get_record(stub, "head", HEAD_KEY)
+        if head is not None and round_no < head["round"]:
+            raise ContractError(
+                "round-order",
+                f"a forget at round {round_no} would go back before the latest checkpoint "
+                f"(round {head['round']})",
+            )
+        version = head["version"] + 1 if head is not None and head["round"] == round_no else 0
+        if version > MAX_VERSION:
+            raise ContractError("round-order", f"round {round_no} has too many checkpoint versions")
+        await check_root(stub, remaining, merkle_root)
+        ckpt = {"round": round_no, "version": version, "weights_hash": weights_hash,
+                "merkle_root": merkle_root, "client_ids": remaining, "kind": "forget",
+                "forgotten_client": client_id, **tx}
+        record = dict(fact, version=version, **tx)
+        client = dict(client, status="forgotten", forgotten_round=round_no,
+                      forgotten_tx=tx["tx_id"], forgotten_at=tx["timestamp"])
+        await put_record(stub, "client", client_key(client_id), client)
+        await put_record(stub, "forget", forget_key(client_id), record)
+        await store_checkpoint(stub, ckpt)
+        return answer(record)
+
+    # ---------------------------------------------------------------- evaluate
+
+    async def get_config(self, ctx: TransactionContextInterface) -> str:
+        """The writer MSP and when it was set."""
+        config = await get_record(ctx.get_stub(), "config", CONFIG_KEY)
+        if config is None:
+            raise ContractError("not-configured", "init_ledger has not been submitted yet")
+        return dump(config)
+
+    async def get_client(self, ctx: TransactionContextInterface, client_id: str) -> str:
+        """One client's registration and status."""
+        client = await get_record(ctx.get_stub(), "client", client_key(check_client_id(client_id)))
+        if client is None:
+            raise ContractError("unknown-client", f"client {client_id!r} is not registered")
+        return dump(client)
+
+    async def list_clients(self, ctx: TransactionContextInterface) -> str:
+        """Every client record, by id."""
+        return dump(await scan_records(ctx.get_stub(), "client", "client/"))
+
+    async def get_client_history(self, ctx: TransactionContextInterface, client_id: str) -> str:
+        """Status, every change of the client record (newest first), generations, forget."""
+        stub = ctx.get_stub()
+        client = json.loads(await self.get_client(ctx, client_id))
+        key, changes = client_key(client_id), []
+        async for mod in await stub.get_history_for_key(key):
+            changes.append({
+                "tx_id": mod.tx_id, "timestamp": timestamp_iso(mod.timestamp),
+                "is_delete": bool(mod.is_delete),
+                "value": None if mod.is_delete else decode("client", key, mod.value),
+            })
+        indexed = await scan_records(stub, "generation", client_generation_prefix(client_id))
+        # the prefix of "a" also covers a client named "a/b": keep this client's only
+        generations = [g for g in indexed if g["client_id"] == client_id]
+        forget = await get_record(stub, "forget", forget_key(client_id))
+        return dump({"client": client, "changes": changes, "generations": generations,
+                      "forget": forget})
+
+    async def get_round(self, ctx: TransactionContextInterface, round_no: int) -> str:
+        """A round's checkpoints (all versions) and generations."""
+        stub = ctx.get_stub()
+        check_round(round_no)
+        return dump({
+            "round": round_no,
+            "checkpoints": await scan_records(stub, "checkpoint", checkpoint_prefix(round_no)),
+            "generations": await scan_records(stub, "generation", generation_prefix(round_no)),
+        })
+
+    async def get_checkpoint(
+        self, ctx: TransactionContextInterface, round_no: int, version: int
+    ) -> str:
+        """Checkpoint ``(round, version)``; ``version = -1`` means the round's latest."""
+        stub = ctx.get_stub()
+        check_round(round_no)
+        if version == -1:
+            found = await scan_records(stub, "checkpoint", checkpoint_prefix(round_no))
+            ckpt = found[-1] if found else None
+        elif 0 <= version <= MAX_VERSION:
+            ckpt = await get_record(stub, "checkpoint", checkpoint_key(round_no, version))
+        else:
+            raise ContractError("bad-argument", f"version must be -1 or in [0, {MAX_VERSION}]")
+        if ckpt is None:
+            raise ContractError(
+                "unknown-checkpoint", f"no checkpoint at round {round_no} version {version}"
+            )
+        return dump(ckpt)
+
+    async def get_latest_checkpoint(self, ctx: TransactionContextInterface) -> str:
+        """The newest checkpoint, or ``null`` before the first."""
+        stub = ctx.get_stub()
+        head = await get_record(stub, "head", HEAD_KEY)
+        if head is None:
+            return dump(None)
+        key = checkpoint_key(head["round"], head["version"])
+        return dump(await get_record(stub, "checkpoint", key))
+
+    async def list_checkpoints(self, ctx: TransactionContextInterface) -> str:
+        """Every checkpoint in (round, version) order."""
+        return dump(await scan_records(ctx.get_stub(), "checkpoint", "ckpt/"))
+
+    async def list_generations(self, ctx: TransactionContextInterface) -> str:
+        """Every generation record in (round, client id) order."""
+        return dump(await scan_records(ctx.get_stub(), "generation", "gen/"))
+
+    async def list_forgets(self, ctx: TransactionContextInterface) -> str:
+        """Every forget event, by client id."""
+        return dump(await scan_records(ctx.get_stub(), "forget", "forget/"))
+
+    async def get_membership_proof(
+        self, ctx: TransactionContextInterface, client_id: str, round_no: int, version: int
+    ) -> str:
+        """Merkle inclusion proof of a client's commitment in a checkpoint's root."""
+        stub = ctx.get_stub()
+        ckpt = json.loads(await self.get_checkpoint(ctx, round_no, version))
+        if client_id not in ckpt["client_ids"]:
+            raise ContractError(
+                "not-in-checkpoint",
+                f"client {client_id!r} is not in checkpoint ({ckpt['round']}, {ckpt['version']})",
+            )
+        commitments = {}
+        for cid in ckpt["client_ids"]:
+            client = await get_record(stub, "client", client_key(cid))
+            if client is None:
+                raise ContractError(
+                    "corrupt-state", f"checkpoint names unregistered client {cid!r}"
+                )
+            commitments[cid] = client["commitment"]
+        index, path = keyed_inclusion_proof(commitments, client_id)
+        return dump({"client_id": client_id, "commitment": commitments[client_id],
+                      "round": ckpt["round"], "version": ckpt["version"], "index": index,
+                      "size": len(commitments), "path": path, "root": ckpt["merkle_root"]})

@@ -1,0 +1,219 @@
+"""Hash-chained blocks of the embedded ledger and the replay that verifies them.
+
+One committed transaction is one block::
+
+    hash = sha256(canonical JSON [number, prev_hash, tx_id, function, args_json,
+                                  creator_msp, timestamp, writes_json])
+
+with ``prev_hash`` the previous block's hash (block 0 points at :data:`GENESIS_PREV_HASH`).
+``writes_json`` is the sorted write set ``[[key, base64 value | null], …]``.
+
+:func:`verify_chain` recomputes every hash and link, then replays the write sets and
+compares the result with the stored state and history index, so any edited, deleted,
+inserted or reordered row is reported with its location. It is pure (no SQLite) so it
+can be tested on hand-made rows.
+
+A hash chain alone cannot tell a block appended by an attacker at the tip (with matching
+state) from a real one; pass ``expected_head`` — a ``(number, hash)`` recorded elsewhere,
+for example in a run directory — to pin the chain to a known point.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from hyperfed.errors import TamperDetectedError
+
+__all__ = [
+    "GENESIS_PREV_HASH",
+    "Block",
+    "Problem",
+    "VerifyReport",
+    "encode_writes",
+    "decode_writes",
+    "block_hash",
+    "verify_chain",
+]
+
+GENESIS_PREV_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Block:
+    """One stored block, exactly as its row holds it (``args``/``writes`` as JSON text)."""
+
+    number: int
+    prev_hash: str
+    tx_id: str
+    function: str
+    args: str
+    creator_msp: str
+    timestamp: float
+    writes: str
+    hash: str
+
+    def computed_hash(self) -> str:
+        """The hash this block's contents should have."""
+        return block_hash(self.number, self.prev_hash, self.tx_id, self.function, self.args,
+                          self.creator_msp, self.timestamp, self.writes)
+
+    def decoded_args(self) -> list[str]:
+        return list(json.loads(self.args))
+
+    def decoded_writes(self) -> dict[str, bytes | None]:
+        return decode_writes(self.writes)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One inconsistency: what (``kind``), where (``location``) and a readable detail."""
+
+    kind: str
+    location: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.kind} ({self.detail})"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of :func:`verify_chain`. ``ok`` iff ``problems`` is empty."""
+
+    blocks: int
+    head: tuple[int, str] | None
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def culprits(self) -> list[str]:
+        """Locations of every problem, e.g. ``["block 3", "state 'client/a'"]``."""
+        return list(dict.fromkeys(p.location for p in self.problems))
+
+    def __str__(self) -> str:
+        if self.ok:
+            tip = f"block {self.head[0]} {self.head[1][:12]}…" if self.head else "empty"
+            return f"ledger verified: {self.blocks} blocks, head {tip}"
+        lines = [f"ledger FAILED verification: {len(self.problems)} problem(s)"]
+        return "\n".join(lines + [f"  - {p}" for p in self.problems])
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`~hyperfed.errors.TamperDetectedError` listing the problems."""
+        if not self.ok:
+            raise TamperDetectedError(str(self))
+
+
+def encode_writes(writes: Mapping[str, bytes | None]) -> str:
+    """Canonical JSON text of a write set (sorted keys, base64 values, null = delete)."""
+    items = [[k, None if v is None else base64.b64encode(v).decode("ascii")]
+             for k, v in sorted(writes.items())]
+    return json.dumps(items, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_writes(text: str) -> dict[str, bytes | None]:
+    """Inverse of :func:`encode_writes`; raises ``ValueError`` on malformed text."""
+    items = json.loads(text)
+    if not isinstance(items, list):
+        raise ValueError("write set is not a list")
+    return {str(k): None if v is None else base64.b64decode(v, validate=True) for k, v in items}
+
+
+def block_hash(number: int, prev_hash: str, tx_id: str, function: str, args: str,
+               creator_msp: str, timestamp: float, writes: str) -> str:
+    """sha256 (hex) of a block's canonical contents."""
+    body = [number, prev_hash, tx_id, function, args, creator_msp, timestamp, writes]
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def _replay(blocks: list[Block], problems: list[Problem]) -> tuple[dict, set]:
+    """Check hashes and links; return (expected state, expected history index)."""
+    state: dict[str, tuple[bytes, int]] = {}
+    history: set[tuple[str, int]] = set()
+    seen_tx: dict[str, int] = {}
+    prev: Block | None = None
+    for block in blocks:
+        where = f"block {block.number}"
+        expected_number = 0 if prev is None else prev.number + 1
+        if block.number != expected_number:
+            missing = (f"block {expected_number}" if block.number == expected_number + 1
+                       else f"blocks {expected_number}-{block.number - 1}")
+            problems.append(Problem("missing-block", missing, f"absent before {where}"))
+        if block.computed_hash() != block.hash:
+            problems.append(Problem("block-altered", where, "contents do not match its hash"))
+        if block.number == 0:
+            link = GENESIS_PREV_HASH
+        else:
+            link = prev.hash if prev is not None and prev.number == block.number - 1 else None
+        if link is not None and block.prev_hash != link:
+            problems.append(Problem("chain-broken", where,
+                                    "prev_hash is not the previous block's hash"))
+        if block.tx_id in seen_tx:
+            problems.append(Problem("duplicate-transaction", where,
+                                    f"tx {block.tx_id} already in block {seen_tx[block.tx_id]}"))
+        seen_tx.setdefault(block.tx_id, block.number)
+        prev = block
+        try:
+            writes = block.decoded_writes()
+        except (ValueError, TypeError) as exc:
+            problems.append(Problem("block-unreadable", where, f"write set: {exc}"))
+            continue
+        for key, value in writes.items():
+            history.add((key, block.number))
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = (value, block.number)
+    return state, history
+
+
+def verify_chain(blocks: Iterable[Block], state: Mapping[str, tuple[bytes, int]],
+                 history: Iterable[tuple[str, int]], *,
+                 expected_head: tuple[int, str] | None = None) -> VerifyReport:
+    """Verify blocks (ordered by number), the state table and the history index.
+
+    Parameters
+    ----------
+    blocks
+        Every stored block, ordered by ``number``.
+    state
+        The stored state: key -> (value, version).
+    history
+        The stored history index: ``(key, block number)`` pairs.
+    expected_head
+        Optional anchor ``(number, hash)``: that block must exist with that hash.
+    """
+    blocks = list(blocks)
+    problems: list[Problem] = []
+    replayed, replayed_history = _replay(blocks, problems)
+    for key in sorted(set(replayed) | set(state)):
+        where = f"state {key!r}"
+        if key not in state:
+            problems.append(Problem("state-deleted", where,
+                                    f"block {replayed[key][1]} wrote it but it is gone"))
+        elif key not in replayed:
+            problems.append(Problem("state-inserted", where, "no block wrote this value"))
+        elif tuple(state[key]) != replayed[key]:
+            problems.append(Problem("state-altered", where,
+                                    "value or version differs from the blocks' write sets"))
+    stored_history = set(history)
+    for key, number in sorted(replayed_history ^ stored_history):
+        kind = "history-deleted" if (key, number) in replayed_history else "history-inserted"
+        problems.append(Problem(kind, f"history {key!r}@{number}", "history index differs"))
+    if expected_head is not None:
+        number, digest = expected_head
+        anchored = next((b for b in blocks if b.number == number), None)
+        if anchored is None:
+            problems.append(Problem("chain-truncated", f"block {number}",
+                                    "the anchored block is missing"))
+        elif anchored.hash != digest:
+            problems.append(Problem("anchor-mismatch", f"block {number}",
+                                    "hash differs from the anchored head"))
+    head = (blocks[-1].number, blocks[-1].hash) if blocks else None
+    return VerifyReport(blocks=len(blocks), head=head, problems=tuple(problems))

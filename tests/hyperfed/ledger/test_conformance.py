@@ -1,0 +1,220 @@
+"""One set of ledger behaviours, run against every backend in ``conftest.BACKEND_FACTORIES``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+
+import pytest
+
+from hyperfed.errors import ContractViolationError, UnknownClientError
+from hyperfed.ledger import Ledger, commitments_root, violation_code
+
+WRITER = "HyperFedMSP"
+
+
+def h(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+COMMITMENTS = {"alice": h("c-alice"), "bob": h("c-bob"), "carol": h("c-carol")}
+
+
+@pytest.fixture
+def ledger(backend):
+    return Ledger(backend)
+
+
+@pytest.fixture
+def trained(ledger):
+    """Three clients, the initial weights as round 0, one generation each in round 1."""
+    for cid, commitment in COMMITMENTS.items():
+        ledger.register_client(cid, commitment)
+    ledger.record_checkpoint(0, h("w0"), commitments_root(COMMITMENTS), COMMITMENTS)
+    for cid in COMMITMENTS:
+        ledger.record_generation(1, cid, h(f"adapter-{cid}-1"), h("w0"))
+    ledger.record_checkpoint(1, h("w1"), commitments_root(COMMITMENTS), COMMITMENTS)
+    return ledger
+
+
+@contextlib.contextmanager
+def refused(code: str):
+    """The block must raise ContractViolationError carrying this refusal code."""
+    with pytest.raises(ContractViolationError) as info:
+        yield info
+    assert violation_code(info.value) == code, str(info.value)
+
+
+def forget_alice(ledger, round_no=1, **overrides):
+    rest = {k: v for k, v in COMMITMENTS.items() if k != "alice"}
+    args = dict(client_id="alice", round=round_no, new_checkpoint_hash=h("w1-no-alice"),
+                new_merkle_root=commitments_root(rest), adapters_root=h("adapters"),
+                mode="delete", remaining_client_ids=rest)
+    args.update(overrides)
+    return ledger.record_forget(**args)
+
+
+def test_config_names_the_writer(ledger):
+    assert ledger.config().writer_msp == WRITER
+
+
+def test_register_then_read_back(ledger):
+    receipt = ledger.register_client("alice", COMMITMENTS["alice"])
+    assert receipt.committed and not receipt.replayed
+    client = ledger.get_client("alice")
+    assert (client.client_id, client.commitment) == ("alice", COMMITMENTS["alice"])
+    assert client.status == "active" and not client.forgotten
+    assert client.registered_tx == receipt.record["registered_tx"]
+
+
+def test_identical_write_is_a_replay_not_a_second_record(ledger):
+    first = ledger.register_client("alice", COMMITMENTS["alice"])
+    again = ledger.register_client("alice", COMMITMENTS["alice"])
+    assert again.replayed and again.record["registered_tx"] == first.record["registered_tx"]
+    assert [c.client_id for c in ledger.list_clients()] == ["alice"]
+
+
+def test_register_with_another_commitment_is_refused(ledger):
+    ledger.register_client("alice", COMMITMENTS["alice"])
+    with refused("duplicate-client"):
+        ledger.register_client("alice", h("other"))
+
+
+def test_unknown_client_query(ledger):
+    with pytest.raises(UnknownClientError):
+        ledger.get_client("nobody")
+    with pytest.raises(UnknownClientError):
+        ledger.client_history("nobody")
+
+
+def test_generation_for_unknown_client_is_refused(trained):
+    with refused("unknown-client"):
+        trained.record_generation(2, "mallory", h("a"), h("w1"))
+
+
+def test_generation_must_come_from_a_recorded_checkpoint(trained):
+    with refused("unknown-checkpoint"):
+        trained.record_generation(2, "alice", h("a"), h("never-recorded"))
+    with refused("round-order"):  # w1 was first recorded at round 1
+        trained.record_generation(0, "alice", h("a"), h("w1"))
+
+
+def test_one_generation_per_client_per_round(trained):
+    with refused("duplicate-generation"):
+        trained.record_generation(1, "alice", h("different-adapter"), h("w0"))
+    assert trained.record_generation(1, "alice", h("adapter-alice-1"), h("w0")).replayed
+
+
+def test_checkpoint_rounds_move_forward(trained):
+    with refused("round-order"):
+        trained.record_checkpoint(1, h("w1b"), commitments_root(COMMITMENTS), COMMITMENTS)
+    with refused("round-order"):
+        trained.record_checkpoint(0, h("w0b"), commitments_root(COMMITMENTS), COMMITMENTS)
+    again = trained.record_checkpoint(1, h("w1"), commitments_root(COMMITMENTS), COMMITMENTS)
+    assert again.replayed
+    trained.record_checkpoint(10, h("w10"), commitments_root(COMMITMENTS), COMMITMENTS)
+    # zero-padded keys: round 10 sorts after round 2 and 1
+    assert [(c.round, c.version) for c in trained.list_checkpoints()] == [(0, 0), (1, 0), (10, 0)]
+
+
+def test_checkpoint_root_must_match_registered_commitments(trained):
+    wrong = dict(COMMITMENTS, bob=h("not-bob"))
+    with refused("merkle-mismatch"):
+        trained.record_checkpoint(2, h("w2"), commitments_root(wrong), COMMITMENTS)
+    with refused("unknown-client"):
+        trained.record_checkpoint(2, h("w2"), commitments_root(COMMITMENTS), [*COMMITMENTS, "zed"])
+
+
+def test_forget_is_final(trained):
+    receipt = forget_alice(trained)
+    assert receipt.committed and receipt.record["version"] == 1
+    assert trained.get_client("alice").forgotten
+    with refused("forgotten-client"):
+        trained.record_generation(2, "alice", h("a"), h("w1-no-alice"))
+    with refused("forgotten-client"):
+        trained.register_client("alice", COMMITMENTS["alice"])
+    with refused("forgotten-client"):
+        forget_alice(trained, new_checkpoint_hash=h("yet-another"))
+    assert forget_alice(trained).replayed  # an identical retry writes nothing
+    rest = [k for k in COMMITMENTS if k != "alice"]
+    with refused("forgotten-client"):
+        trained.record_checkpoint(2, h("w2"), commitments_root(COMMITMENTS), COMMITMENTS)
+    trained.record_checkpoint(2, h("w2"), commitments_root({k: COMMITMENTS[k] for k in rest}), rest)
+
+
+def test_forget_records_a_new_checkpoint_version_of_the_current_round(trained):
+    forget_alice(trained)
+    records = trained.round_records(1)
+    assert [(c.version, c.kind) for c in records.checkpoints] == [(0, "train"), (1, "forget")]
+    latest = trained.latest_checkpoint()
+    assert (latest.round, latest.version, latest.forgotten_client) == (1, 1, "alice")
+    assert trained.get_checkpoint(1).version == 1 and trained.get_checkpoint(1, 0).version == 0
+    (event,) = trained.forget_events()
+    assert (event.client_id, event.mode) == ("alice", "delete")
+    assert event.remaining_client_ids == ("bob", "carol")
+    carol = {"carol": COMMITMENTS["carol"]}
+    with refused("round-order"):
+        forget_alice(trained, client_id="bob", round_no=0, remaining_client_ids=carol,
+                     new_merkle_root=commitments_root(carol))
+
+
+def test_forget_rejects_a_root_that_still_counts_the_client(trained):
+    with refused("merkle-mismatch"):
+        forget_alice(trained, new_merkle_root=commitments_root(COMMITMENTS))
+    with refused("bad-argument"):
+        forget_alice(trained, remaining_client_ids=list(COMMITMENTS))
+
+
+def test_regeneration_after_a_forget_may_replace_a_rounds_adapter(trained):
+    forget_alice(trained)
+    receipt = trained.record_generation(1, "bob", h("bob-regenerated"), h("w1-no-alice"))
+    assert receipt.record["checkpoint_version"] == 1
+    history = trained.client_history("bob")
+    assert [g.adapter_hash for g in history.generations] == [h("bob-regenerated")]
+    assert [(g.round, g.client_id, g.checkpoint_version) for g in trained.list_generations()] == [
+        (1, "alice", 0), (1, "bob", 1), (1, "carol", 0)]
+
+
+def test_membership_proofs(trained):
+    proof = trained.membership_proof("bob", 1)
+    assert proof.verify(expected_root=commitments_root(COMMITMENTS))
+    assert proof.commitment == COMMITMENTS["bob"] and proof.size == 3
+    forget_alice(trained)
+    with refused("not-in-checkpoint"):
+        trained.membership_proof("alice", 1)  # latest version of round 1 no longer has her
+    assert trained.membership_proof("alice", 1, version=0).verify()
+
+
+def test_client_history_lists_changes_newest_first(trained):
+    forget_alice(trained)
+    history = trained.client_history("alice")
+    assert [c.value.status for c in history.changes] == ["forgotten", "active"]
+    assert history.forget is not None and history.forget.round == 1
+    assert [g.round for g in history.generations] == [1]
+
+
+def test_evaluate_never_writes(backend):
+    payload = backend.evaluate("register_client", "ghost", h("ghost"))
+    assert json.loads(payload)["record"]["client_id"] == "ghost"
+    with pytest.raises(UnknownClientError):
+        Ledger(backend).get_client("ghost")
+
+
+def test_bad_arguments_are_refused_with_a_reason(ledger):
+    with refused("bad-argument"):
+        ledger.register_client("alice", "not-a-hash")
+    with refused("bad-argument"):
+        ledger.register_client(" alice", h("x"))
+    with refused("bad-argument"):
+        ledger.record_checkpoint(-1, h("w"), commitments_root({}), [])
+
+
+def test_unknown_function_is_a_contract_violation(backend):
+    with pytest.raises(ContractViolationError):
+        backend.submit("mint_tokens", "1")
+
+
+def test_close_is_idempotent(backend):
+    backend.close()
+    backend.close()
