@@ -158,6 +158,10 @@ class HyperLoRA(nn.Module):
         client_params = {id(p) for p in self.clients.parameters()}
         return [p for p in self.parameters() if id(p) not in client_params]
 
+    def base_parameters(self) -> list[nn.Parameter]:
+        """The per-target base adapters (what every client's adapter starts from)."""
+        return [g.base for g in self.groups]
+
     def num_shared_parameters(self) -> int:
         return sum(p.numel() for p in self.shared_parameters())
 

@@ -44,6 +44,10 @@ class TrainerConfig:
     embedding_lr: learning rate of client embeddings (default: ``lr``).
     optimizer: ``"adam"`` or ``"sgd"`` (pFedHN used SGD 1e-2, momentum 0.9).
     momentum: SGD momentum.
+    base_lr: if set, the per-target *base adapters* get their own plain SGD step with this
+        learning rate instead of joining the shared optimizer. With ``base_lr=1`` and the
+        pFedHN rule, the base moves by the clients' mean update — exactly a FedAvg step — and
+        the rest of the hypernetwork learns each client's deviation from it.
     grad_clip: max global grad norm of the shared weights per step (``None``: off).
     batch_size: blocks per client per end-to-end step.
     clients_per_step: clients sampled per end-to-end step.
@@ -54,6 +58,7 @@ class TrainerConfig:
     embedding_lr: float | None = None
     optimizer: str = "adam"
     momentum: float = 0.9
+    base_lr: float | None = None
     grad_clip: float | None = 50.0
     batch_size: int = 8
     clients_per_step: int = 4
@@ -65,8 +70,10 @@ class TrainerConfig:
         for name in ("lr", "batch_size", "clients_per_step"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"TrainerConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.embedding_lr is not None and not self.embedding_lr > 0:
-            raise ConfigError(f"TrainerConfig.embedding_lr must be > 0, got {self.embedding_lr!r}")
+        for name in ("embedding_lr", "base_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"TrainerConfig.{name} must be > 0 or None, got {value!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"TrainerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
 
@@ -90,7 +97,10 @@ class HypernetTrainer:
         self.config = cfg = config or TrainerConfig()
         for p in peft_model.parameters():
             p.requires_grad_(False)  # functional_call supplies the LoRA weights
-        self.shared_optimizer = self._make_optimizer(hypernet.shared_parameters(), cfg.lr)
+        base = hypernet.base_parameters() if cfg.base_lr is not None else []
+        rest = [p for p in hypernet.shared_parameters() if all(p is not b for b in base)]
+        self.shared_optimizer = self._make_optimizer(rest, cfg.lr)
+        self.base_optimizer = torch.optim.SGD([{"params": base}], lr=cfg.base_lr or 0.0) if base else None
         self.client_optimizer = self._make_optimizer(list(hypernet.clients.parameters()), cfg.embedding_lr or cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step_count = 0
@@ -192,12 +202,16 @@ class HypernetTrainer:
 
     # ---------------------------------------------------------------- shared
     def _zero_grad(self) -> None:
+        if self.base_optimizer is not None:
+            self.base_optimizer.zero_grad(set_to_none=True)
         self.shared_optimizer.zero_grad(set_to_none=True)
         self.client_optimizer.zero_grad(set_to_none=True)
 
     def _step(self) -> None:
         if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.hypernet.shared_parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.shared_optimizer.param_groups[0]["params"], self.config.grad_clip)
+        if self.base_optimizer is not None:
+            self.base_optimizer.step()
         self.shared_optimizer.step()
         self.client_optimizer.step()  # params without .grad (unsampled clients) are skipped
         self.step_count += 1

@@ -27,6 +27,8 @@ class FederationConfig:
     sample_rate: each client's independent probability of taking part in a round.
     local_steps, local_lr, batch_size, local_optimizer: the client's LoRA fine-tuning per round.
     server_lr, server_optimizer, server_momentum: hypernetwork optimisation (pFedHN update).
+    server_base_lr: SGD learning rate of the hypernetwork's base adapters; ``1.0`` moves them
+        by the clients' mean update, like FedAvg (``None``: use the server optimizer).
     embedding_lr: client-embedding learning rate (default: ``server_lr``).
     max_update_norm: replies whose ‖θ̃ − θ‖₂ exceeds this are rejected.
     lora_rank: LoRA rank of the adapters.
@@ -34,15 +36,16 @@ class FederationConfig:
     """
 
     method: str = "hyperlora"
-    rounds: int = 20
+    rounds: int = 15
     sample_rate: float = 1.0
     local_steps: int = 10
     local_lr: float = 3e-3
     batch_size: int = 8
     local_optimizer: str = "adam"
-    server_lr: float = 1e-2
-    server_optimizer: str = "sgd"
-    server_momentum: float = 0.9
+    server_lr: float = 3e-3
+    server_optimizer: str = "adam"
+    server_momentum: float = 0.0
+    server_base_lr: float | None = 1.0
     embedding_lr: float | None = None
     max_update_norm: float = 50.0
     lora_rank: int = 8

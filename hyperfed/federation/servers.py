@@ -155,6 +155,7 @@ class HyperLoRAServer(AdapterServer):
                 embedding_lr=config.embedding_lr,
                 optimizer=config.server_optimizer,
                 momentum=config.server_momentum,
+                base_lr=config.server_base_lr,
                 seed=config.seed,
             ),
         )

@@ -1,0 +1,196 @@
+"""The main job: HyperLoRA vs FedAvg-LoRA vs local-only on one corpus, one budget, one run.
+
+``run_experiment`` builds the offline corpus, loads (or pretrains once) the base model,
+then runs each method for the same rounds, sampling and local steps, evaluates every
+client's held-out loss, and writes the run directory: ``metrics.json``, a PNG of the loss
+curves, and — for HyperLoRA — checkpoints, generated adapters and the ledger records.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyperfed.base_model import BaseModelConfig, load_or_build_base_model
+from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus
+from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds
+from hyperfed.federation.servers import AdapterServer, RoundOutcome
+from hyperfed.rundir import RunDirectory
+from hypernet import evaluate_loss
+from hypernet.errors import ConfigError
+from hypernet.models import add_lora
+
+__all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "summary_rows"]
+
+log = logging.getLogger(__name__)
+
+METHOD_LABELS = {"hyperlora": "HyperLoRA", "fedavg": "FedAvg-LoRA", "local": "local-only"}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a comparison run needs; ``federation.method`` is set per method."""
+
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
+    methods: tuple[str, ...] = ("hyperlora", "fedavg", "local")
+    eval_every: int = 5
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHOD_LABELS]
+        if unknown or not self.methods:
+            raise ConfigError(f"ExperimentConfig.methods: unknown {unknown}; choose from {list(METHOD_LABELS)}")
+        if self.eval_every <= 0:
+            raise ConfigError(f"ExperimentConfig.eval_every must be > 0, got {self.eval_every}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "federation": self.federation.to_dict(),
+            "corpus": asdict(self.corpus),
+            "base": asdict(self.base),
+            "methods": list(self.methods),
+            "eval_every": self.eval_every,
+        }
+
+
+@dataclass
+class ExperimentResult:
+    """Per-client final losses per method, loss curves, timings; see :func:`summary_rows`."""
+
+    final: dict[str, dict[str, float]]  # method → client → val loss
+    base: dict[str, float]  # client → val loss of the base model (no adapter)
+    curves: dict[str, list[tuple[int, float]]]  # method → [(round, mean val loss)]
+    seconds: dict[str, float]
+    domain_of: dict[str, str]
+    run_dir: Path
+    rejected: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
+    servers: dict[str, AdapterServer] = field(default_factory=dict, repr=False)
+
+    def mean(self, method: str) -> float:
+        values = self.final[method].values()
+        return sum(values) / len(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "final": self.final,
+            "base": self.base,
+            "curves": self.curves,
+            "seconds": self.seconds,
+            "domain_of": self.domain_of,
+            "mean": {m: self.mean(m) for m in self.final} | {"base": sum(self.base.values()) / len(self.base)},
+            "rejected": {m: {str(r): v for r, v in rounds.items()} for m, rounds in self.rejected.items()},
+        }
+
+
+def summary_rows(result: ExperimentResult) -> list[dict[str, Any]]:
+    """One row per client plus a mean row: base and each method's validation loss."""
+    methods = list(result.final)
+    rows = []
+    for cid in result.base:
+        row: dict[str, Any] = {"client": cid, "base": result.base[cid]}
+        row |= {METHOD_LABELS[m]: result.final[m][cid] for m in methods}
+        rows.append(row)
+    mean = {"client": "MEAN", "base": sum(result.base.values()) / len(result.base)}
+    mean |= {METHOD_LABELS[m]: result.mean(m) for m in methods}
+    rows.append(mean)
+    return rows
+
+
+def run_method(
+    method: str,
+    base_model: torch.nn.Module,
+    corpus: FederatedCorpus,
+    config: ExperimentConfig,
+    on_round: Callable[[str, RoundOutcome], None] | None = None,
+) -> tuple[AdapterServer, torch.nn.Module, list[tuple[int, float]], dict[int, dict[str, str]]]:
+    """Train one method; return its server, its peft model, its loss curve and rejections."""
+    fed = replace(config.federation, method=method)
+    peft_model = add_lora(copy.deepcopy(base_model), rank=fed.lora_rank, seed=fed.seed)
+    server = make_server(method, peft_model, fed)
+    curve = [(0, _mean(evaluate_all(server, peft_model, corpus.clients)))]
+    rejected: dict[int, dict[str, str]] = {}
+
+    def after_round(outcome: RoundOutcome) -> None:
+        if outcome.rejected:
+            rejected[outcome.round] = outcome.rejected
+        if outcome.round % config.eval_every == 0 or outcome.round == fed.rounds:
+            curve.append((outcome.round, _mean(evaluate_all(server, peft_model, corpus.clients))))
+        if on_round:
+            on_round(method, outcome)
+
+    run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
+    return server, peft_model, curve, rejected
+
+
+def run_experiment(
+    run_dir: str | Path,
+    config: ExperimentConfig = ExperimentConfig(),
+    on_round: Callable[[str, RoundOutcome], None] | None = None,
+    on_pretrain: Callable[[int, float], None] | None = None,
+) -> ExperimentResult:
+    """Run every method in ``config.methods`` and write the run directory."""
+    rd = RunDirectory(run_dir)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    rd.write_json(rd.config_path, config.to_dict())
+    corpus = build_corpus(config.corpus)
+    rd.write_json(rd.manifest_path, corpus.manifest)
+    base_model = load_or_build_base_model(config.base, callback=on_pretrain)
+
+    final, curves, seconds, rejected, servers = {}, {}, {}, {}, {}
+    for method in config.methods:
+        start = time.perf_counter()
+        server, peft_model, curves[method], rejected[method] = run_method(method, base_model, corpus, config, on_round)
+        final[method] = evaluate_all(server, peft_model, corpus.clients)
+        seconds[method] = time.perf_counter() - start
+        servers[method] = server
+        log.info("%s: mean val loss %.4f in %.1f s", method, _mean(final[method]), seconds[method])
+    base_losses = {cid: evaluate_loss(peft_model, None, data.val) for cid, data in corpus.clients.items()}
+    result = ExperimentResult(final, base_losses, curves, seconds, corpus.domain_of, rd.root, rejected, servers)
+    rd.write_json(rd.metrics_path, result.to_dict())
+    plot_curves(result, rd.plots_dir / "loss_curves.png")
+    return result
+
+
+def plot_curves(result: ExperimentResult, path: Path) -> Path:
+    """Mean validation loss per round for each method, with the base model as a line; and
+    each client's final loss per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method, curve in result.curves.items():
+        rounds, losses = zip(*curve)
+        left.plot(rounds, losses, marker="o", label=METHOD_LABELS[method])
+    left.axhline(sum(result.base.values()) / len(result.base), color="grey", ls="--", label="base model")
+    left.set(xlabel="round", ylabel="mean validation loss (nats/byte)", title="Learning curves (same budget)")
+    left.legend()
+    clients = list(result.base)
+    width = 0.8 / (len(result.final) + 1)
+    xs = range(len(clients))
+    right.bar([x - 0.4 + width / 2 for x in xs], [result.base[c] for c in clients], width, label="base", color="lightgrey")
+    for i, (method, losses) in enumerate(result.final.items(), start=1):
+        right.bar([x - 0.4 + width / 2 + i * width for x in xs], [losses[c] for c in clients], width, label=METHOD_LABELS[method])
+    right.set_xticks(list(xs), clients, rotation=45, ha="right", fontsize=7)
+    right.set(ylabel="validation loss (nats/byte)", title="Per client, after training")
+    lo = min(min(v.values()) for v in result.final.values())
+    right.set_ylim(bottom=lo - 0.2)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mean(losses: dict[str, float]) -> float:
+    return sum(losses.values()) / len(losses)

@@ -1,0 +1,171 @@
+"""The run directory: every file a federated run leaves behind, in one documented layout.
+
+::
+
+    RUN/
+      run.json                      the run's configuration (federation, corpus, base model)
+      corpus_manifest.json          sha256 of each client's text
+      metrics.json                  per-round outcomes and per-client evaluation
+      ledger.db, outbox.db          the embedded ledger and its durable outbox
+      ledger_head.json              last block (number, hash) seen, to detect truncation
+      secrets/salts.json            commitment salts (secret, never on-chain; deleted on forget)
+      checkpoints/round-0003/       hypernetwork after round 3 (see hypernet.io) + optimizer state
+      adapters/round-0003/<id>.safetensors   the adapter generated for each client in round 3
+      plots/*.png
+
+All writes are atomic (temp file + rename), so a crash leaves the old or the new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from hypernet import HyperLoRA, adapter_hash, load_hypernet, save_hypernet
+from hypernet.atomic import atomic_write_bytes, atomic_write_text
+from hypernet.errors import CorruptFileError
+from hypernet.trainer import HypernetTrainer
+
+__all__ = ["RunDirectory", "client_file_name", "client_from_file_name"]
+
+_ROUND_DIR = re.compile(r"^round-(\d{4,})$")
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def client_file_name(client_id: str) -> str:
+    """A file-name-safe, reversible form of a client id (``code/asyncio`` → ``code%2Fasyncio``)."""
+    return quote(client_id, safe="")
+
+
+def client_from_file_name(name: str) -> str:
+    return unquote(name)
+
+
+class RunDirectory:
+    """Paths and atomic readers/writers for one run."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def config_path(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "corpus_manifest.json"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.db"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.root / "outbox.db"
+
+    @property
+    def ledger_head_path(self) -> Path:
+        return self.root / "ledger_head.json"
+
+    @property
+    def salts_path(self) -> Path:
+        return self.root / "secrets" / "salts.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    def checkpoint_dir(self, round_: int) -> Path:
+        return self.root / "checkpoints" / f"round-{round_:04d}"
+
+    def adapter_path(self, round_: int, client_id: str) -> Path:
+        return self.root / "adapters" / f"round-{round_:04d}" / f"{client_file_name(client_id)}.safetensors"
+
+    # ------------------------------------------------------------------- json
+    def write_json(self, path: Path, data: Any) -> None:
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
+
+    def read_json(self, path: Path, default: Any = None) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            if default is not None:
+                return default
+            raise CorruptFileError(f"{path} is missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptFileError(f"{path} is not valid JSON ({exc})") from None
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_rounds(self) -> list[int]:
+        folder = self.root / "checkpoints"
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _ROUND_DIR.match(p.name)))
+
+    def save_checkpoint(self, round_: int, hypernet: HyperLoRA, trainer: HypernetTrainer | None = None) -> Path:
+        """Save the hypernetwork (and the trainer's optimizer state) after ``round_``."""
+        folder = self.checkpoint_dir(round_)
+        save_hypernet(hypernet, folder, extra={"round": round_})
+        if trainer is not None:
+            atomic_write_bytes(folder / OPTIMIZER_FILE, save(optimizer_tensors(trainer)))
+        return folder
+
+    def load_checkpoint(self, round_: int, spec=None) -> HyperLoRA:  # noqa: ANN001
+        return load_hypernet(self.checkpoint_dir(round_), spec=spec)
+
+    # --------------------------------------------------------------- adapters
+    def save_adapter(self, round_: int, client_id: str, adapter: dict[str, torch.Tensor]) -> str:
+        """Write the adapter sent to ``client_id`` in ``round_``; return its :func:`adapter_hash`."""
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.items()}
+        atomic_write_bytes(self.adapter_path(round_, client_id), save(tensors, metadata={"client_id": client_id, "round": str(round_)}))
+        return adapter_hash(tensors)
+
+    def load_adapter(self, round_: int, client_id: str) -> dict[str, torch.Tensor]:
+        path = self.adapter_path(round_, client_id)
+        try:
+            return load_file(path)
+        except FileNotFoundError:
+            raise CorruptFileError(f"{path} is missing") from None
+        except SafetensorError as exc:
+            raise CorruptFileError(f"{path} is not a valid safetensors file ({exc})") from None
+
+    def adapter_rounds(self) -> list[int]:
+        folder = self.root / "adapters"
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _ROUND_DIR.match(p.name)))
+
+    def adapter_clients(self, round_: int) -> list[str]:
+        folder = self.root / "adapters" / f"round-{round_:04d}"
+        return sorted(client_from_file_name(p.name[: -len(".safetensors")]) for p in folder.glob("*.safetensors"))
+
+
+def optimizer_tensors(trainer: HypernetTrainer) -> dict[str, torch.Tensor]:
+    """The trainer's optimizer state as named tensors; client entries are keyed by client id,
+    so one client's state can be found and removed from a file without touching others."""
+    out: dict[str, torch.Tensor] = {}
+    names = {id(p): n for n, p in trainer.hypernet.named_parameters()}
+    client_of = {id(trainer.hypernet.clients.parameter(c)): c for c in trainer.hypernet.client_ids}
+    optimizers = {"shared": trainer.shared_optimizer, "client": trainer.client_optimizer}
+    if trainer.base_optimizer is not None:
+        optimizers["base"] = trainer.base_optimizer
+    for group_name, optimizer in optimizers.items():
+        for param, state in optimizer.state.items():
+            owner = f"client/{client_of[id(param)]}" if id(param) in client_of else f"{group_name}/{names.get(id(param), '?')}"
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    out[f"{owner}/{key}"] = value.detach().to("cpu").contiguous()
+    return out
