@@ -79,7 +79,12 @@ def pretrain_base_model(
     if config.steps == 0:
         return model.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.05)
+    # One-cycle needs a warm-up of at least one step; very short (test) recipes keep lr flat.
+    schedule = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.05)
+        if config.steps >= 40
+        else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    )
     gen = torch.Generator().manual_seed(config.seed)
     model.train()
     for step in range(config.steps):

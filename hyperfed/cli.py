@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hyperfed.render import format_table, progress
+from hypernet.errors import HyperFedError
 
 __all__ = ["main"]
 
@@ -30,6 +31,59 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_comparison(config, out: str) -> int:  # noqa: ANN001
+    from hyperfed.experiment import METHOD_LABELS, run_experiment, summary_rows
+
+    bars: dict[str, object] = {}
+
+    def on_pretrain(step: int, loss: float) -> None:
+        bar = bars.setdefault("pretrain", progress(config.base.steps, "pretraining base model (once, cached)"))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    def on_round(method: str, outcome) -> None:  # noqa: ANN001
+        bar = bars.setdefault(method, progress(config.federation.rounds, f"{METHOD_LABELS[method]:>11} rounds"))
+        bar.update(1)
+        bar.set_postfix(train_loss=f"{outcome.train_loss:.3f}")
+
+    try:
+        result = run_experiment(out, config, on_round=on_round, on_pretrain=on_pretrain)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    rows = summary_rows(result)
+    print()
+    print(format_table(rows, title="Validation loss per client (nats/byte, lower is better), same budget for every method"))
+    methods = list(result.final)
+    if "hyperlora" in methods:
+        for other in (m for m in methods if m != "hyperlora"):
+            wins = sum(result.final["hyperlora"][c] < result.final[other][c] for c in result.base)
+            diff = result.mean(other) - result.mean("hyperlora")
+            print(f"HyperLoRA vs {METHOD_LABELS[other]}: better on {wins}/{len(result.base)} clients, mean lower by {diff:+.4f}")
+    rejected = sum(len(r) for rounds in result.rejected.values() for r in rounds.values())
+    print(f"Rejected client replies: {rejected}")
+    print(f"Time: " + ", ".join(f"{METHOD_LABELS[m]} {s:.0f} s" for m, s in result.seconds.items()))
+    print(f"Run directory: {result.run_dir}  (metrics.json, plots/loss_curves.png)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hyperfed.experiment import ExperimentConfig
+
+    config = ExperimentConfig()
+    if args.rounds is not None:
+        from dataclasses import replace
+
+        config = replace(config, federation=replace(config.federation, rounds=args.rounds))
+    return _run_comparison(config, args.out)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hyperfed.experiment import ExperimentConfig
+
+    return _run_comparison(ExperimentConfig.from_file(args.config), args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyperfed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -40,10 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--steps", type=int, default=150)
     quick.set_defaults(func=_cmd_quickstart)
 
-    demo = sub.add_parser("demo", help="the main example (currently: the hypernetwork quickstart)")
-    demo.add_argument("--out", default="runs/demo", help="output directory")
-    demo.add_argument("--steps", type=int, default=150)
-    demo.set_defaults(func=_cmd_quickstart)
+    demo = sub.add_parser("demo", help="federated HyperLoRA vs FedAvg-LoRA vs local-only on the offline corpus")
+    demo.add_argument("--out", default="runs/demo", help="run directory")
+    demo.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    demo.set_defaults(func=_cmd_demo)
+
+    train = sub.add_parser("train", help="run the comparison from a TOML/JSON config file")
+    train.add_argument("config", help="config file with [federation], [corpus], [base] sections")
+    train.add_argument("--out", default="runs/train", help="run directory")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 
@@ -54,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except HyperFedError as exc:  # a typed, explained failure: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -51,6 +51,42 @@ class ExperimentConfig:
         if self.eval_every <= 0:
             raise ConfigError(f"ExperimentConfig.eval_every must be > 0, got {self.eval_every}")
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        """Build from ``{"federation": {...}, "corpus": {...}, "base": {...}, "methods": [...]}``;
+        unknown keys are an error that names them."""
+        known = {"federation", "corpus", "base", "methods", "eval_every"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown experiment config keys {unknown}; known: {sorted(known)}")
+        try:
+            corpus = dict(data.get("corpus", {}))
+            if "domains" in corpus:
+                corpus["domains"] = tuple(corpus["domains"])
+            return cls(
+                federation=FederationConfig(**data.get("federation", {})),
+                corpus=CorpusConfig(**corpus),
+                base=BaseModelConfig(**data.get("base", {})),
+                methods=tuple(data.get("methods", cls.methods)),
+                eval_every=int(data.get("eval_every", cls.eval_every)),
+            )
+        except TypeError as exc:  # an unknown field inside a section
+            raise ConfigError(f"bad experiment config: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ExperimentConfig":
+        """Read a TOML or JSON file with the sections of :meth:`from_dict`."""
+        import json
+        import tomllib
+
+        path = Path(path)
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot parse ({exc})") from None
+        return cls.from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "federation": self.federation.to_dict(),

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from hyperfed.cli import main
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
+
+
+TINY = """
+methods = ["hyperlora", "fedavg", "local"]
+eval_every = 1
+[federation]
+rounds = 2
+local_steps = 2
+batch_size = 4
+lora_rank = 2
+[corpus]
+domains = ["code", "docs"]
+clients_per_domain = 2
+train_kib = 2
+val_kib = 1
+block_size = 64
+[base]
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+num_kv_heads = 1
+steps = 20
+batch_size = 4
+block_size = 64
+"""
+
+
+def test_train_from_config_writes_table_metrics_and_plot(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "HyperLoRA" in out and "FedAvg-LoRA" in out and "local-only" in out and "MEAN" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["final"]) == {"hyperlora", "fedavg", "local"}
+    assert len(metrics["final"]["hyperlora"]) == 4
+    assert [r for r, _ in metrics["curves"]["fedavg"]] == [0, 1, 2]
+    png = (tmp_path / "run" / "plots" / "loss_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_bad_config_is_a_clean_error(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[federation]\nrounds = 0\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "rounds" in capsys.readouterr().err
+    config.write_text("[federaton]\n")
+    assert main(["train", str(config)]) == 2
