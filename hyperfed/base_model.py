@@ -53,9 +53,10 @@ class BaseModelConfig:
         if self.steps < 0 or not self.lr > 0:
             raise ConfigError(f"BaseModelConfig needs steps >= 0 and lr > 0, got {self}")
 
-    def key(self) -> str:
-        """Short hash of the recipe, used as the cache folder name."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+    def key(self, pretrain_text: str = "") -> str:
+        """Short hash of the recipe and of the pretraining text: the cache folder name."""
+        recipe = json.dumps(asdict(self), sort_keys=True) + hashlib.sha256(pretrain_text.encode()).hexdigest()
+        return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
 def cache_dir() -> Path:
@@ -110,11 +111,12 @@ def load_or_build_base_model(
     """The cached base model for ``config``, pretraining it first if it is not cached.
 
     The pretraining text is the corpus's reserved text (by default the full three-domain
-    corpus's, so the same base serves every client subset).
+    corpus's, so the same base serves every client subset); its hash is part of the cache
+    key, so a changed corpus never reuses a base model that may have seen client text.
     """
-    folder = cache_dir() / f"base-llama-{config.key()}"
+    corpus = corpus or build_corpus(CorpusConfig(clients_per_domain=4))
+    folder = cache_dir() / f"base-llama-{config.key(corpus.pretrain_text)}"
     if not (folder / "config.json").exists():
-        corpus = corpus or build_corpus(CorpusConfig(clients_per_domain=4))
         log.info("pretraining the base model (%d steps) into %s", config.steps, folder)
         model = pretrain_base_model(pretrain_blocks(corpus, config.block_size), config, callback)
         atomic_directory(folder, lambda tmp: _save(model, config, tmp))

@@ -7,9 +7,9 @@ pretraining the base model:
 domain     clients                                        pretraining text
 =========  ============================================  ==================================
 code       one standard-library package each              other standard-library packages
-docs       a slice of Python's reference docs each        the remaining reference topics
-legal      one licence text each (Debian's                other licences
-           /usr/share/common-licenses; skipped if absent)
+docs       a fifth of Python's reference docs each        the remaining fifth
+legal      one licence text each (Debian's                other licences (no other version of
+           /usr/share/common-licenses; skipped if absent)  a client's licence: they share text)
 =========  ============================================  ==================================
 
 Clients of one domain share style (so a hypernetwork can share what they have in common),
@@ -42,8 +42,15 @@ def _code(families: list[str]) -> list[_Source]:
     return [(f, lambda f=f: stdlib_family_text(f, max_bytes=400_000)) for f in families]
 
 
-def _docs(slices: list[tuple[int, int]]) -> list[_Source]:
-    return [(f"topics-{a:02d}-{b:02d}", lambda a=a, b=b: pydoc_topics_text(a, b)) for a, b in slices]
+def _docs_part(index: int, parts: int) -> str:
+    """Part ``index`` of Python's reference docs cut into ``parts`` equal runs of text."""
+    text = pydoc_topics_text(0, None)
+    size = len(text) // parts
+    return text[index * size : (index + 1) * size]
+
+
+def _docs(indices: list[int], parts: int = 5) -> list[_Source]:
+    return [(f"reference-{i + 1}of{parts}", lambda i=i: _docs_part(i, parts)) for i in indices]
 
 
 def _legal(names: list[str]) -> list[_Source]:
@@ -55,8 +62,9 @@ DOMAINS: dict[str, tuple[list[_Source], list[_Source]]] = {
         _code(["asyncio", "email", "xml", "unittest"]),
         _code(["json", "http", "logging", "urllib", "concurrent", "importlib", "html", "xmlrpc", "wsgiref", "sqlite3", "zoneinfo", "tomllib"]),
     ),
-    "docs": (_docs([(0, 12), (12, 26), (26, 40), (40, 54)]), _docs([(54, 79)])),
-    "legal": (_legal(["GPL-3", "GFDL-1.3", "LGPL-2.1", "MPL-1.1"]), _legal(["GPL-2", "Apache-2.0", "MPL-2.0", "Artistic", "LGPL-3", "GFDL-1.2"])),
+    # the reference docs cut into five runs (~73 KiB each): four clients, one for pretraining
+    "docs": (_docs([0, 1, 2, 3]), _docs([4])),
+    "legal": (_legal(["GPL-3", "GFDL-1.3", "LGPL-2.1", "MPL-1.1"]), _legal(["Apache-2.0", "MPL-2.0", "Artistic", "BSD", "CC0-1.0"])),
 }
 
 

@@ -44,12 +44,25 @@ def stdlib_family_text(family: str, max_bytes: int | None = None) -> str:
     return text[:max_bytes] if max_bytes is not None else text
 
 
-def pydoc_topics_text(start: int, stop: int) -> str:
-    """Topics ``[start:stop]`` (in sorted order) of Python's reference documentation."""
+def pydoc_topics_text(start: int = 0, stop: int | None = None) -> str:
+    """Topics ``[start:stop]`` (in sorted order) of Python's reference documentation.
+
+    Some topics repeat whole sections of others (``compound`` contains ``while``...);
+    each paragraph is kept only at its first occurrence across *all* topics, so no two
+    slices of the docs share text.
+    """
     from pydoc_data.topics import topics
 
-    keys = sorted(topics)
-    return "\n\n".join(topics[k] for k in keys[start:stop])
+    seen: set[str] = set()
+    chosen = set(sorted(topics)[start:stop])
+    out = []
+    for key in sorted(topics):
+        for paragraph in topics[key].split("\n\n"):
+            if paragraph.strip() and paragraph not in seen:
+                seen.add(paragraph)
+                if key in chosen:
+                    out.append(paragraph)
+    return "\n\n".join(out)
 
 
 def license_text(name: str) -> str:
