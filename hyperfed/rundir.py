@@ -34,7 +34,7 @@ from hypernet.atomic import atomic_write_bytes, atomic_write_text
 from hypernet.errors import CorruptFileError
 from hypernet.trainer import HypernetTrainer
 
-__all__ = ["RunDirectory", "client_file_name", "client_from_file_name"]
+__all__ = ["RunDirectory", "client_file_name", "client_from_file_name", "optimizer_tensors", "restore_optimizer", "load_optimizer_file"]
 
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -169,3 +169,38 @@ def optimizer_tensors(trainer: HypernetTrainer) -> dict[str, torch.Tensor]:
                 if isinstance(value, torch.Tensor):
                     out[f"{owner}/{key}"] = value.detach().to("cpu").contiguous()
     return out
+
+
+def restore_optimizer(trainer: HypernetTrainer, tensors: dict[str, torch.Tensor]) -> None:
+    """Load state written by :func:`optimizer_tensors` back into ``trainer``'s optimizers.
+
+    Entries of clients the hypernetwork no longer holds are ignored (a forgotten client's
+    state is never restored).
+    """
+    named = dict(trainer.hypernet.named_parameters())
+    optimizers = {"shared": trainer.shared_optimizer, "client": trainer.client_optimizer, "base": trainer.base_optimizer}
+    for key, value in tensors.items():
+        owner, state_key = key.rsplit("/", 1)
+        group, name = owner.split("/", 1)
+        optimizer = optimizers.get(group)
+        if optimizer is None:
+            continue
+        if group == "client":
+            if name not in trainer.hypernet.clients:
+                continue
+            param = trainer.hypernet.clients.parameter(name)
+        else:
+            param = named.get(name)
+            if param is None:
+                raise CorruptFileError(f"optimizer state for unknown parameter {name!r}")
+        optimizer.state[param][state_key] = value.clone()
+
+
+def load_optimizer_file(folder: Path) -> dict[str, torch.Tensor]:
+    path = Path(folder) / OPTIMIZER_FILE
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        return {}
+    except SafetensorError as exc:
+        raise CorruptFileError(f"{path} is not a valid safetensors file ({exc})") from None

@@ -1,0 +1,144 @@
+"""Benchmark federated training: round cost, server memory, and who wins at which data size.
+
+Run:  python bench/federation.py [--out bench/results/federation.json] [--quick]
+
+1. Round time of HyperLoRA vs FedAvg-LoRA at 8 and 64 clients, split into server time
+   (generate/aggregate: what the hypernetwork adds) and client time (local LoRA steps, which
+   real clients would run in parallel).
+2. Server memory: bytes the server holds (weights + optimizer state) per method.
+3. A sweep over data per client (4, 16, 64 KiB): mean held-out loss of HyperLoRA,
+   FedAvg-LoRA and local-only on the same corpus, base model and budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hyperfed.base_model import BaseModelConfig, load_or_build_base_model  # noqa: E402
+from hyperfed.data.corpus import CorpusConfig, build_corpus  # noqa: E402
+from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds  # noqa: E402
+from hyperfed.federation.client import local_round  # noqa: E402
+from hyperfed.federation.servers import FedAvgLoRAServer, HyperLoRAServer  # noqa: E402
+from hyperfed.render import format_table  # noqa: E402
+from hypernet import ClientData  # noqa: E402
+from hypernet.models import add_lora  # noqa: E402
+
+
+def synthetic_clients(n: int, blocks: torch.Tensor, per_client: int = 16) -> dict[str, ClientData]:
+    """``n`` clients with disjoint slices of real text blocks (timing needs shapes, not meaning)."""
+    out = {}
+    for i in range(n):
+        chunk = blocks[(i * per_client) % (blocks.shape[0] - per_client) :][:per_client]
+        out[f"client-{i:03d}"] = ClientData(train=chunk[:-2], val=chunk[-2:])
+    return out
+
+
+def tensor_bytes(tensors) -> int:  # noqa: ANN001
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def server_bytes(server) -> int:  # noqa: ANN001
+    if isinstance(server, HyperLoRAServer):
+        trainer = server.trainer
+        state = [v for opt in (trainer.shared_optimizer, trainer.client_optimizer, trainer.base_optimizer) if opt for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+        return tensor_bytes(server.hypernet.parameters()) + tensor_bytes(state)
+    if isinstance(server, FedAvgLoRAServer):
+        return tensor_bytes(server.global_adapter.values())
+    return 0
+
+
+def bench_rounds(base, corpus, clients_counts, local_steps: int, rounds: int) -> list[dict]:  # noqa: ANN001
+    blocks = torch.cat([d.train for d in corpus.clients.values()])
+    rows = []
+    for n in clients_counts:
+        clients = synthetic_clients(n, blocks)
+        for method in ("hyperlora", "fedavg"):
+            config = FederationConfig(method=method, rounds=rounds, local_steps=local_steps, batch_size=4)
+            model = add_lora(copy.deepcopy(base), rank=config.lora_rank)
+            server = make_server(method, model, config)
+            server.register(list(clients))
+            server_s = client_s = 0.0
+            for round_ in range(1, rounds + 1):
+                t0 = time.perf_counter()
+                sent = server.configure_round(round_, list(clients))
+                t1 = time.perf_counter()
+                replies = {c: local_round(model, sent[c], clients[c], config, round_, c) for c in clients}
+                t2 = time.perf_counter()
+                server.aggregate_round(round_, replies)
+                t3 = time.perf_counter()
+                server_s += (t1 - t0) + (t3 - t2)
+                client_s += t2 - t1
+            rows.append(
+                {
+                    "clients": n,
+                    "method": method,
+                    "server_ms_per_round": server_s / rounds * 1e3,
+                    "client_ms_per_round": client_s / rounds * 1e3,
+                    "client_ms_per_client": client_s / rounds / n * 1e3,
+                    "server_MiB": server_bytes(server) / 2**20,
+                }
+            )
+    return rows
+
+
+def bench_sweep(base, sizes, rounds: int, local_steps: int) -> list[dict]:  # noqa: ANN001
+    rows = []
+    for kib in sizes:
+        corpus = build_corpus(CorpusConfig(domains=("code", "docs"), clients_per_domain=4, train_kib=kib, val_kib=4))
+        row: dict = {"train_KiB_per_client": kib}
+        losses = {}
+        for method in ("hyperlora", "fedavg", "local"):
+            config = FederationConfig(method=method, rounds=rounds, local_steps=local_steps)
+            model = add_lora(copy.deepcopy(base), rank=config.lora_rank)
+            server = make_server(method, model, config)
+            run_rounds(server, model, corpus.clients, config)
+            losses[method] = evaluate_all(server, model, corpus.clients)
+            row[method] = sum(losses[method].values()) / len(losses[method])
+        ids = list(corpus.clients)
+        row["hyper_beats_fedavg"] = f"{sum(losses['hyperlora'][c] < losses['fedavg'][c] for c in ids)}/{len(ids)}"
+        row["hyper_beats_local"] = f"{sum(losses['hyperlora'][c] < losses['local'][c] for c in ids)}/{len(ids)}"
+        rows.append(row)
+        print(format_table([row]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/results/federation.json")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, not a measurement)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+
+    if args.quick:
+        base_cfg = BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64)
+        counts, rounds, steps, sizes, sweep_rounds = (4, 8), 1, 1, (2,), 1
+    else:
+        base_cfg, counts, rounds, steps, sizes, sweep_rounds = BaseModelConfig(), (8, 64), 3, 2, (4, 16, 64), 10
+    base = load_or_build_base_model(base_cfg)
+    corpus = build_corpus(CorpusConfig(domains=("code",), clients_per_domain=4, train_kib=16, val_kib=2, block_size=base_cfg.block_size))
+    result: dict = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}}
+    result["rounds"] = bench_rounds(base, corpus, counts, steps, rounds)
+    print(format_table(result["rounds"], title=f"Round cost ({steps} local steps per client, batch 4×{base_cfg.block_size} bytes)"))
+    print("\nData-per-client sweep (mean held-out loss, nats/byte; 8 clients: 4 code + 4 docs):")
+    result["sweep"] = bench_sweep(base, sizes, sweep_rounds, 10 if not args.quick else 1)
+    print(format_table(result["sweep"], title="\nSweep summary"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
