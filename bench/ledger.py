@@ -3,14 +3,17 @@
 Embedded ledger (default backend): durable transactions per second (every commit is an
 fsync'd SQLite transaction with a hash-chained block) for ``register_client`` and
 ``record_generation``, query rate, the ledger cost of one federated round
-(``k`` generations + one checkpoint whose Merkle root the contract recomputes over ``k``
+(``k`` generations + one checkpoint whose Merkle root the contract computes over ``k``
 commitments), and ``verify()`` time per 1,000 blocks. The Fabric Gateway client on
-loopback is measured by :func:`bench_gateway`.
+loopback is measured by :func:`bench_gateway`. :func:`bench_recorder` measures what a
+real run pays per round through :class:`~hyperfed.ledger.recorder.RunRecorder` (files,
+hashes, commitments, outbox and ledger) against the same file writes without a ledger,
+and the audit of the resulting run.
 
 Run from the repository root::
 
     python bench/ledger.py [--n 500] [--clients 10] [--rounds 20] \
-        [--out bench/results/ledger.json] [--skip-gateway]
+        [--out bench/results/ledger.json] [--skip-gateway] [--skip-recorder]
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyperfed.ledger import EmbeddedLedger, Ledger, commitments_root, sha256_hex  # noqa: E402
+from hyperfed.ledger import EmbeddedLedger, Ledger, sha256_hex  # noqa: E402
 from hyperfed.ledger.base import LedgerBackend  # noqa: E402
 
-__all__ = ["measure_backend", "sqlite_baseline", "bench_embedded", "bench_gateway", "main"]
+__all__ = ["measure_backend", "sqlite_baseline", "bench_embedded", "bench_gateway",
+           "bench_recorder", "main"]
 
 
 def _timed(calls: list[Callable[[], Any]]) -> list[float]:
@@ -72,23 +76,23 @@ def measure_backend(name: str, backend: LedgerBackend, *, n: int, clients: int,
     commitments = {f"client-{i:06d}": sha256_hex(f"c{i}".encode()) for i in range(n)}
     rows = [_row(name, "register_client", _timed(
         [lambda c=c, v=v: ledger.register_client(c, v) for c, v in commitments.items()]))]
-    ledger.record_checkpoint(0, sha256_hex(b"w0"), commitments_root(commitments), commitments)
+    ledger.record_checkpoint(0, sha256_hex(b"w0"), commitments)
     rows.append(_row(name, "record_generation", _timed(
         [lambda c=c: ledger.record_generation(1, c, sha256_hex(c.encode()), sha256_hex(b"w0"))
          for c in commitments])))
     rows.append(_row(name, "get_client (query)", _timed(
         [lambda c=c: ledger.get_client(c) for c in commitments]), unit="query"))
 
-    cohort = dict(list(commitments.items())[:clients])
-    root = commitments_root(cohort)
+    cohort = list(commitments)[:clients]
 
     def one_round(r: int) -> None:
         previous = sha256_hex(f"w{r - 1}".encode())
         for cid in cohort:
             ledger.record_generation(r, cid, sha256_hex(f"{cid}-{r}".encode()), previous)
-        ledger.record_checkpoint(r, sha256_hex(f"w{r}".encode()), root, cohort)
+        moved = {cid: sha256_hex(f"{cid}-embedding-{r}".encode()) for cid in cohort}
+        ledger.record_checkpoint(r, sha256_hex(f"w{r}".encode()), moved)
 
-    ledger.record_checkpoint(1, sha256_hex(b"w1"), root, cohort)
+    ledger.record_checkpoint(1, sha256_hex(b"w1"), {c: commitments[c] for c in cohort})
     times = _timed([lambda r=r: one_round(r) for r in range(2, 2 + rounds)])
     rows.append({"backend": name, "operation": f"federated round ({clients} generations + "
                  "1 checkpoint)", "n": rounds, "ms_per_round": statistics.mean(times) * 1e3,
@@ -157,6 +161,79 @@ def bench_gateway(workdir: Path, *, n: int, clients: int, rounds: int) -> list[d
     ]
 
 
+def bench_recorder(workdir: Path, *, clients: int, rounds: int, **_: Any) -> list[dict[str, Any]]:
+    """Ledger cost per federated round of a real run directory (embedded ledger).
+
+    A tiny Llama (hidden 64, 2 layers, LoRA r=8 on q,v) and a HyperLoRA with ``clients``
+    clients. Each round every client gets an adapter and every embedding moves (as after
+    training; the training itself is not timed). Timed per round: ``record_generations``
+    (adapter files + hashes + ``k`` generation records) and ``record_checkpoint``
+    (checkpoint folder + shared hash + ``k`` commitments + 1 checkpoint record), against
+    the same ``RunDirectory`` writes without any ledger. Then ``audit_run`` on the result.
+    """
+    import torch
+
+    from hyperfed.audit import audit_run
+    from hyperfed.ledger.recorder import RunRecorder
+    from hyperfed.rundir import RunDirectory
+    from hypernet import HyperLoRA
+    from hypernet.models import add_lora, tiny_llama
+
+    model = add_lora(tiny_llama(hidden_size=64, num_layers=2), rank=8)
+    ids = [f"client-{i:04d}" for i in range(clients)]
+    hypernet = HyperLoRA.from_peft_model(model, client_ids=ids)
+
+    def rounds_of(record: Callable[[int, dict], None]) -> list[float]:
+        times = []
+        for r in range(1, rounds + 1):
+            with torch.no_grad():
+                adapters = hypernet.generate(ids)
+                for cid in ids:
+                    hypernet.clients.parameter(cid).add_(0.01)
+            start = time.perf_counter()
+            record(r, adapters)
+            times.append(time.perf_counter() - start)
+        return times
+
+    bare = RunDirectory(workdir / "files-only")
+
+    def files_only(r: int, adapters: dict) -> None:
+        for cid in sorted(adapters):
+            bare.save_adapter(r, cid, adapters[cid])
+        bare.save_checkpoint(r, hypernet)
+
+    baseline = rounds_of(files_only)
+    run_dir = RunDirectory(workdir / "recorded")
+    recorder = RunRecorder.open(run_dir)
+    recorder.register_clients(ids, hypernet)
+    recorder.record_checkpoint(0, hypernet)
+
+    def recorded(r: int, adapters: dict) -> None:
+        recorder.record_generations(r, adapters, checkpoint_round=r - 1)
+        recorder.record_checkpoint(r, hypernet)
+
+    timed = rounds_of(recorded)
+    recorder.close()
+    start = time.perf_counter()
+    report = audit_run(run_dir)
+    audit_s = time.perf_counter() - start
+    if not report.ok:
+        raise RuntimeError(f"audit of the benchmark run failed: {report.culprits()}")
+    name, what = "recorder (embedded)", f"{clients} adapters + 1 ckpt"
+
+    def row(operation: str, times: list[float]) -> dict[str, Any]:
+        return {"backend": name, "operation": operation, "n": rounds,
+                "ms_per_round": statistics.mean(times) * 1e3,
+                "ms_p95": sorted(times)[max(0, round(0.95 * rounds) - 1)] * 1e3}
+
+    return [
+        row(f"round, files only ({what})", baseline),
+        dict(row(f"round, recorded ({what})", timed), tx_per_round=clients + 1),
+        {"backend": name, "operation": f"audit_run ({clients} clients)", "n": rounds + 1,
+         "ms_per_checkpoint": audit_s * 1e3 / (rounds + 1), "findings": len(report.findings)},
+    ]
+
+
 def _format(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'backend':<20} {'operation':<45} {'n':>6} {'rate / cost':>22} {'p50 ms':>8} "
              f"{'p95 ms':>8}"]
@@ -167,6 +244,8 @@ def _format(rows: list[dict[str, Any]]) -> str:
             rate = f"{r['query_per_s']:.0f} queries/s"
         elif "ms_per_round" in r:
             rate = f"{r['ms_per_round']:.1f} ms/round"
+        elif "ms_per_checkpoint" in r:
+            rate = f"{r['ms_per_checkpoint']:.1f} ms/checkpoint"
         else:
             rate = f"{r['ms_per_1k_blocks']:.1f} ms/1k blocks"
         p50 = f"{r['ms_p50']:.2f}" if "ms_p50" in r else ""
@@ -183,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds to time")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ledger.json"))
     parser.add_argument("--skip-gateway", action="store_true")
+    parser.add_argument("--skip-recorder", action="store_true",
+                        help="skip the RunRecorder round (needs torch, transformers, peft)")
     args = parser.parse_args(argv)
     if args.n < args.clients or args.clients < 1 or args.rounds < 1:
         parser.error("need 1 <= clients <= n and rounds >= 1")
@@ -191,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = bench_embedded(Path(tmp), **sizes)
         if not args.skip_gateway:
             rows += bench_gateway(Path(tmp), **sizes)
+        if not args.skip_recorder:
+            rows += bench_recorder(Path(tmp), **sizes)
     result = {
         "benchmark": "ledger", "settings": sizes, "rows": rows,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),

@@ -14,8 +14,12 @@ Invariants (each refusal raises ``ContractError`` whose text starts with ``[code
   checkpoint's. ``record_forget`` records a new checkpoint *version* of the current round
   (``version = latest.version + 1``) or of a later round (version 0); it never goes back.
   A checkpoint is addressed by ``(round, version)``; training checkpoints have version 0.
-* **Roots are checked.** A checkpoint's Merkle root must equal the root over the listed
-  clients' registered commitments (:func:`chaincode.merkle.keyed_merkle_root`).
+* **Checkpoints commit to their embeddings.** A checkpoint carries
+  ``{client id: commitment}`` — the salted commitment of each client's embedding *in that
+  checkpoint*. Every listed client must be registered and not forgotten; the contract
+  computes the Merkle root itself (:func:`chaincode.merkle.keyed_merkle_root`) and stores
+  one leaf per client, so ``get_membership_proof`` can prove any client's commitment
+  against the root even after others' embeddings (and salts) were destroyed.
 * **Generations reference a recorded checkpoint** (by its weights hash): record the
   initial weights as round 0 before generating from them. One key per client per round;
   it may only be replaced by an adapter regenerated from a *later* checkpoint.
@@ -28,17 +32,15 @@ Invariants (each refusal raises ``ContractError`` whose text starts with ``[code
 from __future__ import annotations
 
 import json
-from typing import List
-
 from chaincode.fabric_compat import Contract, TransactionContextInterface
-from chaincode.merkle import keyed_inclusion_proof
+from chaincode.merkle import keyed_inclusion_proof, keyed_merkle_root
 from chaincode.records import (
     CONFIG_KEY,
     HEAD_KEY,
     MAX_VERSION,
     ContractError,
     check_client_id,
-    check_client_list,
+    check_commitments,
     check_digest,
     check_mode,
     check_msp,
@@ -57,7 +59,8 @@ from chaincode.records import (
 )
 from chaincode.state import (
     answer,
-    check_root,
+    checkpoint_leaves,
+    commitments_root,
     dump,
     get_record,
     live_client,
@@ -75,7 +78,7 @@ SUBMIT_TRANSACTIONS = (
 EVALUATE_TRANSACTIONS = (
     "get_config", "get_client", "list_clients", "get_client_history", "get_round",
     "get_checkpoint", "get_latest_checkpoint", "list_checkpoints", "list_generations",
-    "list_forgets", "get_membership_proof",
+    "list_forgets", "get_membership_proof", "get_checkpoint_commitments",
 )
 
 
@@ -137,17 +140,20 @@ class HyperFedContract(Contract):
 
     async def record_checkpoint(
         self, ctx: TransactionContextInterface, round_no: int, weights_hash: str,
-        merkle_root: str, client_ids: List[str],
+        commitments: str,
     ) -> str:
-        """Record round ``round_no``'s shared-weights hash and commitments root."""
+        """Record round ``round_no``'s shared-weights hash and its embeddings' commitments.
+
+        ``commitments`` is a JSON object ``{client id: commitment}`` of the embeddings in
+        this checkpoint; the record stores their Merkle root and one leaf per client.
+        """
         stub, tx = await writer_tx(ctx)
         check_round(round_no)
         check_digest("weights_hash", weights_hash)
-        check_digest("merkle_root", merkle_root)
-        ids = check_client_list("client_ids", client_ids)
+        leaves = check_commitments("commitments", commitments)
         fact = {"round": round_no, "version": 0, "weights_hash": weights_hash,
-                "merkle_root": merkle_root, "client_ids": ids, "kind": "train",
-                "forgotten_client": None}
+                "merkle_root": keyed_merkle_root(leaves), "client_ids": list(leaves),
+                "kind": "train", "forgotten_client": None}
         head = await get_record(stub, "head", HEAD_KEY)
         if head is not None and round_no <= head["round"]:
             existing = await get_record(stub, "checkpoint", checkpoint_key(round_no, 0))
@@ -158,9 +164,9 @@ class HyperFedContract(Contract):
                 f"checkpoint rounds move forward: round {round_no} is not after the latest "
                 f"checkpoint (round {head['round']}, version {head['version']})",
             )
-        await check_root(stub, ids, merkle_root)
+        await commitments_root(stub, leaves)  # every listed client is registered and live
         record = dict(fact, **tx)
-        await store_checkpoint(stub, record)
+        await store_checkpoint(stub, record, leaves)
         return answer(record)
 
     async def record_generation(
@@ -209,23 +215,25 @@ class HyperFedContract(Contract):
 
     async def record_forget(
         self, ctx: TransactionContextInterface, client_id: str, round_no: int,
-        weights_hash: str, merkle_root: str, adapters_root: str, mode: str,
-        remaining_client_ids: List[str],
+        weights_hash: str, commitments: str, adapters_root: str, mode: str,
     ) -> str:
-        """Forget a client: final, with the new checkpoint and regenerated adapters' root."""
+        """Forget a client: final, with the new checkpoint and regenerated adapters' root.
+
+        ``commitments`` is the new checkpoint's ``{client id: commitment}`` over the
+        remaining clients (it must not list the forgotten one).
+        """
         stub, tx = await writer_tx(ctx)
         check_client_id(client_id)
         check_round(round_no)
-        for name, value in (("weights_hash", weights_hash), ("merkle_root", merkle_root),
-                            ("adapters_root", adapters_root)):
+        for name, value in (("weights_hash", weights_hash), ("adapters_root", adapters_root)):
             check_digest(name, value)
         check_mode(mode)
-        remaining = check_client_list("remaining_client_ids", remaining_client_ids)
-        if client_id in remaining:
-            raise ContractError("bad-argument", "remaining_client_ids lists the forgotten client")
+        leaves = check_commitments("commitments", commitments)
+        if client_id in leaves:
+            raise ContractError("bad-argument", "commitments lists the forgotten client")
         fact = {"client_id": client_id, "round": round_no, "weights_hash": weights_hash,
-                "merkle_root": merkle_root, "adapters_root": adapters_root, "mode": mode,
-                "remaining_client_ids": remaining}
+                "merkle_root": keyed_merkle_root(leaves), "adapters_root": adapters_root,
+                "mode": mode, "remaining_client_ids": list(leaves)}
         existing = await get_record(stub, "forget", forget_key(client_id))
         if existing is not None:
             if all(existing[k] == v for k, v in fact.items()):
@@ -246,16 +254,16 @@ class HyperFedContract(Contract):
         version = head["version"] + 1 if head is not None and head["round"] == round_no else 0
         if version > MAX_VERSION:
             raise ContractError("round-order", f"round {round_no} has too many checkpoint versions")
-        await check_root(stub, remaining, merkle_root)
+        await commitments_root(stub, leaves)  # the remaining clients are registered and live
         ckpt = {"round": round_no, "version": version, "weights_hash": weights_hash,
-                "merkle_root": merkle_root, "client_ids": remaining, "kind": "forget",
-                "forgotten_client": client_id, **tx}
+                "merkle_root": fact["merkle_root"], "client_ids": list(leaves),
+                "kind": "forget", "forgotten_client": client_id, **tx}
         record = dict(fact, version=version, **tx)
         client = dict(client, status="forgotten", forgotten_round=round_no,
                       forgotten_tx=tx["tx_id"], forgotten_at=tx["timestamp"])
         await put_record(stub, "client", client_key(client_id), client)
         await put_record(stub, "forget", forget_key(client_id), record)
-        await store_checkpoint(stub, ckpt)
+        await store_checkpoint(stub, ckpt, leaves)
         return answer(record)
 
     # ---------------------------------------------------------------- evaluate
@@ -357,15 +365,17 @@ class HyperFedContract(Contract):
                 "not-in-checkpoint",
                 f"client {client_id!r} is not in checkpoint ({ckpt['round']}, {ckpt['version']})",
             )
-        commitments = {}
-        for cid in ckpt["client_ids"]:
-            client = await get_record(stub, "client", client_key(cid))
-            if client is None:
-                raise ContractError(
-                    "corrupt-state", f"checkpoint names unregistered client {cid!r}"
-                )
-            commitments[cid] = client["commitment"]
+        commitments = await checkpoint_leaves(stub, ckpt)
         index, path = keyed_inclusion_proof(commitments, client_id)
         return dump({"client_id": client_id, "commitment": commitments[client_id],
                       "round": ckpt["round"], "version": ckpt["version"], "index": index,
                       "size": len(commitments), "path": path, "root": ckpt["merkle_root"]})
+
+    async def get_checkpoint_commitments(
+        self, ctx: TransactionContextInterface, round_no: int, version: int
+    ) -> str:
+        """Every ``{client id: commitment}`` leaf of a checkpoint, checked against its root."""
+        ckpt = json.loads(await self.get_checkpoint(ctx, round_no, version))
+        commitments = await checkpoint_leaves(ctx.get_stub(), ckpt)
+        return dump({"round": ckpt["round"], "version": ckpt["version"],
+                      "merkle_root": ckpt["merkle_root"], "commitments": commitments})

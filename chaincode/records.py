@@ -7,6 +7,8 @@ range scans return them in numeric order::
     head                                    the latest checkpoint's (round, version)
     client/<client_id>                      registration, commitment, status
     ckpt/<round:010d>/<version:06d>         one checkpoint (version > 0: after a forget)
+    leaf/<round:010d>/<version:06d>/<id>    one client's embedding commitment in that
+                                            checkpoint (a leaf of its Merkle root)
     weights/<weights_hash>                  first checkpoint with these shared weights
     gen/<round:010d>/<client_id>            one generated adapter per client per round
     cgen/<client_id>/<round:010d>           the same record, indexed by client
@@ -40,6 +42,8 @@ __all__ = [
     "client_generation_prefix",
     "client_generation_key",
     "forget_key",
+    "leaf_prefix",
+    "leaf_key",
     "prefix_end",
     "check_client_id",
     "check_digest",
@@ -47,6 +51,7 @@ __all__ = [
     "check_mode",
     "check_msp",
     "check_client_list",
+    "check_commitments",
     "encode",
     "decode",
     "timestamp_iso",
@@ -115,6 +120,14 @@ def forget_key(client_id: str) -> str:
     return f"forget/{client_id}"
 
 
+def leaf_prefix(round_no: int, version: int) -> str:
+    return f"leaf/{round_no:010d}/{version:06d}/"
+
+
+def leaf_key(round_no: int, version: int, client_id: str) -> str:
+    return leaf_prefix(round_no, version) + client_id
+
+
 def prefix_end(prefix: str) -> str:
     """Exclusive end key of a range scan over every key starting with ``prefix``."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
@@ -180,6 +193,25 @@ def check_client_list(name: str, client_ids: Any) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ContractError("bad-argument", f"{name} lists a client more than once")
     return sorted(ids)
+
+
+def check_commitments(name: str, text: str) -> dict[str, str]:
+    """A JSON object ``{client id: commitment}``, returned with its keys sorted.
+
+    Each key is a valid client id and each value a sha256 hex digest.
+    """
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else text
+    except ValueError:
+        raise ContractError(
+            "bad-argument", f"{name} must be a JSON object {{client id: commitment}}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ContractError(
+            "bad-argument", f"{name} must be a JSON object {{client id: commitment}}, "
+            f"got {type(value).__name__}"
+        )
+    return {check_client_id(c): check_digest(f"{name}[{c!r}]", value[c]) for c in sorted(value)}
 
 
 # ------------------------------------------------------------------------ encoding

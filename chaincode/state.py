@@ -1,8 +1,9 @@
 """Asynchronous state access shared by the contract's transactions.
 
 Thin helpers over the chaincode stub (``get_state``/``put_state``/range scans) plus the
-checks several transactions share: the writer-MSP gate, "live client" lookup and the
-Merkle-root check over registered commitments.
+checks several transactions share: the writer-MSP gate, "live client" lookup, and a
+checkpoint's commitments: the contract computes their Merkle root itself, stores one leaf
+key per client, and re-checks the leaves against the root whenever it serves a proof.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from chaincode.records import (
     check_client_id,
     checkpoint_key,
     client_key,
+    leaf_key,
+    leaf_prefix,
     decode,
     encode,
     prefix_end,
@@ -33,8 +36,9 @@ __all__ = [
     "dump",
     "writer_tx",
     "live_client",
-    "check_root",
+    "commitments_root",
     "store_checkpoint",
+    "checkpoint_leaves",
 ]
 
 
@@ -97,16 +101,11 @@ async def live_client(stub: Any, client_id: str) -> dict[str, Any]:
     return client
 
 
-async def check_root(stub: Any, client_ids: list[str], merkle_root: str) -> None:
-    """Refuse unless ``merkle_root`` is the keyed root of the live clients' commitments."""
-    commitments = {c: (await live_client(stub, c))["commitment"] for c in client_ids}
-    expected = keyed_merkle_root(commitments)
-    if expected != merkle_root:
-        raise ContractError(
-            "merkle-mismatch",
-            f"merkle_root {merkle_root} does not match the registered commitments of the "
-            f"{len(client_ids)} listed clients (expected {expected})",
-        )
+async def commitments_root(stub: Any, commitments: dict[str, str]) -> str:
+    """The keyed Merkle root of ``commitments``; refuses unknown and forgotten clients."""
+    for client_id in commitments:
+        await live_client(stub, client_id)
+    return keyed_merkle_root(commitments)
 
 
 async def _index_weights(stub: Any, ckpt: dict[str, Any]) -> None:
@@ -116,8 +115,36 @@ async def _index_weights(stub: Any, ckpt: dict[str, Any]) -> None:
         await put_record(stub, "weights", key, first)
 
 
-async def store_checkpoint(stub: Any, ckpt: dict[str, Any]) -> None:
-    """Write a checkpoint, move the head to it and index its weights hash."""
-    await put_record(stub, "checkpoint", checkpoint_key(ckpt["round"], ckpt["version"]), ckpt)
+async def store_checkpoint(stub: Any, ckpt: dict[str, Any], commitments: dict[str, str]) -> None:
+    """Write a checkpoint and its leaves, move the head to it and index its weights hash.
+
+    ``commitments`` are the checkpoint's ``{client id: commitment}`` (its Merkle leaves):
+    one key per client, so a proof for one client never needs the others' records.
+    """
+    round_no, version = ckpt["round"], ckpt["version"]
+    await put_record(stub, "checkpoint", checkpoint_key(round_no, version), ckpt)
+    for client_id, commitment in commitments.items():
+        leaf = {"client_id": client_id, "commitment": commitment, "round": round_no,
+                "version": version}
+        await put_record(stub, "leaf", leaf_key(round_no, version, client_id), leaf)
     await put_record(stub, "head", HEAD_KEY, {"round": ckpt["round"], "version": ckpt["version"]})
     await _index_weights(stub, ckpt)
+
+
+async def checkpoint_leaves(stub: Any, ckpt: dict[str, Any]) -> dict[str, str]:
+    """``{client id: commitment}`` of a stored checkpoint, checked against its root.
+
+    Raises ``corrupt-state`` when the stored leaves are not exactly the checkpoint's
+    clients or do not hash to its Merkle root.
+    """
+    prefix = leaf_prefix(ckpt["round"], ckpt["version"])
+    leaves = {leaf["client_id"]: leaf["commitment"]
+              for leaf in await scan_records(stub, "leaf", prefix)}
+    where = f"checkpoint ({ckpt['round']}, {ckpt['version']})"
+    if sorted(leaves) != list(ckpt["client_ids"]):
+        raise ContractError("corrupt-state", f"the stored leaves of {where} are not its clients")
+    if keyed_merkle_root(leaves) != ckpt["merkle_root"]:
+        raise ContractError(
+            "corrupt-state", f"the stored leaves of {where} do not hash to its merkle_root"
+        )
+    return leaves

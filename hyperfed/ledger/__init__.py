@@ -13,6 +13,9 @@
   Query parameters become keyword arguments of the backend, e.g.
   ``sqlite:///runs/a/ledger.db?writer_msp=Org1MSP&msp_id=Org1MSP``.
 * :class:`Outbox` — durable queue for writes while the ledger is unreachable.
+* :class:`SaltStore` — the secret per-client commitment salts of a run.
+* :mod:`hyperfed.ledger.recorder` — :class:`~hyperfed.ledger.recorder.RunRecorder`, what
+  training calls to record a run (imports torch, so it is not imported here).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from hyperfed.ledger.records import (
     RoundRecords,
     violation_code,
 )
+from hyperfed.ledger.salts import SaltStore
 from hyperfed.ledger.stub import Simulation
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "Outbox",
     "OutboxEntry",
     "FlushReport",
+    "SaltStore",
     "Block",
     "Problem",
     "VerifyReport",

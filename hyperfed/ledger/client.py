@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from hyperfed.errors import ContractViolationError, LedgerConflictError, UnknownClientError
 from hyperfed.ledger.base import LedgerBackend
@@ -37,10 +37,13 @@ __all__ = ["Ledger"]
 log = logging.getLogger(__name__)
 
 
-def _ids(client_ids: Iterable[str]) -> str:
-    if isinstance(client_ids, str):
-        raise TypeError("client_ids must be an iterable of client ids, not one string")
-    return json.dumps(sorted(client_ids))
+def _commitments(commitments: Mapping[str, str]) -> str:
+    """Canonical JSON of ``{client id: commitment}`` (same record -> same outbox id)."""
+    if not isinstance(commitments, Mapping):
+        raise TypeError("commitments must be a mapping {client id: commitment hex}, "
+                        f"not {type(commitments).__name__}")
+    return json.dumps({str(k): str(v) for k, v in commitments.items()}, sort_keys=True,
+                      separators=(",", ":"))
 
 
 class Ledger:
@@ -108,16 +111,25 @@ class Ledger:
         """
         return self._submit("register_client", client_id, commitment)
 
-    def record_checkpoint(self, round: int, weights_hash: str, merkle_root: str,
-                          client_ids: Iterable[str]) -> Receipt:
-        """Record a round's shared-weights hash and the Merkle root of its clients.
+    def record_checkpoint(self, round: int, weights_hash: str,
+                          commitments: Mapping[str, str]) -> Receipt:
+        """Record a round's shared-weights hash and its embeddings' commitments.
 
-        ``merkle_root`` must equal
-        :func:`~hyperfed.ledger.commitment.commitments_root` of the listed clients'
-        registered commitments; the round must be above the latest checkpoint's.
+        Parameters
+        ----------
+        round
+            Above the latest checkpoint's round (round 0 = the initial weights).
+        weights_hash
+            Hash of the *shared* hypernetwork weights (client embeddings excluded), see
+            :func:`hyperfed.ledger.recorder.shared_weights_hash`.
+        commitments
+            ``{client id: commitment}`` of every embedding saved in this checkpoint
+            (:func:`~hyperfed.ledger.commitment.commit_embedding`). Each client must be
+            registered and not forgotten. The contract computes and stores the Merkle
+            root (:func:`~hyperfed.ledger.commitment.commitments_root`) and the leaves.
         """
-        return self._submit("record_checkpoint", str(int(round)), weights_hash, merkle_root,
-                            _ids(client_ids))
+        return self._submit("record_checkpoint", str(int(round)), weights_hash,
+                            _commitments(commitments))
 
     def record_generation(self, round: int, client_id: str, adapter_hash: str,
                           checkpoint_hash: str) -> Receipt:
@@ -130,24 +142,26 @@ class Ledger:
                             checkpoint_hash)
 
     def record_forget(self, client_id: str, round: int, new_checkpoint_hash: str,
-                      new_merkle_root: str, adapters_root: str, mode: str,
-                      remaining_client_ids: Iterable[str]) -> Receipt:
+                      commitments: Mapping[str, str], adapters_root: str,
+                      mode: str) -> Receipt:
         """Record that ``client_id`` was forgotten (final) and the resulting checkpoint.
 
         Parameters
         ----------
         round
             The current round; the new checkpoint becomes ``(round, latest version + 1)``.
-        new_checkpoint_hash, new_merkle_root
-            Weights hash and commitments root after the forget, over
-            ``remaining_client_ids``.
+        new_checkpoint_hash
+            Shared-weights hash after the forget.
+        commitments
+            ``{client id: commitment}`` of the remaining clients' embeddings in the new
+            checkpoint (without ``client_id``).
         adapters_root
             :func:`~hyperfed.ledger.commitment.adapters_root` of the regenerated adapters.
         mode
             How it was forgotten, e.g. ``"delete"`` or ``"exact"``.
         """
         return self._submit("record_forget", client_id, str(int(round)), new_checkpoint_hash,
-                            new_merkle_root, adapters_root, mode, _ids(remaining_client_ids))
+                            _commitments(commitments), adapters_root, mode)
 
     def flush(self) -> FlushReport | None:
         """Send queued writes now (``None`` without an outbox)."""
@@ -218,6 +232,15 @@ class Ledger:
         v = -1 if version is None else int(version)
         data = self._query("get_membership_proof", client_id, str(int(round)), str(v))
         return from_json(MembershipProof, data)
+
+    def checkpoint_commitments(self, round: int, version: int | None = None) -> dict[str, str]:
+        """``{client id: commitment}`` of checkpoint ``(round, version)`` (latest if ``None``).
+
+        The contract re-checks the stored leaves against the checkpoint's Merkle root.
+        """
+        v = -1 if version is None else int(version)
+        data = self._query("get_checkpoint_commitments", str(int(round)), str(v))
+        return dict(data["commitments"])
 
     # --------------------------------------------------------------- lifecycle
 

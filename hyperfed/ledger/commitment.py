@@ -87,7 +87,8 @@ def hash_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 def commitments_root(commitments: Mapping[str, str]) -> str:
-    """Merkle root over ``{client_id: commitment}`` — what ``record_checkpoint`` expects."""
+    """Merkle root over ``{client_id: commitment}``: the root the contract computes and
+    stores for ``record_checkpoint`` / ``record_forget``."""
     return keyed_merkle_root(commitments)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -99,9 +100,9 @@ def test_init_ledger_is_once_and_by_the_writer_itself(ledger):
 
 @pytest.mark.parametrize("function,args", [
     ("register_client", ["a", h("a")]),
-    ("record_checkpoint", ["0", h("w"), h("r"), "[]"]),
+    ("record_checkpoint", ["0", h("w"), "{}"]),
     ("record_generation", ["0", "a", h("x"), h("w")]),
-    ("record_forget", ["a", "0", h("w"), h("r"), h("x"), "delete", "[]"]),
+    ("record_forget", ["a", "0", h("w"), "{}", h("x"), "delete"]),
 ])
 def test_every_write_needs_the_writer_msp(ledger, function, args):
     assert code_of(lambda: as_msp(ledger, "Org2MSP", function, *args)) == "not-writer"
@@ -175,3 +176,23 @@ def test_the_shim_does_not_log_state_values():
         root.removeHandler(handler)
         root.setLevel(old_level)
     assert not [r for r in records if "secret-commitment" in r.getMessage()]
+
+
+def test_checkpoint_leaves_are_one_key_per_client_and_rechecked_against_the_root(ledger):
+    from hyperfed.ledger import Ledger
+
+    typed = Ledger(ledger)
+    for cid in ("a", "b", "c"):
+        typed.register_client(cid, h(cid))
+    typed.record_checkpoint(0, h("w"), {"a": h("a0"), "b": h("b0"), "c": h("c0")})
+    with ledger.snapshot() as state:
+        leaves = [k for k, _, _ in state.read_range("leaf/", "leaf0")]
+    assert leaves == [f"leaf/{0:010d}/{0:06d}/{c}" for c in "abc"]
+    assert typed.membership_proof("a", 0).verify()
+    forged = json.dumps({"client_id": "b", "commitment": h("forged"), "round": 0, "type": "leaf",
+                         "version": 0}, sort_keys=True, separators=(",", ":")).encode()
+    conn = sqlite3.connect(ledger.path, isolation_level=None)
+    conn.execute("UPDATE state SET value = ? WHERE key = ?", (forged, leaves[1]))
+    conn.close()
+    for call in (lambda: typed.membership_proof("a", 0), lambda: typed.checkpoint_commitments(0)):
+        assert code_of(call) == "corrupt-state"

@@ -19,6 +19,8 @@ def h(text: str) -> str:
 
 
 COMMITMENTS = {"alice": h("c-alice"), "bob": h("c-bob"), "carol": h("c-carol")}
+# Embeddings move during training: round 1's commitments differ from the registered ones.
+ROUND1 = {cid: h(f"c-{cid}-round-1") for cid in COMMITMENTS}
 
 
 @pytest.fixture
@@ -31,10 +33,10 @@ def trained(ledger):
     """Three clients, the initial weights as round 0, one generation each in round 1."""
     for cid, commitment in COMMITMENTS.items():
         ledger.register_client(cid, commitment)
-    ledger.record_checkpoint(0, h("w0"), commitments_root(COMMITMENTS), COMMITMENTS)
+    ledger.record_checkpoint(0, h("w0"), COMMITMENTS)
     for cid in COMMITMENTS:
         ledger.record_generation(1, cid, h(f"adapter-{cid}-1"), h("w0"))
-    ledger.record_checkpoint(1, h("w1"), commitments_root(COMMITMENTS), COMMITMENTS)
+    ledger.record_checkpoint(1, h("w1"), ROUND1)
     return ledger
 
 
@@ -47,10 +49,9 @@ def refused(code: str):
 
 
 def forget_alice(ledger, round_no=1, **overrides):
-    rest = {k: v for k, v in COMMITMENTS.items() if k != "alice"}
+    rest = {k: v for k, v in ROUND1.items() if k != "alice"}
     args = dict(client_id="alice", round=round_no, new_checkpoint_hash=h("w1-no-alice"),
-                new_merkle_root=commitments_root(rest), adapters_root=h("adapters"),
-                mode="delete", remaining_client_ids=rest)
+                commitments=rest, adapters_root=h("adapters"), mode="delete")
     args.update(overrides)
     return ledger.record_forget(**args)
 
@@ -108,22 +109,35 @@ def test_one_generation_per_client_per_round(trained):
 
 def test_checkpoint_rounds_move_forward(trained):
     with refused("round-order"):
-        trained.record_checkpoint(1, h("w1b"), commitments_root(COMMITMENTS), COMMITMENTS)
+        trained.record_checkpoint(1, h("w1b"), ROUND1)
     with refused("round-order"):
-        trained.record_checkpoint(0, h("w0b"), commitments_root(COMMITMENTS), COMMITMENTS)
-    again = trained.record_checkpoint(1, h("w1"), commitments_root(COMMITMENTS), COMMITMENTS)
+        trained.record_checkpoint(0, h("w0b"), COMMITMENTS)
+    with refused("round-order"):  # same round and weights, other embeddings: not a replay
+        trained.record_checkpoint(1, h("w1"), COMMITMENTS)
+    again = trained.record_checkpoint(1, h("w1"), ROUND1)
     assert again.replayed
-    trained.record_checkpoint(10, h("w10"), commitments_root(COMMITMENTS), COMMITMENTS)
+    trained.record_checkpoint(10, h("w10"), ROUND1)
     # zero-padded keys: round 10 sorts after round 2 and 1
     assert [(c.round, c.version) for c in trained.list_checkpoints()] == [(0, 0), (1, 0), (10, 0)]
 
 
-def test_checkpoint_root_must_match_registered_commitments(trained):
-    wrong = dict(COMMITMENTS, bob=h("not-bob"))
-    with refused("merkle-mismatch"):
-        trained.record_checkpoint(2, h("w2"), commitments_root(wrong), COMMITMENTS)
+def test_checkpoint_stores_the_root_of_its_own_commitments(trained):
+    ckpt = trained.get_checkpoint(1)
+    assert ckpt.merkle_root == commitments_root(ROUND1) != commitments_root(COMMITMENTS)
+    assert ckpt.client_ids == tuple(sorted(COMMITMENTS))
+    assert trained.checkpoint_commitments(1) == ROUND1
+    assert trained.checkpoint_commitments(0) == COMMITMENTS
+    receipt = trained.record_checkpoint(2, h("w2"), {"bob": h("b2")})  # a subset is fine
+    assert receipt.record["merkle_root"] == commitments_root({"bob": h("b2")})
+
+
+def test_checkpoint_lists_only_registered_live_clients(trained):
     with refused("unknown-client"):
-        trained.record_checkpoint(2, h("w2"), commitments_root(COMMITMENTS), [*COMMITMENTS, "zed"])
+        trained.record_checkpoint(2, h("w2"), dict(ROUND1, zed=h("zed")))
+    with refused("bad-argument"):
+        trained.record_checkpoint(2, h("w2"), {"bob": "not-a-hash"})
+    with refused("bad-argument"):  # the old signature's client list is not a mapping
+        trained.backend.submit("record_checkpoint", "2", h("w2"), '["bob"]')
 
 
 def test_forget_is_final(trained):
@@ -137,10 +151,10 @@ def test_forget_is_final(trained):
     with refused("forgotten-client"):
         forget_alice(trained, new_checkpoint_hash=h("yet-another"))
     assert forget_alice(trained).replayed  # an identical retry writes nothing
-    rest = [k for k in COMMITMENTS if k != "alice"]
+    rest = {k: v for k, v in ROUND1.items() if k != "alice"}
     with refused("forgotten-client"):
-        trained.record_checkpoint(2, h("w2"), commitments_root(COMMITMENTS), COMMITMENTS)
-    trained.record_checkpoint(2, h("w2"), commitments_root({k: COMMITMENTS[k] for k in rest}), rest)
+        trained.record_checkpoint(2, h("w2"), ROUND1)
+    trained.record_checkpoint(2, h("w2"), rest)
 
 
 def test_forget_records_a_new_checkpoint_version_of_the_current_round(trained):
@@ -153,17 +167,19 @@ def test_forget_records_a_new_checkpoint_version_of_the_current_round(trained):
     (event,) = trained.forget_events()
     assert (event.client_id, event.mode) == ("alice", "delete")
     assert event.remaining_client_ids == ("bob", "carol")
-    carol = {"carol": COMMITMENTS["carol"]}
+    assert event.merkle_root == latest.merkle_root == commitments_root(
+        {k: ROUND1[k] for k in ("bob", "carol")})
+    assert trained.checkpoint_commitments(1) == {k: ROUND1[k] for k in ("bob", "carol")}
+    carol = {"carol": ROUND1["carol"]}
     with refused("round-order"):
-        forget_alice(trained, client_id="bob", round_no=0, remaining_client_ids=carol,
-                     new_merkle_root=commitments_root(carol))
+        forget_alice(trained, client_id="bob", round_no=0, commitments=carol)
 
 
-def test_forget_rejects_a_root_that_still_counts_the_client(trained):
-    with refused("merkle-mismatch"):
-        forget_alice(trained, new_merkle_root=commitments_root(COMMITMENTS))
+def test_forget_rejects_commitments_that_still_count_the_client(trained):
     with refused("bad-argument"):
-        forget_alice(trained, remaining_client_ids=list(COMMITMENTS))
+        forget_alice(trained, commitments=ROUND1)
+    with refused("unknown-client"):
+        forget_alice(trained, commitments={"bob": ROUND1["bob"], "zed": h("zed")})
 
 
 def test_regeneration_after_a_forget_may_replace_a_rounds_adapter(trained):
@@ -178,12 +194,15 @@ def test_regeneration_after_a_forget_may_replace_a_rounds_adapter(trained):
 
 def test_membership_proofs(trained):
     proof = trained.membership_proof("bob", 1)
-    assert proof.verify(expected_root=commitments_root(COMMITMENTS))
-    assert proof.commitment == COMMITMENTS["bob"] and proof.size == 3
+    assert proof.verify(expected_root=commitments_root(ROUND1))
+    assert proof.commitment == ROUND1["bob"] and proof.size == 3
+    assert trained.membership_proof("bob", 0).commitment == COMMITMENTS["bob"]
     forget_alice(trained)
     with refused("not-in-checkpoint"):
         trained.membership_proof("alice", 1)  # latest version of round 1 no longer has her
     assert trained.membership_proof("alice", 1, version=0).verify()
+    after = trained.membership_proof("bob", 1)
+    assert (after.version, after.size) == (1, 2) and after.verify()
 
 
 def test_client_history_lists_changes_newest_first(trained):
@@ -207,7 +226,7 @@ def test_bad_arguments_are_refused_with_a_reason(ledger):
     with refused("bad-argument"):
         ledger.register_client(" alice", h("x"))
     with refused("bad-argument"):
-        ledger.record_checkpoint(-1, h("w"), commitments_root({}), [])
+        ledger.record_checkpoint(-1, h("w"), {})
 
 
 def test_unknown_function_is_a_contract_violation(backend):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from chaincode.merkle import EMPTY_ROOT
 from hyperfed.ledger import EmbeddedLedger, Ledger
 
 REPO = Path(__file__).resolve().parents[3]
@@ -31,14 +30,13 @@ WRITER_LOOP = textwrap.dedent("""
 EXIT_INSIDE_COMMIT = textwrap.dedent("""
     import builtins, os, sys
     import hyperfed.ledger.embedded as embedded
-    from chaincode.merkle import EMPTY_ROOT
     from hyperfed.ledger import EmbeddedLedger, Ledger
     ledger = EmbeddedLedger(sys.argv[1])
     def first_write_then_die(items):
         yield builtins.sorted(items)[0]
         os._exit(3)
     embedded.sorted = first_write_then_die
-    Ledger(ledger).record_checkpoint(0, "0" * 64, EMPTY_ROOT, [])
+    Ledger(ledger).record_checkpoint(0, "0" * 64, {})
 """)
 
 
@@ -82,5 +80,5 @@ def test_exit_in_the_middle_of_a_commit_leaves_the_previous_state(tmp_path):
         assert ledger.head() == before
         assert ledger.verify().ok
         assert Ledger(ledger).latest_checkpoint() is None
-        Ledger(ledger).record_checkpoint(0, "0" * 64, EMPTY_ROOT, [])
+        Ledger(ledger).record_checkpoint(0, "0" * 64, {})
         assert ledger.verify().ok and ledger.head()[0] == 1

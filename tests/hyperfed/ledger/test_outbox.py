@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chaincode.merkle import EMPTY_ROOT
 from hyperfed.errors import ContractViolationError, LedgerUnavailableError
-from hyperfed.ledger import EmbeddedLedger, Ledger, Outbox, commitments_root
+from hyperfed.ledger import EmbeddedLedger, Ledger, Outbox
 from hyperfed.ledger.base import LedgerBackend
 
 REPO = Path(__file__).resolve().parents[3]
@@ -66,8 +65,7 @@ def test_records_wait_while_down_and_arrive_in_order(flaky, embedded, outbox_pat
     flaky.mode = "down"
     commitments = {"a": h("a"), "b": h("b")}
     receipts = [ledger.register_client(c, v) for c, v in commitments.items()]
-    root = commitments_root(commitments)
-    receipts.append(ledger.record_checkpoint(0, h("w0"), root, commitments))
+    receipts.append(ledger.record_checkpoint(0, h("w0"), commitments))
     assert [r.status for r in receipts] == ["queued"] * 3
     assert ledger.outbox.pending_count() == 3 and embedded.head()[0] == 0
     flaky.mode = "up"
@@ -83,7 +81,7 @@ def test_a_new_write_goes_behind_the_backlog(flaky, embedded, outbox_path):
     flaky.mode = "down"
     ledger.register_client("a", h("a"))
     flaky.mode = "up"
-    receipt = ledger.record_checkpoint(0, h("w0"), commitments_root({"a": h("a")}), ["a"])
+    receipt = ledger.record_checkpoint(0, h("w0"), {"a": h("a")})
     assert receipt.committed
     assert [b.function for b in embedded.blocks(1)] == ["register_client", "record_checkpoint"]
 
@@ -183,4 +181,4 @@ def test_crash_between_commit_and_marking_sent(ledger_path, outbox_path):
 def test_facade_without_outbox_raises_unavailable(flaky):
     flaky.mode = "down"
     with pytest.raises(LedgerUnavailableError):
-        Ledger(flaky).record_checkpoint(0, h("w"), EMPTY_ROOT, [])
+        Ledger(flaky).record_checkpoint(0, h("w"), {})

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from hyperfed.errors import TamperDetectedError
-from hyperfed.ledger import EmbeddedLedger, Ledger, commitments_root
+from hyperfed.ledger import EmbeddedLedger, Ledger
 from hyperfed.ledger.chain import block_hash
 
 WRITER = "HyperFedMSP"
@@ -26,7 +26,7 @@ def path(tmp_path):
     with Ledger(EmbeddedLedger(file)) as ledger:
         for cid, commitment in commitments.items():
             ledger.register_client(cid, commitment)
-        ledger.record_checkpoint(0, h("w0"), commitments_root(commitments), commitments)
+        ledger.record_checkpoint(0, h("w0"), commitments)
         ledger.record_generation(1, "alice", h("a1"), h("w0"))
         ledger.record_generation(1, "bob", h("b1"), h("w0"))
     return file

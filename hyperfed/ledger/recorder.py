@@ -1,0 +1,303 @@
+"""``RunRecorder``: what training calls so the ledger gets every registration, checkpoint
+and generation of a run — and the run directory gets the files they describe.
+
+Driver-agnostic: the plain loop and the Flower strategy call the same four methods::
+
+    recorder = RunRecorder.open(run_dir)              # embedded ledger + outbox in RUN/
+    recorder.register_clients(ids, server.hypernet)   # salted commitments of the embeddings
+    recorder.record_checkpoint(0, server.hypernet, server.trainer)   # the initial weights
+    for round_ in rounds:
+        sent = server.configure_round(round_, sampled)
+        recorder.record_generations(round_, sent, checkpoint_round=round_ - 1)
+        ...                                           # clients train, server aggregates
+        recorder.record_checkpoint(round_, server.hypernet, server.trainer)
+    recorder.close()                                  # flush, anchor the ledger head
+
+or ``run_rounds(..., callback=recorder.round_callback(server))`` after the first two calls.
+
+Every write goes through the ledger's :class:`~hyperfed.ledger.outbox.Outbox`: when the
+ledger is unreachable the records wait in ``outbox.db`` and are sent, in order and once
+each, on the next write, :meth:`RunRecorder.flush` or the next run that opens the outbox.
+Files are written *before* their record is queued, and a client's salt before its
+commitment, so a crash never leaves a record that the run directory cannot back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from hypernet import HyperLoRA, HypernetTrainer
+
+from hyperfed.errors import ConfigError, ContractViolationError, ForgottenClientError, LedgerError
+from hyperfed.ledger.client import Ledger
+from hyperfed.ledger.commitment import adapters_root, commit_embedding
+from hyperfed.ledger.embedded import EmbeddedLedger
+from hyperfed.ledger.fingerprints import (
+    embedding_bytes,
+    embedding_commitment,
+    read_checkpoint_tensors,
+    shared_weights_hash,
+)
+from hyperfed.ledger.outbox import FlushReport, OutboxEntry
+from hyperfed.ledger.records import Receipt, violation_code
+from hyperfed.ledger.salts import SaltStore
+from hyperfed.rundir import RunDirectory
+
+__all__ = ["RunRecorder", "shared_weights_hash", "DEFAULT_WRITER_MSP", "LEDGER_URL_KEY",
+           "ledger_url_of"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WRITER_MSP = "HyperFedMSP"
+LEDGER_URL_KEY = "ledger_url"  # in run.json: where a non-default ledger lives
+
+
+def ledger_url_of(run_dir: RunDirectory) -> str | None:
+    """The ledger URL recorded in ``run.json`` (``None``: the embedded ``ledger.db``)."""
+    config = run_dir.read_json(run_dir.config_path, default={})
+    url = config.get(LEDGER_URL_KEY) if isinstance(config, dict) else None
+    return str(url) if url else None
+
+
+class RunRecorder:
+    """Record a run on the ledger and save the files the records describe.
+
+    Parameters
+    ----------
+    run_dir
+        Where checkpoints, adapters, salts and ``ledger_head.json`` go.
+    ledger
+        The ledger. Without an outbox, one is added at ``run_dir.outbox_path``.
+    close_ledger
+        Close the ledger (backend included) in :meth:`close`; :meth:`open` sets it.
+    """
+
+    def __init__(self, run_dir: RunDirectory, ledger: Ledger, *,
+                 close_ledger: bool = False) -> None:
+        self.run_dir = run_dir
+        self._own_outbox = ledger.outbox is None
+        if self._own_outbox:
+            ledger = Ledger(ledger.backend, outbox=run_dir.outbox_path,
+                            conflict_retries=ledger.conflict_retries)
+        self.ledger = ledger
+        self.salts = SaltStore(run_dir.salts_path)
+        self._close_ledger = close_ledger
+        self._registered: set[str] = set()
+        self._weights: dict[int, str] = {}  # round -> shared-weights hash recorded for it
+        self._closed = False
+
+    @classmethod
+    def open(cls, run_dir: RunDirectory | str | os.PathLike, ledger_url: str | None = None, *,
+             writer_msp: str = DEFAULT_WRITER_MSP) -> "RunRecorder":
+        """The recorder of a run directory, with its ledger and outbox.
+
+        Parameters
+        ----------
+        run_dir
+            The run directory (or its path).
+        ledger_url
+            A ledger URL (:func:`hyperfed.ledger.open_ledger`); it is kept in ``run.json``
+            under ``"ledger_url"`` so the audit finds it. ``None``: the URL already in
+            ``run.json``, else the embedded ledger at ``run_dir.ledger_path``.
+        writer_msp
+            The MSP that writes. An embedded ledger names it in its block 0; any other
+            ledger gets ``init_ledger(writer_msp)`` once (a replay afterwards).
+        """
+        run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+        url = ledger_url or ledger_url_of(run_dir)
+        if url is None:
+            backend = EmbeddedLedger(run_dir.ledger_path, writer_msp=writer_msp, msp_id=writer_msp)
+            ledger = Ledger(backend, outbox=run_dir.outbox_path)
+        else:
+            if ledger_url is not None:
+                config = run_dir.read_json(run_dir.config_path, default={})
+                if config.get(LEDGER_URL_KEY) != ledger_url:
+                    run_dir.write_json(run_dir.config_path, {**config, LEDGER_URL_KEY: ledger_url})
+            ledger = Ledger.from_url(url, outbox=run_dir.outbox_path)
+            ledger.initialise(writer_msp)
+        return cls(run_dir, ledger, close_ledger=True)
+
+    # ----------------------------------------------------------------- writes
+
+    def register_clients(self, client_ids: Iterable[str], hypernet: HyperLoRA) -> list[Receipt]:
+        """Register clients with a salted commitment to their current embedding.
+
+        A client that already has a salt is registered again with the same commitment:
+        the outbox or the contract treats it as a replay, so this is safe to repeat.
+
+        Raises
+        ------
+        UnknownClientError
+            A client id is not in ``hypernet``.
+        ForgottenClientError
+            The ledger says the client was forgotten (its new salt is destroyed again).
+        """
+        receipts = []
+        for cid in client_ids:
+            entry = self.salts.get(cid)
+            if entry is None:
+                vector = hypernet.clients.parameter(cid)
+                salt, commitment = commit_embedding(embedding_bytes(vector))
+                entry = self.salts.add(cid, salt, commitment)  # durable before it is sent
+            try:
+                receipts.append(self.ledger.register_client(cid, entry.registration))
+            except ContractViolationError as exc:
+                if violation_code(exc) == "forgotten-client":
+                    self.salts.destroy(cid)
+                    raise ForgottenClientError(
+                        f"client {cid!r} was forgotten; forgetting is final, use a new id") from exc
+                raise
+            self._registered.add(cid)
+        return receipts
+
+    def commitments(self, hypernet: HyperLoRA) -> dict[str, str]:
+        """``{client id: commitment}`` of every embedding in ``hypernet`` now."""
+        out = {}
+        for cid in hypernet.client_ids:
+            salt = self.salts.salt(cid)
+            if salt is None:
+                raise ConfigError(f"client {cid!r} has no salt in {self.salts.path}: "
+                                  "register it (register_clients) first")
+            out[cid] = embedding_commitment(hypernet.clients.parameter(cid), salt)
+        return out
+
+    def record_checkpoint(self, round: int, hypernet: HyperLoRA,
+                          trainer: HypernetTrainer | None = None) -> Receipt:
+        """Save ``checkpoints/round-NNNN/`` and record its weights hash and commitments.
+
+        Round 0 is the initial hypernetwork, recorded before the first generation.
+        Clients of ``hypernet`` not registered yet (late joiners) are registered first.
+        """
+        self.register_clients([c for c in hypernet.client_ids if c not in self._registered],
+                              hypernet)
+        self.run_dir.save_checkpoint(round, hypernet, trainer)
+        weights = shared_weights_hash(hypernet)
+        receipt = self.ledger.record_checkpoint(round, weights, self.commitments(hypernet))
+        self._weights[round] = weights
+        self.write_ledger_head()
+        log.info("recorded checkpoint of round %d (%s, %d clients)", round, receipt.status,
+                 len(hypernet.client_ids))
+        return receipt
+
+    def checkpoint_hash(self, round: int) -> str:
+        """Shared-weights hash of the checkpoint of ``round`` (recorded now, or read from disk)."""
+        if round not in self._weights:
+            folder = self.run_dir.checkpoint_dir(round)
+            self._weights[round] = read_checkpoint_tensors(folder).shared_hash
+        return self._weights[round]
+
+    def record_generations(self, round: int, adapters: Mapping[str, Mapping[str, torch.Tensor]],
+                           checkpoint_round: int) -> list[Receipt]:
+        """Save each client's adapter of ``round`` and record its hash.
+
+        Parameters
+        ----------
+        round
+            The round the adapters were sent in.
+        adapters
+            ``{client id: adapter}`` as generated (e.g. ``server.configure_round``'s result).
+        checkpoint_round
+            The checkpoint they were generated from (``round - 1`` when every round is
+            checkpointed); it must have been recorded.
+        """
+        weights = self.checkpoint_hash(checkpoint_round)
+        receipts = []
+        for cid in sorted(adapters):
+            digest = self.run_dir.save_adapter(round, cid, dict(adapters[cid]))
+            receipts.append(self.ledger.record_generation(round, cid, digest, weights))
+        log.info("recorded %d generations of round %d", len(receipts), round)
+        return receipts
+
+    def record_forget(self, client_id: str, round: int, hypernet: HyperLoRA,
+                      adapter_hashes: Mapping[str, str], mode: str) -> Receipt:
+        """Record that ``client_id`` was forgotten, with the new checkpoint and adapters.
+
+        Call it once ``hypernet`` no longer holds the client and the regenerated adapters
+        are saved; ``adapter_hashes`` are their hashes (``RunDirectory.save_adapter``).
+        Destroying the client's salt and purging its files is the caller's job.
+        """
+        if client_id in hypernet.clients:
+            raise ConfigError(f"remove client {client_id!r} from the hypernetwork before "
+                              "recording that it was forgotten")
+        weights = shared_weights_hash(hypernet)
+        receipt = self.ledger.record_forget(client_id, round, weights, self.commitments(hypernet),
+                                            adapters_root(adapter_hashes), mode)
+        self._weights[round] = weights
+        self._registered.discard(client_id)
+        self.write_ledger_head()
+        return receipt
+
+    def round_callback(self, server: Any) -> Callable[[Any], None]:
+        """A ``run_rounds`` callback for a :class:`~hyperfed.federation.HyperLoRAServer`.
+
+        After each round it records the adapters the server sent (``server.sent``, made
+        from the previous round's checkpoint) and the new checkpoint.
+        """
+        def record_round(outcome: Any) -> None:
+            self.record_generations(outcome.round, server.sent, checkpoint_round=outcome.round - 1)
+            self.record_checkpoint(outcome.round, server.hypernet, server.trainer)
+
+        return record_round
+
+    # ---------------------------------------------------------- delivery state
+
+    def flush(self) -> FlushReport | None:
+        """Send the records waiting in the outbox now (in order)."""
+        report = self.ledger.flush()
+        if report is not None and report.rejected:
+            for entry in report.rejected:
+                log.error("the ledger refused %s %s: %s", entry.function, entry.args[:2],
+                          entry.error)
+        self.write_ledger_head()
+        return report
+
+    def pending(self) -> int:
+        """Records waiting in the outbox for the ledger to come back."""
+        return 0 if self.ledger.outbox is None else self.ledger.outbox.pending_count()
+
+    def rejected(self) -> list[OutboxEntry]:
+        """Records the contract refused (they are never retried)."""
+        return [] if self.ledger.outbox is None else self.ledger.outbox.entries("rejected")
+
+    def write_ledger_head(self) -> tuple[int, str] | None:
+        """Anchor the embedded ledger: write its last block ``(number, hash)`` to
+        ``ledger_head.json`` (:meth:`EmbeddedLedger.verify` ``expected_head``).
+
+        Other backends keep their own chain; nothing is written for them.
+        """
+        backend = self.ledger.backend
+        if not isinstance(backend, EmbeddedLedger):
+            return None
+        try:
+            head = backend.head()
+        except LedgerError as exc:  # busy or closed: the next write anchors it
+            log.warning("could not read the ledger head of %s: %s", backend.path, exc)
+            return None
+        if head is not None:
+            self.run_dir.write_json(self.run_dir.ledger_head_path,
+                                    {"number": head[0], "hash": head[1]})
+        return head
+
+    def close(self) -> None:
+        """Flush, anchor the ledger head, and close what this recorder opened. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        report = self.flush()
+        if report is not None and report.pending:
+            log.warning("%d ledger records wait in %s; the next RunRecorder of this run "
+                        "sends them", report.pending, self.run_dir.outbox_path)
+        if self._close_ledger:
+            self.ledger.close()
+        elif self._own_outbox and self.ledger.outbox is not None:
+            self.ledger.outbox.close()
+
+    def __enter__(self) -> "RunRecorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
