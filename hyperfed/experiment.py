@@ -21,7 +21,8 @@ import torch
 from hyperfed.base_model import BaseModelConfig, load_or_build_base_model
 from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus
 from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds
-from hyperfed.federation.servers import AdapterServer, RoundOutcome
+from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome
+from hyperfed.ledger.recorder import RunRecorder
 from hyperfed.rundir import RunDirectory
 from hypernet import evaluate_loss
 from hypernet.errors import ConfigError
@@ -146,15 +147,29 @@ def run_method(
     corpus: FederatedCorpus,
     config: ExperimentConfig,
     on_round: Callable[[str, RoundOutcome], None] | None = None,
+    run_dir: RunDirectory | None = None,
 ) -> tuple[AdapterServer, torch.nn.Module, list[tuple[int, float]], dict[int, dict[str, str]]]:
-    """Train one method; return its server, its peft model, its loss curve and rejections."""
+    """Train one method; return its server, its peft model, its loss curve and rejections.
+
+    With ``run_dir``, a HyperLoRA run is recorded: every registration, checkpoint and
+    generated adapter goes to the run directory and the ledger (:class:`RunRecorder`).
+    """
     fed = replace(config.federation, method=method)
     peft_model = add_lora(copy.deepcopy(base_model), rank=fed.lora_rank, seed=fed.seed)
     server = make_server(method, peft_model, fed)
+    server.register(corpus.client_ids)
+    recorder = None
+    if run_dir is not None and isinstance(server, HyperLoRAServer):
+        recorder = RunRecorder.open(run_dir)
+        recorder.register_clients(corpus.client_ids, server.hypernet)
+        recorder.record_checkpoint(0, server.hypernet, server.trainer)
+        record_round = recorder.round_callback(server)
     curve = [(0, _mean(evaluate_all(server, peft_model, corpus.clients)))]
     rejected: dict[int, dict[str, str]] = {}
 
     def after_round(outcome: RoundOutcome) -> None:
+        if recorder is not None:
+            record_round(outcome)
         if outcome.rejected:
             rejected[outcome.round] = outcome.rejected
         if outcome.round % config.eval_every == 0 or outcome.round == fed.rounds:
@@ -162,7 +177,11 @@ def run_method(
         if on_round:
             on_round(method, outcome)
 
-    run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
+    try:
+        run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
+    finally:
+        if recorder is not None:
+            recorder.close()
     return server, peft_model, curve, rejected
 
 
@@ -183,7 +202,7 @@ def run_experiment(
     final, curves, seconds, rejected, servers = {}, {}, {}, {}, {}
     for method in config.methods:
         start = time.perf_counter()
-        server, peft_model, curves[method], rejected[method] = run_method(method, base_model, corpus, config, on_round)
+        server, peft_model, curves[method], rejected[method] = run_method(method, base_model, corpus, config, on_round, rd)
         final[method] = evaluate_all(server, peft_model, corpus.clients)
         seconds[method] = time.perf_counter() - start
         servers[method] = server

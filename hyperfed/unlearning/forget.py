@@ -1,0 +1,258 @@
+"""``forget_client``: remove a client from a run — its embedding and every trace of it.
+
+Modes
+-----
+``delete`` (instant)
+    Remove the client's embedding and optimizer state from the current hypernetwork.
+    The other clients' adapters are regenerated; since the shared weights do not change
+    they come out bit-identical. The client's influence on the shared weights stays.
+``exact``
+    Roll back to the checkpoint before the client's first round, drop it, and replay the
+    later rounds without it. Participation is Poisson-sampled from (seed, round, client),
+    so nobody else's sampling changes and the result equals a run that never had the client
+    (bit for bit on the same machine).
+
+Both modes then purge the client from *every* checkpoint on disk (embedding and optimizer
+state), delete every adapter generated for it, destroy its commitment salt (its on-chain
+commitments can never be opened again), scrub it from ``metrics.json``, and record the
+forget, the new checkpoint and the root of the regenerated adapters on the ledger.
+
+Crash safety: the first durable write is a journal (``forget_journal.json``). Before it
+exists nothing has changed; once it exists the forget *rolls forward* — every step is
+idempotent, and any later ``forget_client`` or :func:`recover_pending_forget` finishes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientError
+from hyperfed.ledger.recorder import RunRecorder
+from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, client_file_name, load_optimizer_file, optimizer_tensors
+from hypernet import HyperLoRA, load_hypernet, save_hypernet
+from hypernet.atomic import atomic_write_bytes
+from hypernet.io import read_meta
+
+__all__ = ["forget_client", "recover_pending_forget", "ForgetResult", "FORGET_STEPS", "forgotten_clients"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("delete", "exact")
+FORGET_STEPS = ("model", "purge_checkpoints", "purge_adapters", "regenerate", "destroy_salt", "ledger", "scrub_metrics")
+JOURNAL = "forget_journal.json"
+LOG = "forgets.json"
+
+
+@dataclass
+class ForgetResult:
+    """What a forget did (also appended to ``RUN/forgets.json``)."""
+
+    client_id: str
+    mode: str
+    round: int
+    seconds: float
+    remaining_clients: list[str]
+    adapter_hashes: dict[str, str] = field(default_factory=dict)
+    first_round: int | None = None
+    replayed_rounds: list[int] = field(default_factory=list)
+    ledger_status: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def forgotten_clients(run_dir: str | Path | RunDirectory) -> list[str]:
+    """Clients already forgotten in this run (from ``forgets.json``)."""
+    rd = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    return [entry["client_id"] for entry in rd.read_json(rd.root / LOG, default=[])]
+
+
+def forget_client(
+    run_dir: str | Path | RunDirectory,
+    client_id: str,
+    mode: str = "delete",
+    *,
+    server=None,  # noqa: ANN001  (a live HyperLoRAServer to drop the client from, if any)
+    after_step: Callable[[str], None] | None = None,
+) -> ForgetResult:
+    """Forget ``client_id`` in the run at ``run_dir``; see the module docstring.
+
+    Parameters
+    ----------
+    mode:
+        ``"delete"`` or ``"exact"``.
+    server:
+        A live :class:`~hyperfed.federation.HyperLoRAServer` of this run; the client is
+        removed from its memory and optimizer too.
+    after_step:
+        Called with each step's name once it is durable (crash-injection tests use it).
+
+    Raises
+    ------
+    UnknownClientError
+        The run never had this client.
+    ForgottenClientError
+        It was forgotten already (forgetting is final; the id cannot come back).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"forget mode must be one of {MODES}, got {mode!r}")
+    rd = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    pending = rd.read_json(rd.root / JOURNAL, default={})
+    if pending and pending.get("client_id") == client_id and pending.get("mode") == mode:
+        return _complete(rd, pending, server, after_step)  # a retry finishes the same forget
+    if pending:
+        _complete(rd, pending, None, None)  # finish the other, interrupted forget first
+    _check_forgettable(rd, client_id)
+    latest = max(rd.checkpoint_rounds())
+    journal = {
+        "client_id": client_id,
+        "mode": mode,
+        "round": latest,
+        "first_round": _first_round(rd, client_id),
+        "done": [],
+        "started": time.time(),
+    }
+    rd.write_json(rd.root / JOURNAL, journal)  # the commit point: from here we roll forward
+    return _complete(rd, journal, server, after_step)
+
+
+def recover_pending_forget(run_dir: str | Path | RunDirectory) -> ForgetResult | None:
+    """Finish a forget that a crash interrupted; ``None`` if there is none."""
+    rd = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    pending = rd.read_json(rd.root / JOURNAL, default={})
+    return _complete(rd, pending, None, None) if pending else None
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_forgettable(rd: RunDirectory, client_id: str) -> None:
+    if client_id in forgotten_clients(rd):
+        raise ForgottenClientError(f"client {client_id!r} was already forgotten; forgetting is final")
+    rounds = rd.checkpoint_rounds()
+    if not rounds:
+        raise ConfigError(f"{rd.root} has no checkpoints: not a recorded HyperLoRA run")
+    if client_id not in read_meta(rd.checkpoint_dir(rounds[-1]))["client_ids"]:
+        raise UnknownClientError(f"client {client_id!r} is not part of the run in {rd.root}")
+
+
+def _first_round(rd: RunDirectory, client_id: str) -> int | None:
+    """The first round an adapter was generated for the client (``None``: never sampled)."""
+    for round_ in rd.adapter_rounds():
+        if rd.adapter_path(round_, client_id).exists():
+            return round_
+    return None
+
+
+# ----------------------------------------------------------------------------- steps
+def _complete(rd: RunDirectory, journal: dict, server, after_step) -> ForgetResult:  # noqa: ANN001
+    client_id, mode, round_ = journal["client_id"], journal["mode"], journal["round"]
+    started = time.perf_counter()
+    result = ForgetResult(client_id, mode, round_, 0.0, [], first_round=journal.get("first_round"))
+
+    def step(name: str, action: Callable[[], None]) -> None:
+        if name not in journal["done"]:
+            action()
+            journal["done"].append(name)
+            rd.write_json(rd.root / JOURNAL, journal)
+        if after_step:
+            after_step(name)
+
+    step("model", lambda: _new_model(rd, journal))
+    hypernet = rd.load_checkpoint(round_)
+    if server is not None and client_id in server.hypernet.clients:
+        server.trainer.remove_client(client_id)
+    step("purge_checkpoints", lambda: _purge_checkpoints(rd, client_id))
+    step("purge_adapters", lambda: _purge_adapters(rd, client_id))
+    step("regenerate", lambda: _regenerate(rd, client_id, hypernet))
+    result.adapter_hashes = {cid: rd.read_json(_forget_dir(rd, client_id) / "adapter_hashes.json")[cid] for cid in hypernet.client_ids}
+    with RunRecorder.open(rd) as recorder:
+        step("destroy_salt", lambda: recorder.salts.destroy(client_id))
+        status: list[str] = []
+        step("ledger", lambda: status.append(recorder.record_forget(client_id, round_, hypernet, result.adapter_hashes, mode).status))
+    step("scrub_metrics", lambda: _scrub_metrics(rd, client_id))
+    result.remaining_clients = list(hypernet.client_ids)
+    result.ledger_status = status[0] if status else "recorded earlier"
+    result.replayed_rounds = journal.get("replayed_rounds", [])
+    result.seconds = journal.get("seconds", 0.0) + (time.perf_counter() - started)
+    log_entries = [e for e in rd.read_json(rd.root / LOG, default=[]) if e["client_id"] != client_id]
+    rd.write_json(rd.root / LOG, [*log_entries, result.to_dict()])
+    (rd.root / JOURNAL).unlink(missing_ok=True)
+    log.info("forgot %r (%s) in %.2f s; %d clients remain", client_id, mode, result.seconds, len(result.remaining_clients))
+    return result
+
+
+def _new_model(rd: RunDirectory, journal: dict) -> None:
+    """Write the post-forget hypernetwork as the latest checkpoint."""
+    client_id, round_ = journal["client_id"], journal["round"]
+    if journal["mode"] == "delete" or journal.get("first_round") is None:
+        _purge_checkpoint(rd.checkpoint_dir(round_), client_id)
+        return
+    from hyperfed.unlearning.replay import replay_without
+
+    replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)
+    journal["replayed_rounds"] = rounds
+    save_hypernet(replayed.hypernet, rd.checkpoint_dir(round_), extra={"round": round_, "exact_forget": client_id})
+    atomic_write_bytes(rd.checkpoint_dir(round_) / OPTIMIZER_FILE, save(optimizer_tensors(replayed.trainer)))
+
+
+def _purge_checkpoint(folder: Path, client_id: str) -> None:
+    """Rewrite one checkpoint folder without the client's embedding and optimizer state."""
+    meta = read_meta(folder)
+    optimizer = load_optimizer_file(folder)
+    prefix = f"client/{client_id}/"
+    if client_id in meta["client_ids"]:
+        hypernet = load_hypernet(folder)
+        hypernet.remove_client(client_id)
+        save_hypernet(hypernet, folder, extra=meta.get("extra", {}))
+    if any(k.startswith(prefix) for k in optimizer):
+        kept = {k: v for k, v in optimizer.items() if not k.startswith(prefix)}
+        atomic_write_bytes(folder / OPTIMIZER_FILE, save(kept))
+
+
+def _purge_checkpoints(rd: RunDirectory, client_id: str) -> None:
+    for round_ in rd.checkpoint_rounds():
+        _purge_checkpoint(rd.checkpoint_dir(round_), client_id)
+
+
+def _purge_adapters(rd: RunDirectory, client_id: str) -> None:
+    for round_ in rd.adapter_rounds():
+        rd.adapter_path(round_, client_id).unlink(missing_ok=True)
+
+
+def _forget_dir(rd: RunDirectory, client_id: str) -> Path:
+    return rd.root / "forgets" / client_file_name(client_id)
+
+
+def _regenerate(rd: RunDirectory, client_id: str, hypernet: HyperLoRA) -> None:
+    """Regenerate every remaining client's adapter from the post-forget hypernetwork."""
+    folder = _forget_dir(rd, client_id)
+    hashes = {}
+    with torch.no_grad():
+        adapters = hypernet.generate(hypernet.client_ids) if hypernet.client_ids else {}
+    for cid, adapter in adapters.items():
+        sub = RunDirectory(folder)
+        hashes[cid] = sub.save_adapter(0, cid, adapter)
+    rd.write_json(folder / "adapter_hashes.json", hashes)
+
+
+def _scrub_metrics(rd: RunDirectory, client_id: str) -> None:
+    """Drop the client's per-client entries from ``metrics.json`` (its losses are traces too)."""
+    metrics = rd.read_json(rd.metrics_path, default={})
+    if not metrics:
+        return
+
+    def scrub(value):  # noqa: ANN001, ANN202
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items() if k != client_id}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    rd.write_json(rd.metrics_path, scrub(copy.deepcopy(metrics)))

@@ -1,0 +1,52 @@
+"""Exact unlearning by replay: roll back before a client's first round, replay without it.
+
+The replay rebuilds the run's data and base model from ``run.json`` (the simulation knows
+every client's data); a deployment would replay the same rounds with the real clients.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import replace
+
+from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
+from hyperfed.rundir import RunDirectory, load_optimizer_file, restore_optimizer
+from hypernet.errors import ConfigError
+from hypernet.models import add_lora
+
+__all__ = ["replay_without", "load_experiment"]
+
+log = logging.getLogger(__name__)
+
+
+def load_experiment(rd: RunDirectory):  # noqa: ANN201
+    """The run's ExperimentConfig, corpus and base model, rebuilt from ``run.json``."""
+    from hyperfed.base_model import load_or_build_base_model
+    from hyperfed.data.corpus import build_corpus
+    from hyperfed.experiment import ExperimentConfig
+
+    data = rd.read_json(rd.config_path)
+    known = {"federation", "corpus", "base", "methods", "eval_every"}
+    config = ExperimentConfig.from_dict({k: v for k, v in data.items() if k in known})
+    return config, build_corpus(config.corpus), load_or_build_base_model(config.base)
+
+
+def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_round: int) -> tuple[HyperLoRAServer, list[int]]:
+    """Rounds ``first_round..last_round`` replayed from checkpoint ``first_round - 1``
+    without ``client_id``; returns the server after the replay and the replayed rounds."""
+    if first_round < 1 or first_round > last_round + 1:
+        raise ConfigError(f"cannot replay rounds {first_round}..{last_round}")
+    config, corpus, base = load_experiment(rd)
+    fed = replace(config.federation, method="hyperlora")
+    hypernet = rd.load_checkpoint(first_round - 1)
+    if client_id in hypernet.clients:
+        hypernet.remove_client(client_id)
+    clients = {cid: data for cid, data in corpus.clients.items() if cid in hypernet.clients}
+    peft_model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
+    server = make_server("hyperlora", peft_model, fed, hypernet=hypernet)
+    restore_optimizer(server.trainer, load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
+    rounds = list(range(first_round, last_round + 1))
+    log.info("replaying rounds %d..%d without %r", first_round, last_round, client_id)
+    run_rounds(server, peft_model, clients, fed, first_round=first_round, last_round=last_round)
+    return server, rounds
