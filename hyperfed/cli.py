@@ -84,6 +84,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return _run_comparison(ExperimentConfig.from_file(args.config), args.out)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from hyperfed.audit import audit_run
+    from hyperfed.audit_report import render
+    from hyperfed.unlearning.forget import recover_pending_forget
+
+    if recover_pending_forget(args.run_dir) is not None:
+        print("finished an interrupted forget before auditing")
+    report = audit_run(args.run_dir, ledger_url=args.ledger)
+    print(render(report, verbose=args.all))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+    return 0 if report.ok else 1
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from hyperfed.unlearning.forget import forget_client
+
+    result = forget_client(args.run_dir, args.client_id, args.mode)
+    print(
+        f"forgot {result.client_id!r} ({result.mode}) in {result.seconds:.2f} s; "
+        f"{len(result.remaining_clients)} clients remain; ledger: {result.ledger_status}"
+    )
+    if result.replayed_rounds:
+        print(f"replayed rounds {result.replayed_rounds[0]}..{result.replayed_rounds[-1]} without it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyperfed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -103,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="config file with [federation], [corpus], [base] sections")
     train.add_argument("--out", default="runs/train", help="run directory")
     train.set_defaults(func=_cmd_train)
+    audit = sub.add_parser("audit", help="recompute every hash of a run and check it against the ledger")
+    audit.add_argument("run_dir")
+    audit.add_argument("--ledger", default=None, help="ledger URL (default: the run's own)")
+    audit.add_argument("--json", default=None, help="also write the report as JSON here")
+    audit.add_argument("--all", action="store_true", help="list every check, not only failures")
+    audit.set_defaults(func=_cmd_audit)
+
+    forget = sub.add_parser("forget", help="forget a client of a run (delete its embedding and every trace)")
+    forget.add_argument("run_dir")
+    forget.add_argument("client_id")
+    forget.add_argument("--mode", choices=["delete", "exact"], default="delete")
+    forget.set_defaults(func=_cmd_forget)
     return parser
 
 

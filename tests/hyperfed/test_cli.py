@@ -56,3 +56,28 @@ def test_bad_config_is_a_clean_error(tmp_path, capsys):
     assert "rounds" in capsys.readouterr().err
     config.write_text("[federaton]\n")
     assert main(["train", str(config)]) == 2
+
+
+def test_audit_forget_audit_then_tamper(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.replace('methods = ["hyperlora", "fedavg", "local"]', 'methods = ["hyperlora"]'))
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run)]) == 0
+    assert main(["audit", str(run), "--json", str(tmp_path / "audit.json")]) == 0
+    assert "audit PASSED" in capsys.readouterr().out
+    assert json.loads((tmp_path / "audit.json").read_text())["ok"] is True
+
+    assert main(["forget", str(run), "code/asyncio"]) == 0
+    assert "forgot 'code/asyncio' (delete)" in capsys.readouterr().out
+    assert main(["audit", str(run)]) == 0
+    assert "code/asyncio" in capsys.readouterr().out  # listed as forgotten
+    assert main(["forget", str(run), "code/asyncio"]) == 2  # forgetting is final
+    assert "already forgotten" in capsys.readouterr().err
+
+    adapter = next((run / "adapters" / "round-0002").glob("*.safetensors"))
+    blob = bytearray(adapter.read_bytes())
+    blob[-1] ^= 0x01
+    adapter.write_bytes(bytes(blob))
+    assert main(["audit", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "audit FAILED" in out and adapter.name in out
