@@ -28,11 +28,29 @@ from hypernet import evaluate_loss
 from hypernet.errors import ConfigError
 from hypernet.models import add_lora
 
-__all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "summary_rows"]
+__all__ = ["ExperimentConfig", "CanaryPlan", "ExperimentResult", "run_experiment", "summary_rows", "experiment_corpus"]
 
 log = logging.getLogger(__name__)
 
 METHOD_LABELS = {"hyperlora": "HyperLoRA", "fedavg": "FedAvg-LoRA", "local": "local-only"}
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    """Secrets planted in one client's training text, to measure memorisation and unlearning.
+
+    ``count`` canaries × ``copies`` copies each (DESIGN §8: a real dose is needed for the
+    client's own adapter to memorise them measurably). They are regenerated from ``seed``.
+    """
+
+    client_id: str = "code/email"
+    count: int = 5
+    copies: int = 20
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.count <= 0 or self.copies <= 0:
+            raise ConfigError(f"CanaryPlan needs count > 0 and copies > 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,7 @@ class ExperimentConfig:
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
     methods: tuple[str, ...] = ("hyperlora", "fedavg", "local")
     eval_every: int = 5
+    canaries: CanaryPlan | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHOD_LABELS]
@@ -56,7 +75,7 @@ class ExperimentConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
         """Build from ``{"federation": {...}, "corpus": {...}, "base": {...}, "methods": [...]}``;
         unknown keys are an error that names them."""
-        known = {"federation", "corpus", "base", "methods", "eval_every"}
+        known = {"federation", "corpus", "base", "methods", "eval_every", "canaries"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown experiment config keys {unknown}; known: {sorted(known)}")
@@ -70,6 +89,7 @@ class ExperimentConfig:
                 base=BaseModelConfig(**data.get("base", {})),
                 methods=tuple(data.get("methods", cls.methods)),
                 eval_every=int(data.get("eval_every", cls.eval_every)),
+                canaries=CanaryPlan(**data["canaries"]) if data.get("canaries") else None,
             )
         except TypeError as exc:  # an unknown field inside a section
             raise ConfigError(f"bad experiment config: {exc}") from None
@@ -95,6 +115,7 @@ class ExperimentConfig:
             "base": asdict(self.base),
             "methods": list(self.methods),
             "eval_every": self.eval_every,
+            "canaries": asdict(self.canaries) if self.canaries else None,
         }
 
 
@@ -195,7 +216,7 @@ def run_experiment(
     rd = RunDirectory(run_dir)
     rd.root.mkdir(parents=True, exist_ok=True)
     rd.write_json(rd.config_path, config.to_dict())
-    corpus = build_corpus(config.corpus)
+    corpus = experiment_corpus(config)
     rd.write_json(rd.manifest_path, corpus.manifest)
     base_model = load_or_build_base_model(config.base, callback=on_pretrain)
 
@@ -212,6 +233,20 @@ def run_experiment(
     rd.write_json(rd.metrics_path, result.to_dict())
     plot_curves(result, rd.plots_dir / "loss_curves.png")
     return result
+
+
+def experiment_corpus(config: ExperimentConfig) -> FederatedCorpus:
+    """The run's corpus, with the canary plan's secrets planted (deterministically)."""
+    corpus = build_corpus(config.corpus)
+    plan = config.canaries
+    if plan is not None:
+        from hyperfed.unlearning.canaries import make_canaries, plant_canaries
+
+        if plan.client_id not in corpus.clients:
+            raise ConfigError(f"canary client {plan.client_id!r} is not in the corpus: {corpus.client_ids}")
+        canaries = make_canaries(plan.count, plan.seed)
+        corpus.clients[plan.client_id] = plant_canaries(corpus.clients[plan.client_id], canaries, plan.copies, plan.seed)
+    return corpus
 
 
 def plot_curves(result: ExperimentResult, path: Path) -> Path:

@@ -1,0 +1,46 @@
+"""Unlearning: forgetting a client, and measuring that it is forgotten.
+
+``forget_client(run_dir, client_id, mode="delete" | "exact")`` removes a client and every
+trace of it (see :mod:`hyperfed.unlearning.forget`).
+
+Measurements (pure functions, see DESIGN §5 and §8): canary exposure (Carlini et al.,
+"The Secret Sharer"), loss-threshold membership-inference AUC, and an embedding-recovery
+attack against the frozen hypernetwork.
+"""
+
+from hyperfed.unlearning.forget import ForgetResult, forget_client, forgotten_clients, recover_pending_forget
+from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
+from hyperfed.unlearning.canaries import (
+    DEFAULT_ALPHABET,
+    Canary,
+    CanaryFormat,
+    canary_exposure,
+    canary_mask,
+    exposure_from_scores,
+    make_canaries,
+    mean_exposure,
+    plant_canaries,
+    secret_log_perplexity,
+)
+from hyperfed.unlearning.membership import block_losses, membership_auc
+
+__all__ = [
+    "forget_client",
+    "recover_pending_forget",
+    "forgotten_clients",
+    "ForgetResult",
+    "Canary",
+    "CanaryFormat",
+    "DEFAULT_ALPHABET",
+    "make_canaries",
+    "plant_canaries",
+    "canary_mask",
+    "secret_log_perplexity",
+    "exposure_from_scores",
+    "canary_exposure",
+    "mean_exposure",
+    "block_losses",
+    "membership_auc",
+    "embedding_recovery_attack",
+    "adapter_from_embedding",
+]
