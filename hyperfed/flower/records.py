@@ -1,0 +1,142 @@
+"""Adapters and replies ↔ Flower records.
+
+An adapter is a peft state dict (``{"…lora_A.weight": tensor}``); it travels as an
+:class:`~flwr.app.ArrayRecord` under the same key names, one :class:`~flwr.app.Array` per
+tensor, with its dtype. Dtypes NumPy knows (float32, float16, float64, …) use Flower's
+standard NumPy encoding, so Flower's ``ArrayRecord.to_torch_state_dict()`` reads them too;
+dtypes NumPy lacks (bfloat16, float8) travel as raw bytes with ``stype`` :data:`RAW_STYPE`
+and come back bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from hyperfed.federation.servers import Reply
+from hyperfed.flower import keys
+from hyperfed.flower.errors import MalformedReplyError
+
+__all__ = [
+    "RAW_STYPE",
+    "adapter_to_record",
+    "record_to_adapter",
+    "reply_to_content",
+    "content_to_reply",
+    "eval_to_content",
+    "content_to_eval",
+]
+
+Adapter = dict[str, torch.Tensor]
+
+RAW_STYPE = "torch.raw"  # little-endian raw bytes of a contiguous tensor; dtype = torch name
+_NUMPY_STYPE = "numpy.ndarray"
+_NO_NUMPY_DTYPE = {torch.bfloat16} | {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)}
+
+
+def _tensor_to_array(tensor: torch.Tensor) -> Array:
+    t = tensor.detach().cpu().contiguous()
+    if t.dtype in _NO_NUMPY_DTYPE:
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return Array(dtype=str(t.dtype).removeprefix("torch."), shape=tuple(t.shape), stype=RAW_STYPE, data=raw)
+    return Array(t.numpy())
+
+
+def _array_to_tensor(key: str, array: Array) -> torch.Tensor:
+    try:
+        if array.stype == RAW_STYPE:
+            dtype = getattr(torch, array.dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"unknown torch dtype {array.dtype!r}")
+            return torch.frombuffer(bytearray(array.data), dtype=dtype).reshape(tuple(array.shape))
+        if array.stype != _NUMPY_STYPE:
+            raise ValueError(f"unsupported stype {array.stype!r}")
+        values = array.numpy()
+        if values.dtype == object or not values.flags.writeable:
+            values = np.array(values, copy=True)  # np.load gives read-only views of the bytes
+        return torch.from_numpy(values)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise MalformedReplyError(f"{key}: cannot decode the array ({exc})") from None
+
+
+def adapter_to_record(adapter: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """An :class:`~flwr.app.ArrayRecord` holding ``adapter`` under its peft key names.
+
+    Parameters
+    ----------
+    adapter
+        ``key → tensor`` in peft's state-dict format (any device; detached on the way).
+
+    Returns
+    -------
+    ArrayRecord
+        One :class:`~flwr.app.Array` per key, in the adapter's key order.
+    """
+    record = ArrayRecord()
+    for key, tensor in adapter.items():
+        record[key] = _tensor_to_array(tensor)
+    return record
+
+
+def record_to_adapter(record: ArrayRecord) -> Adapter:
+    """The adapter inside ``record`` (CPU tensors, original dtypes and key order).
+
+    Raises
+    ------
+    MalformedReplyError
+        If an array cannot be decoded (corrupt bytes, unknown encoding).
+    """
+    if not isinstance(record, ArrayRecord):
+        raise MalformedReplyError(f"expected an ArrayRecord, got {type(record).__name__}")
+    return {key: _array_to_tensor(key, array) for key, array in record.items()}
+
+
+def reply_to_content(reply: Reply) -> RecordDict:
+    """The content of a train reply: the trained adapter plus ``num-examples`` and ``train-loss``."""
+    metrics = MetricRecord({keys.NUM_EXAMPLES: int(reply.num_examples), keys.TRAIN_LOSS: float(reply.train_loss)})
+    return RecordDict({keys.ARRAYS: adapter_to_record(reply.adapter), keys.METRICS: metrics})
+
+
+def content_to_reply(content: RecordDict) -> Reply:
+    """The :class:`~hyperfed.federation.Reply` a train-reply content carries.
+
+    Only the *envelope* is checked here (records present, arrays decodable); whether the
+    adapter is well formed (keys, shapes, finite values, update norm) is the server's
+    screening job, so every method screens the same way.
+
+    Raises
+    ------
+    MalformedReplyError
+        If the ``arrays`` or ``metrics`` record or the ``num-examples`` metric is missing,
+        or an array cannot be decoded.
+    """
+    arrays = content.array_records.get(keys.ARRAYS)
+    metrics = content.metric_records.get(keys.METRICS)
+    if arrays is None:
+        raise MalformedReplyError(f"the reply has no ArrayRecord {keys.ARRAYS!r} (records: {sorted(content)})")
+    if metrics is None or keys.NUM_EXAMPLES not in metrics:
+        raise MalformedReplyError(f"the reply has no MetricRecord {keys.METRICS!r} with {keys.NUM_EXAMPLES!r}")
+    loss = metrics.get(keys.TRAIN_LOSS, float("nan"))
+    return Reply(adapter=record_to_adapter(arrays), num_examples=metrics[keys.NUM_EXAMPLES], train_loss=float(loss))
+
+
+def eval_to_content(loss: float, num_examples: int) -> RecordDict:
+    """The content of an evaluate reply: ``eval-loss`` and ``num-examples``."""
+    return RecordDict({keys.METRICS: MetricRecord({keys.EVAL_LOSS: float(loss), keys.NUM_EXAMPLES: int(num_examples)})})
+
+
+def content_to_eval(content: RecordDict) -> tuple[float, int]:
+    """``(eval loss, num examples)`` from an evaluate reply.
+
+    Raises
+    ------
+    MalformedReplyError
+        If the metrics record or one of its two keys is missing.
+    """
+    metrics = content.metric_records.get(keys.METRICS)
+    if metrics is None or keys.EVAL_LOSS not in metrics or keys.NUM_EXAMPLES not in metrics:
+        raise MalformedReplyError(f"an evaluate reply needs {keys.EVAL_LOSS!r} and {keys.NUM_EXAMPLES!r} in {keys.METRICS!r}")
+    return float(metrics[keys.EVAL_LOSS]), int(metrics[keys.NUM_EXAMPLES])

@@ -1,0 +1,121 @@
+"""The Flower ServerApp: build the method's server, handshake, run the rounds, write results.
+
+Flower component reference: ``hyperfed.flower.server_app:app``. Everything it does is in
+:func:`run_server` (usable with any :class:`~flwr.serverapp.Grid`) and :func:`on_finish`
+(the only function that writes to the run directory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from hyperfed.federation import AdapterServer, make_server
+from hyperfed.flower.app_config import AppConfig, RunConfigValue
+from hyperfed.flower.cache import build_peft_model
+from hyperfed.flower.strategy import AdapterStrategy
+from hypernet.atomic import atomic_write_text
+
+__all__ = ["app", "build_server_app", "build_strategy", "run_server", "on_finish", "METRICS_FILE"]
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+FinishHook = Callable[[AdapterServer, AdapterStrategy, Path, AppConfig], Any]
+
+
+def build_strategy(config: AppConfig, server: AdapterServer | None = None) -> AdapterStrategy:
+    """The strategy for ``config``, holding ``server`` or a fresh one from :func:`make_server`.
+
+    A fresh server starts from the cached base model with LoRA of rank
+    ``config.federation.lora_rank`` (the same layout every ClientApp builds).
+    """
+    if server is None:
+        peft_model = build_peft_model(config.base_model, config.federation.lora_rank)
+        server = make_server(config.federation.method, peft_model, config.federation)
+    return AdapterStrategy(server, min_nodes=config.min_nodes, evaluate_every=config.evaluate_every)
+
+
+def run_server(grid: Grid, config: AppConfig, server: AdapterServer | None = None) -> AdapterStrategy:
+    """Handshake and ``config.federation.rounds`` rounds on ``grid``; return the strategy.
+
+    The trained server is ``strategy.server``; what happened is ``strategy.history``.
+    """
+    strategy = build_strategy(config, server)
+    strategy.start(grid, num_rounds=config.federation.rounds, timeout=config.round_timeout)
+    return strategy
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def on_finish(server: AdapterServer, strategy: AdapterStrategy, run_dir: str | Path, config: AppConfig | None = None) -> Path:
+    """Write ``metrics.json`` into ``run_dir``: config, per-round outcomes, per-client eval.
+
+    Returns
+    -------
+    Path
+        The file written (atomically: a reader never sees half of it).
+    """
+    path = Path(run_dir) / METRICS_FILE
+    payload = {
+        "method": server.method,
+        "config": config.to_run_config() if config is not None else server.config.to_run_config(),
+        **strategy.history.to_dict(),
+    }
+    atomic_write_text(path, json.dumps(_json_safe(payload), indent=1, sort_keys=False))
+    log.info("wrote %s", path)
+    return path
+
+
+def _show_logs_with_flower() -> None:
+    """In a ServerApp process, print our INFO logs where Flower prints its own (``flwr run
+    --stream`` shows them). Only the Flower entry point calls this; the library never
+    configures logging."""
+    ours, flowers = logging.getLogger("hyperfed"), logging.getLogger("flwr")
+    if not ours.handlers and flowers.handlers:
+        for handler in flowers.handlers:
+            ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+
+
+def build_server_app(defaults: Mapping[str, RunConfigValue] | None = None, finish: FinishHook | None = on_finish) -> ServerApp:
+    """A ServerApp whose run config is ``defaults`` overridden by ``context.run_config``.
+
+    ``finish(server, strategy, run_dir, config)`` runs after the last round when the run
+    config names a ``run-dir`` (default :func:`on_finish`).
+    """
+    defaults = dict(defaults or {})
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        _show_logs_with_flower()
+        config = AppConfig.from_run_config({**defaults, **context.run_config})
+        log.info("HyperFed ServerApp: method %s, %d rounds", config.federation.method, config.federation.rounds)
+        strategy = run_server(grid, config)
+        if config.run_dir and finish is not None:
+            finish(strategy.server, strategy, Path(config.run_dir), config)
+        elif not config.run_dir:
+            log.warning("run-dir is empty: the results of this run are not written anywhere")
+
+    return server_app
+
+
+#: The Flower component ``hyperfed.flower.server_app:app``.
+app = build_server_app()
