@@ -28,29 +28,11 @@ from hypernet import evaluate_loss
 from hypernet.errors import ConfigError
 from hypernet.models import add_lora
 
-__all__ = ["ExperimentConfig", "CanaryPlan", "ExperimentResult", "run_experiment", "summary_rows", "experiment_corpus"]
+__all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "summary_rows"]
 
 log = logging.getLogger(__name__)
 
 METHOD_LABELS = {"hyperlora": "HyperLoRA", "fedavg": "FedAvg-LoRA", "local": "local-only"}
-
-
-@dataclass(frozen=True)
-class CanaryPlan:
-    """Secrets planted in one client's training text, to measure memorisation and unlearning.
-
-    ``count`` canaries × ``copies`` copies each (DESIGN §8: a real dose is needed for the
-    client's own adapter to memorise them measurably). They are regenerated from ``seed``.
-    """
-
-    client_id: str = "code/email"
-    count: int = 5
-    copies: int = 20
-    seed: int = 1234
-
-    def __post_init__(self) -> None:
-        if self.count <= 0 or self.copies <= 0:
-            raise ConfigError(f"CanaryPlan needs count > 0 and copies > 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -62,12 +44,14 @@ class ExperimentConfig:
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
     methods: tuple[str, ...] = ("hyperlora", "fedavg", "local")
     eval_every: int = 5
-    canaries: CanaryPlan | None = None
+    engine: str = "flower"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHOD_LABELS]
         if unknown or not self.methods:
             raise ConfigError(f"ExperimentConfig.methods: unknown {unknown}; choose from {list(METHOD_LABELS)}")
+        if self.engine not in ("flower", "loop"):
+            raise ConfigError(f"ExperimentConfig.engine must be 'flower' (in-process Flower) or 'loop', got {self.engine!r}")
         if self.eval_every <= 0:
             raise ConfigError(f"ExperimentConfig.eval_every must be > 0, got {self.eval_every}")
 
@@ -75,7 +59,7 @@ class ExperimentConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
         """Build from ``{"federation": {...}, "corpus": {...}, "base": {...}, "methods": [...]}``;
         unknown keys are an error that names them."""
-        known = {"federation", "corpus", "base", "methods", "eval_every", "canaries"}
+        known = {"federation", "corpus", "base", "methods", "eval_every", "engine"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown experiment config keys {unknown}; known: {sorted(known)}")
@@ -89,7 +73,7 @@ class ExperimentConfig:
                 base=BaseModelConfig(**data.get("base", {})),
                 methods=tuple(data.get("methods", cls.methods)),
                 eval_every=int(data.get("eval_every", cls.eval_every)),
-                canaries=CanaryPlan(**data["canaries"]) if data.get("canaries") else None,
+                engine=str(data.get("engine", cls.engine)),
             )
         except TypeError as exc:  # an unknown field inside a section
             raise ConfigError(f"bad experiment config: {exc}") from None
@@ -115,7 +99,7 @@ class ExperimentConfig:
             "base": asdict(self.base),
             "methods": list(self.methods),
             "eval_every": self.eval_every,
-            "canaries": asdict(self.canaries) if self.canaries else None,
+            "engine": self.engine,
         }
 
 
@@ -169,8 +153,8 @@ def run_method(
     config: ExperimentConfig,
     on_round: Callable[[str, RoundOutcome], None] | None = None,
     run_dir: RunDirectory | None = None,
-) -> tuple[AdapterServer, torch.nn.Module, list[tuple[int, float]], dict[int, dict[str, str]]]:
-    """Train one method; return its server, its peft model, its loss curve and rejections.
+) -> tuple[AdapterServer, dict[str, float], list[tuple[int, float]], dict[int, dict[str, str]]]:
+    """Train one method; return its server, final per-client losses, loss curve, rejections.
 
     With ``run_dir``, a HyperLoRA run is recorded: every registration, checkpoint and
     generated adapter goes to the run directory and the ledger (:class:`RunRecorder`).
@@ -185,25 +169,44 @@ def run_method(
         recorder.register_clients(corpus.client_ids, server.hypernet)
         recorder.record_checkpoint(0, server.hypernet, server.trainer)
         record_round = recorder.round_callback(server)
-    curve = [(0, _mean(evaluate_all(server, peft_model, corpus.clients)))]
     rejected: dict[int, dict[str, str]] = {}
+    curve: list[tuple[int, float]] = []
 
     def after_round(outcome: RoundOutcome) -> None:
         if recorder is not None:
             record_round(outcome)
         if outcome.rejected:
             rejected[outcome.round] = outcome.rejected
-        if outcome.round % config.eval_every == 0 or outcome.round == fed.rounds:
+        if config.engine == "loop" and (outcome.round % config.eval_every == 0 or outcome.round == fed.rounds):
             curve.append((outcome.round, _mean(evaluate_all(server, peft_model, corpus.clients))))
         if on_round:
             on_round(method, outcome)
 
     try:
-        run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
+        if config.engine == "flower":
+            final = _run_flower(server, fed, config, after_round, curve)
+        else:
+            curve.append((0, _mean(evaluate_all(server, peft_model, corpus.clients))))
+            run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
+            final = evaluate_all(server, peft_model, corpus.clients)
     finally:
         if recorder is not None:
             recorder.close()
-    return server, peft_model, curve, rejected
+    return server, final, curve, rejected
+
+
+def _run_flower(server: AdapterServer, fed: FederationConfig, config: ExperimentConfig, after_round, curve) -> dict[str, float]:  # noqa: ANN001
+    """Train through Flower (in-process grid, real ServerApp strategy and ClientApps);
+    curves and final losses come from the clients' own federated evaluation."""
+    from hyperfed.flower import run_inprocess
+    from hyperfed.flower.app_config import AppConfig
+
+    app = AppConfig(federation=fed, corpus=config.corpus, base_model=config.base, evaluate_every=config.eval_every)
+    run = run_inprocess(app.to_run_config(), server=server, finish=None, on_round=after_round)
+    losses = run.history.eval_losses
+    curve.extend((r, _mean(losses[r])) for r in sorted(losses))
+    return dict(losses[max(losses)])
+
 
 
 def run_experiment(
@@ -216,37 +219,23 @@ def run_experiment(
     rd = RunDirectory(run_dir)
     rd.root.mkdir(parents=True, exist_ok=True)
     rd.write_json(rd.config_path, config.to_dict())
-    corpus = experiment_corpus(config)
+    corpus = build_corpus(config.corpus)
     rd.write_json(rd.manifest_path, corpus.manifest)
     base_model = load_or_build_base_model(config.base, callback=on_pretrain)
 
     final, curves, seconds, rejected, servers = {}, {}, {}, {}, {}
     for method in config.methods:
         start = time.perf_counter()
-        server, peft_model, curves[method], rejected[method] = run_method(method, base_model, corpus, config, on_round, rd)
-        final[method] = evaluate_all(server, peft_model, corpus.clients)
+        server, final[method], curves[method], rejected[method] = run_method(method, base_model, corpus, config, on_round, rd)
         seconds[method] = time.perf_counter() - start
         servers[method] = server
         log.info("%s: mean val loss %.4f in %.1f s", method, _mean(final[method]), seconds[method])
-    base_losses = {cid: evaluate_loss(peft_model, None, data.val) for cid, data in corpus.clients.items()}
+    probe = add_lora(copy.deepcopy(base_model), rank=config.federation.lora_rank)
+    base_losses = {cid: evaluate_loss(probe, None, data.val) for cid, data in corpus.clients.items()}
     result = ExperimentResult(final, base_losses, curves, seconds, corpus.domain_of, rd.root, rejected, servers)
     rd.write_json(rd.metrics_path, result.to_dict())
     plot_curves(result, rd.plots_dir / "loss_curves.png")
     return result
-
-
-def experiment_corpus(config: ExperimentConfig) -> FederatedCorpus:
-    """The run's corpus, with the canary plan's secrets planted (deterministically)."""
-    corpus = build_corpus(config.corpus)
-    plan = config.canaries
-    if plan is not None:
-        from hyperfed.unlearning.canaries import make_canaries, plant_canaries
-
-        if plan.client_id not in corpus.clients:
-            raise ConfigError(f"canary client {plan.client_id!r} is not in the corpus: {corpus.client_ids}")
-        canaries = make_canaries(plan.count, plan.seed)
-        corpus.clients[plan.client_id] = plant_canaries(corpus.clients[plan.client_id], canaries, plan.copies, plan.seed)
-    return corpus
 
 
 def plot_curves(result: ExperimentResult, path: Path) -> Path:

@@ -32,7 +32,7 @@ from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet import ClientData, to_blocks
 from hypernet.errors import ConfigError
 
-__all__ = ["CorpusConfig", "FederatedCorpus", "build_corpus", "DOMAINS"]
+__all__ = ["CorpusConfig", "FederatedCorpus", "build_corpus", "corpus_canaries", "DOMAINS"]
 
 # domain → (client sources, pretraining sources); each source is (name, text loader).
 _Source = tuple[str, Callable[[], str]]
@@ -78,6 +78,10 @@ class CorpusConfig:
     clients_per_domain: clients taken from each domain (at most 4).
     train_kib, val_kib: bytes of train and validation text per client (val follows train).
     block_size: bytes per training block.
+    canary_client: if set, secret canaries are planted in this client's train text (to
+        measure memorisation and unlearning; see :mod:`hyperfed.unlearning.canaries`).
+    canary_count, canary_copies, canary_seed: how many canaries, copies of each, and the
+        seed they are generated and placed from (DESIGN §8: a real dose is needed).
     """
 
     domains: tuple[str, ...] = ("code", "docs", "legal")
@@ -85,6 +89,10 @@ class CorpusConfig:
     train_kib: float = 16
     val_kib: float = 4
     block_size: int = 128
+    canary_client: str = ""
+    canary_count: int = 5
+    canary_copies: int = 20
+    canary_seed: int = 1234
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.domains) - set(DOMAINS))
@@ -94,6 +102,8 @@ class CorpusConfig:
             raise ConfigError(f"CorpusConfig.clients_per_domain must be 1..4, got {self.clients_per_domain}")
         if not (self.train_kib > 0 and self.val_kib > 0 and self.block_size > 1):
             raise ConfigError(f"CorpusConfig needs train_kib, val_kib > 0 and block_size > 1, got {self}")
+        if self.canary_client and (self.canary_count <= 0 or self.canary_copies <= 0):
+            raise ConfigError(f"CorpusConfig.canary_count and canary_copies must be > 0, got {self}")
 
 
 @dataclass
@@ -145,7 +155,25 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
         pretrain_parts += [load() for _, load in pretrain_sources]
     if not clients:
         raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
+    if config.canary_client:
+        _plant(clients, config)
     return FederatedCorpus(clients, domain_of, "\n".join(pretrain_parts), manifest)
+
+
+def corpus_canaries(config: CorpusConfig) -> list:
+    """The canaries planted by ``config`` (empty if none), regenerated from its seed."""
+    from hyperfed.unlearning.canaries import make_canaries
+
+    return make_canaries(config.canary_count, config.canary_seed) if config.canary_client else []
+
+
+def _plant(clients: dict[str, ClientData], config: CorpusConfig) -> None:
+    from hyperfed.unlearning.canaries import plant_canaries
+
+    if config.canary_client not in clients:
+        raise ConfigError(f"CorpusConfig.canary_client {config.canary_client!r} is not a client: {sorted(clients)}")
+    target = clients[config.canary_client]
+    clients[config.canary_client] = plant_canaries(target, corpus_canaries(config), config.canary_copies, config.canary_seed)
 
 
 def pretrain_blocks(corpus: FederatedCorpus, block_size: int) -> torch.Tensor:

@@ -39,7 +39,7 @@ def run_rounds(
     callback: Callable[[RoundOutcome], None] | None = None,
 ) -> list[RoundOutcome]:
     """Run rounds ``first_round..last_round`` (default ``config.rounds``); return their outcomes."""
-    ids = list(clients)
+    ids = sorted(clients)  # the Flower strategy samples sorted ids too: both paths match bit for bit
     server.register(ids)
     outcomes = []
     for round_ in range(first_round, (last_round or config.rounds) + 1):

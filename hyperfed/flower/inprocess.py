@@ -180,6 +180,7 @@ def run_inprocess(
     server: AdapterServer | None = None,
     serialize: bool = True,
     finish: FinishHook | None = on_finish,
+    on_round=None,  # noqa: ANN001  (called with each RoundOutcome: recording, progress)
 ) -> InProcessRun:
     """Run the Flower ServerApp logic against in-process ClientApps; return the trained state.
 
@@ -208,7 +209,7 @@ def run_inprocess(
         node_configs = [{keys.CLIENT_ID: cid} for cid in client_ids]
     config = AppConfig.from_run_config({**config.to_run_config(), "min-nodes": len(node_configs)})
     grid = InProcessGrid(client_apps or default_client_app, node_configs, config.to_run_config(), serialize=serialize)
-    strategy = run_server(grid, config, server)
+    strategy = run_server(grid, config, server, on_round)
     if config.run_dir and finish is not None:
         finish(strategy.server, strategy, Path(config.run_dir), config)
     return InProcessRun(config=config, strategy=strategy, grid=grid)

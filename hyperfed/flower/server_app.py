@@ -32,7 +32,7 @@ METRICS_FILE = "metrics.json"
 FinishHook = Callable[[AdapterServer, AdapterStrategy, Path, AppConfig], Any]
 
 
-def build_strategy(config: AppConfig, server: AdapterServer | None = None) -> AdapterStrategy:
+def build_strategy(config: AppConfig, server: AdapterServer | None = None, on_round=None) -> AdapterStrategy:  # noqa: ANN001
     """The strategy for ``config``, holding ``server`` or a fresh one from :func:`make_server`.
 
     A fresh server starts from the cached base model with LoRA of rank
@@ -41,15 +41,15 @@ def build_strategy(config: AppConfig, server: AdapterServer | None = None) -> Ad
     if server is None:
         peft_model = build_peft_model(config.base_model, config.federation.lora_rank)
         server = make_server(config.federation.method, peft_model, config.federation)
-    return AdapterStrategy(server, min_nodes=config.min_nodes, evaluate_every=config.evaluate_every)
+    return AdapterStrategy(server, min_nodes=config.min_nodes, evaluate_every=config.evaluate_every, on_round=on_round)
 
 
-def run_server(grid: Grid, config: AppConfig, server: AdapterServer | None = None) -> AdapterStrategy:
+def run_server(grid: Grid, config: AppConfig, server: AdapterServer | None = None, on_round=None) -> AdapterStrategy:  # noqa: ANN001
     """Handshake and ``config.federation.rounds`` rounds on ``grid``; return the strategy.
 
     The trained server is ``strategy.server``; what happened is ``strategy.history``.
     """
-    strategy = build_strategy(config, server)
+    strategy = build_strategy(config, server, on_round)
     strategy.start(grid, num_rounds=config.federation.rounds, timeout=config.round_timeout)
     return strategy
 

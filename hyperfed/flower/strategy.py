@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from hyperfed.federation import AdapterServer, FedAvgLoRAServer, Reply, poisson_sample
+from hyperfed.federation import AdapterServer, FedAvgLoRAServer, Reply, RoundOutcome, poisson_sample
 from hyperfed.flower import keys
 from hyperfed.flower.errors import ClientIdentityError, MalformedReplyError
 from hyperfed.flower.handshake import query_client_ids
@@ -65,6 +65,7 @@ class AdapterStrategy(FedAvg):
         min_nodes: int = 1,
         evaluate_every: int = 1,
         evaluate_before_training: bool = True,
+        on_round: Callable[[RoundOutcome], None] | None = None,
     ) -> None:
         super().__init__(
             min_train_nodes=0,
@@ -77,6 +78,7 @@ class AdapterStrategy(FedAvg):
         self.server = server
         self.evaluate_every = evaluate_every
         self.evaluate_before_training = evaluate_before_training
+        self.on_round = on_round  # called after each round is learned (recording, progress)
         self.history = FlowerHistory()
         self.node_of: dict[str, int] = {}  # user client id → Flower node id
         self.client_of: dict[int, str] = {}  # Flower node id → user client id
@@ -226,6 +228,8 @@ class AdapterStrategy(FedAvg):
         metrics = MetricRecord(counts)
         if outcome.accepted:
             metrics[keys.TRAIN_LOSS] = float(outcome.train_loss)
+        if self.on_round is not None:
+            self.on_round(outcome)
         arrays = None
         if isinstance(self.server, FedAvgLoRAServer) and outcome.accepted:
             arrays = adapter_to_record(self.server.global_adapter)

@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 def load_experiment(rd: RunDirectory):  # noqa: ANN201
     """The run's ExperimentConfig, corpus and base model, rebuilt from ``run.json``."""
     from hyperfed.base_model import load_or_build_base_model
-    from hyperfed.experiment import ExperimentConfig, experiment_corpus
+    from hyperfed.data.corpus import build_corpus
+    from hyperfed.experiment import ExperimentConfig
 
     data = rd.read_json(rd.config_path)
-    known = {"federation", "corpus", "base", "methods", "eval_every", "canaries"}
+    known = {"federation", "corpus", "base", "methods", "eval_every", "engine"}
     config = ExperimentConfig.from_dict({k: v for k, v in data.items() if k in known})
-    return config, experiment_corpus(config), load_or_build_base_model(config.base)
+    return config, build_corpus(config.corpus), load_or_build_base_model(config.base)
 
 
 def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_round: int) -> tuple[HyperLoRAServer, list[int]]:
