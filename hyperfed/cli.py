@@ -67,15 +67,36 @@ def _run_comparison(config, out: str) -> int:  # noqa: ANN001
     return 0
 
 
+DEMO_FORGET_CLIENT = "code/email"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The README's main job: compare the methods, forget one client, verify, audit."""
+    from dataclasses import replace
+
+    from hyperfed.data.corpus import CorpusConfig
     from hyperfed.experiment import ExperimentConfig
 
-    config = ExperimentConfig()
+    config = ExperimentConfig(corpus=CorpusConfig(canary_client=DEMO_FORGET_CLIENT))
     if args.rounds is not None:
-        from dataclasses import replace
-
         config = replace(config, federation=replace(config.federation, rounds=args.rounds))
-    return _run_comparison(config, args.out)
+    status = _run_comparison(config, args.out)
+    if status or args.no_forget:
+        return status
+    print(f"\nForgetting {DEMO_FORGET_CLIENT!r} (it holds {config.corpus.canary_count} planted canaries) …")
+    status = _forget_and_report(args.out, DEMO_FORGET_CLIENT, "delete", ())
+    print()
+    audit_args = argparse.Namespace(run_dir=args.out, ledger=None, json=None, all=False)
+    return status or _cmd_audit(audit_args)
+
+
+def _forget_and_report(run_dir: str, client_id: str, mode: str, compare: tuple[str, ...]) -> int:
+    from hyperfed.unlearning.report import forget_and_verify, render_report
+
+    report = forget_and_verify(run_dir, client_id, mode, compare_modes=compare)
+    print(render_report(report))
+    print(f"Report: {Path(run_dir) / 'forgets'}/…/report.json and report.png")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -101,6 +122,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_forget(args: argparse.Namespace) -> int:
     from hyperfed.unlearning.forget import forget_client
 
+    if args.verify:
+        return _forget_and_report(args.run_dir, args.client_id, args.mode, tuple(args.compare or ()))
     result = forget_client(args.run_dir, args.client_id, args.mode)
     print(
         f"forgot {result.client_id!r} ({result.mode}) in {result.seconds:.2f} s; "
@@ -124,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="federated HyperLoRA vs FedAvg-LoRA vs local-only on the offline corpus")
     demo.add_argument("--out", default="runs/demo", help="run directory")
     demo.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    demo.add_argument("--no-forget", action="store_true", help="stop after the comparison")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="run the comparison from a TOML/JSON config file")
@@ -141,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("run_dir")
     forget.add_argument("client_id")
     forget.add_argument("--mode", choices=["delete", "exact"], default="delete")
+    forget.add_argument("--verify", action="store_true", help="measure the forget against retraining (simulation runs)")
+    forget.add_argument("--compare", nargs="*", choices=["delete", "exact"], help="with --verify: also run these modes on a copy")
     forget.set_defaults(func=_cmd_forget)
     return parser
 

@@ -1,0 +1,227 @@
+"""``forget_and_verify``: forget a client and measure, against retraining, that it worked.
+
+Rows of the report (always next to the base model's row):
+
+=================  ==========================================================
+base model         no adapter at all: chance level for every measure
+before forget      the client's own generated adapter (what it memorised)
+after <mode>       the remaining system's adapter for a *newcomer* (mean of the
+                   remaining embeddings): what anyone can still get out of it
+retrain (gold)     the same, for a hypernetwork trained without the client
+attack on <mode>   an embedding fitted on the client's *other* text against the
+                   frozen post-forget hypernetwork (can the secrets be recovered?)
+attack on retrain  the same attack against the gold standard
+=================  ==========================================================
+
+Columns: canary exposure (bits; Carlini et al.), loss-threshold membership AUC on the
+client's train vs held-out blocks (tie-safe, 0.5 = chance), the client's held-out loss,
+the retained clients' mean held-out loss, and wall time (forget vs retrain).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from hyperfed.data.corpus import corpus_canaries
+from hyperfed.federation import make_server, run_rounds
+from hyperfed.rundir import RunDirectory, client_file_name
+from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
+from hyperfed.unlearning.canaries import mean_exposure
+from hyperfed.unlearning.forget import forget_client
+from hyperfed.unlearning.membership import block_losses, membership_auc
+from hyperfed.unlearning.replay import load_experiment
+from hypernet import HyperLoRA, evaluate_loss
+from hypernet.models import add_lora
+
+__all__ = ["VerificationRow", "VerificationReport", "forget_and_verify", "render_report", "plot_report"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerificationRow:
+    name: str
+    exposure_bits: float | None
+    mia_auc: float
+    forgotten_loss: float
+    retained_loss: float | None
+    seconds: float | None = None
+
+
+@dataclass
+class VerificationReport:
+    client_id: str
+    mode: str
+    rows: list[VerificationRow]
+    exposure_ceiling_bits: float | None
+    canaries: int
+    speedup_vs_retrain: dict[str, float] = field(default_factory=dict)
+
+    def row(self, name: str) -> VerificationRow:
+        return next(r for r in self.rows if r.name == name)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Measure:
+    """Shared measuring context: one model, the client's data, one candidate seed."""
+
+    def __init__(self, peft_model, corpus, corpus_config, client_id: str, num_candidates: int) -> None:  # noqa: ANN001
+        self.model = peft_model
+        self.data = corpus.clients[client_id]
+        self.others = {c: d for c, d in corpus.clients.items() if c != client_id}
+        self.canaries = corpus_canaries(corpus_config) if corpus_config.canary_client == client_id else []
+        self.num_candidates = num_candidates
+
+    def row(self, name: str, adapter, hypernet: HyperLoRA | None, seconds: float | None = None) -> VerificationRow:  # noqa: ANN001
+        exposure = mean_exposure(self.model, adapter, self.canaries, self.num_candidates, seed=0) if self.canaries else None
+        auc = membership_auc(block_losses(self.model, adapter, self.data.train), block_losses(self.model, adapter, self.data.val))
+        retained = None
+        if hypernet is not None:
+            with torch.no_grad():
+                adapters = hypernet.generate([c for c in self.others if c in hypernet.clients])
+            losses = [evaluate_loss(self.model, a, self.others[c].val) for c, a in adapters.items()]
+            retained = sum(losses) / len(losses)
+        forgotten = evaluate_loss(self.model, adapter, self.data.val)
+        log.info("%s: exposure %s, AUC %.3f, loss %.4f", name, exposure, auc, forgotten)
+        return VerificationRow(name, exposure, auc, forgotten, retained, seconds)
+
+
+def newcomer_adapter(hypernet: HyperLoRA) -> dict[str, torch.Tensor]:
+    """The adapter for an unseen client: the mean of the remaining embeddings."""
+    mean = torch.stack([hypernet.clients.parameter(c).detach() for c in hypernet.client_ids]).mean(0)
+    return adapter_from_embedding(hypernet, mean)
+
+
+def forget_and_verify(
+    run_dir: str | Path,
+    client_id: str,
+    mode: str = "delete",
+    compare_modes: tuple[str, ...] = (),
+    num_candidates: int = 1000,
+    attack_steps: int = 100,
+) -> VerificationReport:
+    """Forget ``client_id`` from the run with ``mode`` and measure it against retraining.
+
+    ``compare_modes`` are also run (on a scratch copy of the run made before the forget)
+    so one report compares e.g. delete and exact. Writes ``forgets/<client>/report.json``
+    and ``report.png`` into the run directory.
+    """
+    rd = RunDirectory(run_dir)
+    config, corpus, base = load_experiment(rd)
+    fed = replace(config.federation, method="hyperlora")
+    model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
+    if client_id not in corpus.clients:
+        forget_client(rd, client_id, mode)  # raises the right typed error (unknown / forgotten)
+    measure = _Measure(model, corpus, config.corpus, client_id, num_candidates)
+    latest = max(rd.checkpoint_rounds())
+    before = rd.load_checkpoint(latest)
+    if client_id not in before.clients:
+        forget_client(rd, client_id, mode)  # raises the right typed error (unknown / forgotten)
+    with torch.no_grad():
+        own = {k: v.detach().clone() for k, v in before.generate(client_id).items()}
+    rows = [measure.row("base model", None, None), measure.row("before forget", own, before)]
+
+    # the gold standard: the same run, trained without the client from the start
+    start = time.perf_counter()
+    gold_model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
+    gold = make_server("hyperlora", gold_model, fed)
+    run_rounds(gold, gold_model, measure.others, fed)
+    retrain_s = time.perf_counter() - start
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="hyperfed-compare-") as scratch:
+        copies = {}
+        for other in (m for m in compare_modes if m != mode):
+            copies[other] = Path(scratch) / other
+            shutil.copytree(rd.root, copies[other])
+        results[mode] = (forget_client(rd, client_id, mode), rd)
+        for other, root in copies.items():
+            results[other] = (forget_client(root, client_id, other), RunDirectory(root))
+        for name, (result, where) in results.items():
+            after = where.load_checkpoint(latest)
+            rows.append(measure.row(f"after {name}", newcomer_adapter(after), after, result.seconds))
+        rows.append(measure.row("retrain (gold)", newcomer_adapter(gold.hypernet), gold.hypernet, retrain_s))
+        for name, (_, where) in results.items():
+            after = where.load_checkpoint(latest)
+            emb = embedding_recovery_attack(after, model, measure.data.val, steps=attack_steps, seed=0)
+            rows.append(measure.row(f"attack on {name}", adapter_from_embedding(after, emb), None))
+    emb = embedding_recovery_attack(gold.hypernet, model, measure.data.val, steps=attack_steps, seed=0)
+    rows.append(measure.row("attack on retrain", adapter_from_embedding(gold.hypernet, emb), None))
+
+    report = VerificationReport(
+        client_id,
+        mode,
+        rows,
+        math.log2(num_candidates + 1) if measure.canaries else None,
+        len(measure.canaries),
+        {name: retrain_s / max(result.seconds, 1e-9) for name, (result, _) in results.items()},
+    )
+    out = rd.root / "forgets" / client_file_name(client_id)
+    rd.write_json(out / "report.json", report.to_dict())
+    plot_report(report, out / "report.png")
+    return report
+
+
+def render_report(report: VerificationReport) -> str:
+    """The report as a terminal table."""
+    from hyperfed.render import format_table
+
+    def show(value, fmt: str) -> str:  # noqa: ANN001
+        return "—" if value is None else format(value, fmt)
+
+    rows = [
+        {
+            "system": r.name,
+            "exposure (bits)": show(r.exposure_bits, ".2f"),
+            "MIA AUC": show(r.mia_auc, ".3f"),
+            "client loss": show(r.forgotten_loss, ".4f"),
+            "retained loss": show(r.retained_loss, ".4f"),
+            "time (s)": show(r.seconds, ".2f"),
+        }
+        for r in report.rows
+    ]
+    title = (
+        f"Unlearning report for {report.client_id!r} ({report.mode}); {report.canaries} canaries, "
+        f"exposure ceiling {show(report.exposure_ceiling_bits, '.2f')} bits, chance ≈ 1.44"
+    )
+    speed = ", ".join(f"{m} {x:.0f}× faster than retraining" for m, x in report.speedup_vs_retrain.items())
+    return format_table(rows, title=title) + (f"\n{speed}" if speed else "")
+
+
+def plot_report(report: VerificationReport, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name for r in report.rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    series = [
+        ("canary exposure (bits)", [r.exposure_bits or 0.0 for r in report.rows]),
+        ("membership AUC (0.5 = chance)", [r.mia_auc for r in report.rows]),
+        ("forgotten client's loss (nats/byte)", [r.forgotten_loss for r in report.rows]),
+    ]
+    for ax, (title, values) in zip(axes, series):
+        colors = ["grey" if n == "base model" else "tab:red" if n == "before forget" else "tab:green" if "retrain" in n else "tab:blue" for n in names]
+        ax.barh(names, values, color=colors)
+        ax.set_title(title, fontsize=9)
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=7)
+    axes[1].axvline(0.5, color="k", ls="--", lw=0.8)
+    fig.suptitle(f"Forgetting {report.client_id} ({report.mode}) vs retraining without it")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

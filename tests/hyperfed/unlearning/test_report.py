@@ -1,0 +1,51 @@
+"""forget_and_verify on a tiny recorded run with planted canaries."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from hyperfed.audit import audit_run
+from hyperfed.base_model import BaseModelConfig
+from hyperfed.data.corpus import CorpusConfig
+from hyperfed.experiment import ExperimentConfig, run_experiment
+from hyperfed.federation import FederationConfig
+from hyperfed.rundir import client_file_name
+from hyperfed.unlearning.report import forget_and_verify, render_report
+
+VICTIM = "code/asyncio"
+CONFIG = ExperimentConfig(
+    federation=FederationConfig(rounds=3, local_steps=3, batch_size=2, lora_rank=2),
+    corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=64,
+                        canary_client=VICTIM, canary_count=2, canary_copies=4),
+    base=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=64),
+    methods=("hyperlora",),
+    eval_every=3,
+)
+
+
+def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
+    run_experiment(tmp_path / "run", CONFIG)
+    report = forget_and_verify(tmp_path / "run", VICTIM, "delete", compare_modes=("exact",), num_candidates=50, attack_steps=5)
+
+    names = [r.name for r in report.rows]
+    assert names == ["base model", "before forget", "after delete", "after exact", "retrain (gold)",
+                     "attack on delete", "attack on exact", "attack on retrain"]
+    for row in report.rows:
+        assert 0.0 <= row.mia_auc <= 1.0
+        assert row.exposure_bits is not None and 0.0 <= row.exposure_bits <= report.exposure_ceiling_bits + 1e-9
+    assert report.row("after delete").retained_loss is not None and report.row("after delete").seconds > 0
+    assert set(report.speedup_vs_retrain) == {"delete", "exact"} and report.speedup_vs_retrain["delete"] > 0
+    # exact mode reproduces retraining, so the two rows measure the same model
+    assert report.row("after exact").retained_loss == pytest.approx(report.row("retrain (gold)").retained_loss, abs=1e-6)
+
+    out = tmp_path / "run" / "forgets" / client_file_name(VICTIM)
+    assert json.loads((out / "report.json").read_text())["client_id"] == VICTIM
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "exposure" in render_report(report) and "faster than retraining" in render_report(report)
+    audit = audit_run(tmp_path / "run")
+    assert audit.ok and VICTIM in audit.forgotten
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("hyperfed-compare")]
