@@ -14,7 +14,8 @@ attack on retrain  the same attack against the gold standard
 =================  ==========================================================
 
 Columns: canary exposure (bits; Carlini et al.), loss-threshold membership AUC on the
-client's train vs held-out blocks (tie-safe, 0.5 = chance), the client's held-out loss,
+client's train vs held-out blocks (tie-safe, 0.5 = chance; each block's loss is calibrated
+by the base model's loss on it, so the base row is exactly 0.5), the client's held-out loss,
 the retained clients' mean held-out loss, and wall time (forget vs retrain).
 """
 
@@ -82,10 +83,17 @@ class _Measure:
         self.others = {c: d for c, d in corpus.clients.items() if c != client_id}
         self.canaries = corpus_canaries(corpus_config) if corpus_config.canary_client == client_id else []
         self.num_candidates = num_candidates
+        self.base_train = block_losses(peft_model, None, self.data.train)
+        self.base_val = block_losses(peft_model, None, self.data.val)
 
     def row(self, name: str, adapter, hypernet: HyperLoRA | None, seconds: float | None = None) -> VerificationRow:  # noqa: ANN001
         exposure = mean_exposure(self.model, adapter, self.canaries, self.num_candidates, seed=0) if self.canaries else None
-        auc = membership_auc(block_losses(self.model, adapter, self.data.train), block_losses(self.model, adapter, self.data.val))
+        # Reference-calibrated scores (loss minus the base model's loss on the same block):
+        # a client's train and held-out text come from different parts of its source, and
+        # raw losses would mistake that shift for membership. 0.5 = chance.
+        members = block_losses(self.model, adapter, self.data.train) - self.base_train
+        nonmembers = block_losses(self.model, adapter, self.data.val) - self.base_val
+        auc = membership_auc(members, nonmembers)
         retained = None
         if hypernet is not None:
             with torch.no_grad():

@@ -37,6 +37,7 @@ def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monk
     for row in report.rows:
         assert 0.0 <= row.mia_auc <= 1.0
         assert row.exposure_bits is not None and 0.0 <= row.exposure_bits <= report.exposure_ceiling_bits + 1e-9
+    assert report.row("base model").mia_auc == 0.5  # calibrated by the base model itself: chance
     assert report.row("after delete").retained_loss is not None and report.row("after delete").seconds > 0
     assert set(report.speedup_vs_retrain) == {"delete", "exact"} and report.speedup_vs_retrain["delete"] > 0
     # exact mode reproduces retraining, so the two rows measure the same model
