@@ -40,11 +40,15 @@ def _run_comparison(config, out: str) -> int:  # noqa: ANN001
         bar = bars.setdefault("pretrain", progress(config.base.steps, "pretraining base model (once, cached)"))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
+        if step == config.base.steps:
+            bar.close()
 
     def on_round(method: str, outcome) -> None:  # noqa: ANN001
         bar = bars.setdefault(method, progress(config.federation.rounds, f"{METHOD_LABELS[method]:>11} rounds"))
         bar.update(1)
         bar.set_postfix(train_loss=f"{outcome.train_loss:.3f}")
+        if outcome.round == config.federation.rounds:
+            bar.close()
 
     try:
         result = run_experiment(out, config, on_round=on_round, on_pretrain=on_pretrain)
