@@ -32,7 +32,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py   # writes bench/results/*.json and BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,6 +13,10 @@ from hyperfed.errors import (
 )
 
 __all__ = [
+    "forget_client",
+    "audit_run",
+    "run_experiment",
+    "ExperimentConfig",
     "HyperFedError",
     "UnknownClientError",
     "ForgottenClientError",
@@ -23,3 +27,20 @@ __all__ = [
     "ContractViolationError",
     "TamperDetectedError",
 ]
+
+
+_LAZY = {
+    "forget_client": ("hyperfed.unlearning.forget", "forget_client"),
+    "audit_run": ("hyperfed.audit", "audit_run"),
+    "run_experiment": ("hyperfed.experiment", "run_experiment"),
+    "ExperimentConfig": ("hyperfed.experiment", "ExperimentConfig"),
+}
+
+
+def __getattr__(name: str):  # noqa: ANN202  (lazy: `import hyperfed` stays light)
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'hyperfed' has no attribute {name!r}")

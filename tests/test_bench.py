@@ -1,0 +1,25 @@
+"""Every benchmark runs end to end (tiny settings) and BENCHMARKS.md is generated from its JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
+    env = {"HYPERFED_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "bench/run_all.py", "--quick", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "BENCHMARKS.md")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("hypernet", "federation", "unlearning", "ledger"):
+        assert json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    for heading in ("## Hypernetwork", "## Federation", "## Unlearning", "## Ledger", "Machine:"):
+        assert heading in report
