@@ -203,7 +203,7 @@ def render_report(report: VerificationReport) -> str:
         f"Unlearning report for {report.client_id!r} ({report.mode}); {report.canaries} canaries, "
         f"exposure ceiling {show(report.exposure_ceiling_bits, '.2f')} bits, chance ≈ 1.44"
     )
-    speed = ", ".join(f"{m} {x:.0f}× faster than retraining" for m, x in report.speedup_vs_retrain.items())
+    speed = ", ".join(f"{m} {x:.3g}× the speed of retraining" for m, x in report.speedup_vs_retrain.items())
     return format_table(rows, title=title) + (f"\n{speed}" if speed else "")
 
 

@@ -46,7 +46,7 @@ def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monk
     out = tmp_path / "run" / "forgets" / client_file_name(VICTIM)
     assert json.loads((out / "report.json").read_text())["client_id"] == VICTIM
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
-    assert "exposure" in render_report(report) and "faster than retraining" in render_report(report)
+    assert "exposure" in render_report(report) and "the speed of retraining" in render_report(report)
     audit = audit_run(tmp_path / "run")
     assert audit.ok and VICTIM in audit.forgotten
     assert not [p for p in os.listdir(tmp_path) if p.startswith("hyperfed-compare")]

@@ -1,0 +1,169 @@
+"""Execute every notebook in ``notebooks/`` with small settings, offline, and check what it shows.
+
+Each notebook reads ``HYPERFED_NOTEBOOK_FAST`` in its first (settings) cell and then uses
+tiny sizes; ``HYPERFED_NOTEBOOK_RUNS`` says where it writes its runs. The kernel is this
+interpreter (the venv's), started from a private kernelspec so no kernel installed elsewhere
+on the machine can be picked up instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+KERNEL = "hyperfed-test"
+CELL_TIMEOUT_S = 300
+INLINE = "module://matplotlib_inline.backend_inline"
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="session")
+def kernel_specs(tmp_path_factory) -> KernelSpecManager:
+    """A kernelspec folder holding one kernel: ``sys.executable -m ipykernel_launcher``."""
+    root = tmp_path_factory.mktemp("kernels")
+    spec = root / KERNEL
+    spec.mkdir()
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "HyperFed tests",
+        "language": "python",
+    }))
+    return KernelSpecManager(kernel_dirs=[str(root)], ensure_native_kernel=False)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One HYPERFED_CACHE for all notebooks: the tiny base model is pretrained once."""
+    return tmp_path_factory.mktemp("hyperfed-cache")
+
+
+def execute(path: Path, runs: Path, cache: Path, specs: KernelSpecManager,
+            monkeypatch) -> nbformat.NotebookNode:
+    """Run ``path`` top to bottom in fast mode; raise on the first failing cell."""
+    # the kernel inherits this process's environment
+    monkeypatch.setenv("HYPERFED_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("HYPERFED_NOTEBOOK_RUNS", str(runs))
+    monkeypatch.setenv("HYPERFED_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", INLINE)  # figures become image/png outputs
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = nbformat.read(path, as_version=4)
+    km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=specs)
+    client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, allow_errors=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    return nb
+
+
+def text_of(cell: nbformat.NotebookNode) -> str:
+    """Everything a code cell printed or displayed as text."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def tagged(nb: nbformat.NotebookNode, tag: str) -> nbformat.NotebookNode:
+    cells = [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"expected one cell tagged {tag!r}, found {len(cells)}"
+    return cells[0]
+
+
+def images(nb: nbformat.NotebookNode) -> int:
+    return sum("image/png" in out.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for out in c.outputs)
+
+
+# ------------------------------------------------------------------ the notebooks as saved
+
+def test_every_notebook_is_listed_here():
+    names = [p.name for p in notebook_paths()]
+    assert names == sorted(CHECKS), "add the new notebook's checks to CHECKS"
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_is_saved_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code), \
+        "clear the outputs before saving"
+    assert nb.cells[0].cell_type == "markdown", "open with prose: what the notebook teaches"
+    assert "HYPERFED_NOTEBOOK_FAST" in code[0].source, \
+        "the first code cell holds the settings and reads HYPERFED_NOTEBOOK_FAST"
+
+
+# ------------------------------------------------------------------ executed, fast mode
+
+def check_quickstart(nb, runs: Path) -> None:
+    init = text_of(tagged(nb, "init")).splitlines()  # ΔW = 0: every client's logits = base
+    assert len(init) == 4 and all(line.endswith("= 0.0e+00") for line in init), init
+    own = text_of(tagged(nb, "own-vs-other"))
+    assert "mean loss: own adapter" in own
+    assert "logits(PeftModel.from_pretrained)|" in text_of(tagged(nb, "export"))
+    export = runs / "01_quickstart" / "adapters" / "alice"
+    files = {p.name for p in export.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert images(nb) >= 2  # loss curve, own-vs-other
+
+
+def check_federated_and_forget(nb, runs: Path) -> None:
+    run = runs / "02_federated"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["final"]) == {"hyperlora", "fedavg", "local"}
+    report = json.loads(next((run / "forgets").glob("*/report.json")).read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert {"base model", "before forget", "after delete", "after exact",
+            "retrain (gold)"} <= set(names)
+    rows = {r["name"]: r for r in report["rows"]}  # exact forgetting is retraining
+    assert rows["after exact"]["retained_loss"] == pytest.approx(
+        rows["retrain (gold)"]["retained_loss"], abs=1e-6)
+    assert "Unlearning report for" in text_of(tagged(nb, "forget-report"))
+    erased = text_of(tagged(nb, "erased"))
+    assert "adapter files of 'code/email' left: []" in erased
+    assert "still has a commitment salt: False" in erased
+    assert "audit PASSED" in text_of(tagged(nb, "audit"))
+    assert images(nb) >= 2  # loss curves, report plot
+
+
+def check_ledger_audit(nb, runs: Path) -> None:
+    proof = text_of(tagged(nb, "proof"))
+    assert "membership proof verifies: True" in proof
+    assert "the same proof for another commitment verifies: False" in proof
+    assert "ledger verified" in text_of(tagged(nb, "chain"))
+    assert "audit PASSED" in text_of(tagged(nb, "audit-clean"))
+    flipped = text_of(tagged(nb, "tamper-adapter"))
+    assert "audit FAILED" in flipped and "MISMATCH" in flipped and "adapters/round-" in flipped
+    rewritten = text_of(tagged(nb, "tamper-ledger"))
+    assert "audit FAILED" in rewritten and "state-altered" in rewritten
+    assert "ledger.db: state 'gen/" in rewritten
+    assert "the original run still passes: True" in text_of(tagged(nb, "original-still-passes"))
+
+
+CHECKS = {
+    "01_quickstart.ipynb": check_quickstart,
+    "02_federated_and_forget.ipynb": check_federated_and_forget,
+    "03_ledger_audit.ipynb": check_ledger_audit,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path, shared_cache, kernel_specs, monkeypatch):
+    nb = execute(path, tmp_path / "runs", shared_cache, kernel_specs, monkeypatch)
+    CHECKS[path.name](nb, tmp_path / "runs")
