@@ -241,12 +241,10 @@ def run_experiment(
 def plot_curves(result: ExperimentResult, path: Path) -> Path:
     """Mean validation loss per round for each method, with the base model as a line; and
     each client's final loss per method."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     for method, curve in result.curves.items():
         rounds, losses = zip(*curve)
         left.plot(rounds, losses, marker="o", label=METHOD_LABELS[method])
@@ -267,7 +265,6 @@ def plot_curves(result: ExperimentResult, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

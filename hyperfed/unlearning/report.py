@@ -208,13 +208,11 @@ def render_report(report: VerificationReport) -> str:
 
 
 def plot_report(report: VerificationReport, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     names = [r.name for r in report.rows]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
     series = [
         ("canary exposure (bits)", [r.exposure_bits or 0.0 for r in report.rows]),
         ("membership AUC (0.5 = chance)", [r.mia_auc for r in report.rows]),
@@ -231,5 +229,4 @@ def plot_report(report: VerificationReport, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

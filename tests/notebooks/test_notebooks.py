@@ -135,6 +135,7 @@ def check_federated_and_forget(nb, runs: Path) -> None:
         rows["retrain (gold)"]["retained_loss"], abs=1e-6)
     assert "Unlearning report for" in text_of(tagged(nb, "forget-report"))
     erased = text_of(tagged(nb, "erased"))
+    assert "still holding an embedding of 'code/email': []" in erased
     assert "adapter files of 'code/email' left: []" in erased
     assert "still has a commitment salt: False" in erased
     assert "audit PASSED" in text_of(tagged(nb, "audit"))
