@@ -1,10 +1,13 @@
 """Suite-wide settings: everything runs offline on CPU."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests build tiny base models; never read or fill the user's cache (~/.cache/hyperfed).
+os.environ.setdefault("HYPERFED_CACHE", tempfile.mkdtemp(prefix="hyperfed-test-cache-"))
 
 import torch  # noqa: E402
 

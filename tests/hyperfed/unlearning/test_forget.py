@@ -37,10 +37,11 @@ CONFIG = ExperimentConfig(
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    os.environ["HYPERFED_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    root = tmp_path_factory.mktemp("run") / "run"
-    run_experiment(root, CONFIG)
-    return root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYPERFED_CACHE", str(tmp_path_factory.mktemp("cache")))
+        root = tmp_path_factory.mktemp("run") / "run"
+        run_experiment(root, CONFIG)
+        yield root
 
 
 @pytest.fixture
