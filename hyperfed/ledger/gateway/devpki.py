@@ -8,6 +8,8 @@ keys live in memory and certificates are valid for one day.
 
 from __future__ import annotations
 
+from hypernet.errors import ConfigError
+
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
@@ -52,7 +54,8 @@ class IssuedCertificate:
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         """The key as a ``cryptography`` object."""
         key = serialization.load_pem_private_key(self.key_pem, password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)  # we only ever issue EC keys
+        if not isinstance(key, ec.EllipticCurvePrivateKey):  # we only ever issue EC keys
+            raise ConfigError(f"expected an EC private key, got {type(key).__name__}")
         return key
 
 
