@@ -40,7 +40,7 @@ def run(name: str, quick: bool, results: Path) -> tuple[float, int]:
 def md_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return "(no rows)\n"
-    columns = columns or list(rows[0])
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
 
     def cell(v) -> str:  # noqa: ANN001
         if isinstance(v, float):
@@ -115,15 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline, not a measurement")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--render-only", action="store_true", help="rebuild BENCHMARKS.md from existing JSON")
     args = parser.parse_args(argv)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     timings, failed = {}, []
+    if args.render_only:
+        previous = _load(results / "timings.json") or {}
+        Path(args.out).write_text(render(results, previous))
+        return 0
     for name in BENCHES:
         print(f"\n=== bench/{name}.py", flush=True)
         timings[name], code = run(name, args.quick, results)
         if code:
             failed.append(name)
+    (results / "timings.json").write_text(json.dumps(timings))
     Path(args.out).write_text(render(results, timings))
     print(format_table([{"benchmark": k, "seconds": v, "ok": k not in failed} for k, v in timings.items()], title=f"\nwrote {args.out}"))
     return 1 if failed else 0
