@@ -17,11 +17,9 @@ import argparse
 import copy
 import json
 import platform
-import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch

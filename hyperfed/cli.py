@@ -66,7 +66,7 @@ def _run_comparison(config, out: str) -> int:  # noqa: ANN001
             print(f"HyperLoRA vs {METHOD_LABELS[other]}: better on {wins}/{len(result.base)} clients, mean lower by {diff:+.4f}")
     rejected = sum(len(r) for rounds in result.rejected.values() for r in rounds.values())
     print(f"Rejected client replies: {rejected}")
-    print(f"Time: " + ", ".join(f"{METHOD_LABELS[m]} {s:.0f} s" for m, s in result.seconds.items()))
+    print("Time: " + ", ".join(f"{METHOD_LABELS[m]} {s:.0f} s" for m, s in result.seconds.items()))
     print(f"Run directory: {result.run_dir}  (metrics.json, plots/loss_curves.png)")
     return 0
 

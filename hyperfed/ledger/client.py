@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from hyperfed.errors import ContractViolationError, LedgerConflictError, UnknownClientError
 from hyperfed.ledger.base import LedgerBackend
