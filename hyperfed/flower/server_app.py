@@ -54,6 +54,32 @@ def run_server(grid: Grid, config: AppConfig, server: AdapterServer | None = Non
     return strategy
 
 
+def run_recorded(grid: Grid, config: AppConfig) -> AdapterStrategy:
+    """:func:`run_server`, and — for a HyperLoRA run with a ``run-dir`` — record it: every
+    client registration, one checkpoint per round (round 0 = the initial weights) and every
+    generated adapter go to the run directory and the ledger (``run-dir/ledger.db`` unless
+    ``run.json`` names another), so ``hyperfed audit RUN_DIR`` can check the run.
+    """
+    if not config.run_dir or config.federation.method != "hyperlora":
+        return run_server(grid, config)
+    from hyperfed.ledger.recorder import RunRecorder
+    from hyperfed.rundir import RunDirectory
+
+    server = make_server("hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation)
+    with RunRecorder.open(RunDirectory(config.run_dir)) as recorder:
+        recorder.record_checkpoint(0, server.hypernet, server.trainer)
+
+        def record_round(outcome) -> None:  # noqa: ANN001
+            # Clients join at the handshake, so register any new ones before their first record.
+            new = [c for c in server.hypernet.client_ids if c not in recorder.salts]
+            if new:
+                recorder.register_clients(new, server.hypernet)
+            recorder.record_generations(outcome.round, server.sent, checkpoint_round=outcome.round - 1)
+            recorder.record_checkpoint(outcome.round, server.hypernet, server.trainer)
+
+        return run_server(grid, config, server, on_round=record_round)
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -108,7 +134,7 @@ def build_server_app(defaults: Mapping[str, RunConfigValue] | None = None, finis
         _show_logs_with_flower()
         config = AppConfig.from_run_config({**defaults, **context.run_config})
         log.info("HyperFed ServerApp: method %s, %d rounds", config.federation.method, config.federation.rounds)
-        strategy = run_server(grid, config)
+        strategy = run_recorded(grid, config)
         if config.run_dir and finish is not None:
             finish(strategy.server, strategy, Path(config.run_dir), config)
         elif not config.run_dir:

@@ -43,6 +43,13 @@ def test_flwr_run_on_the_simulation_engine(tiny_run_config, tmp_path):
     assert result.metrics["config"]["min-nodes"] == 3
     _check_against_inprocess(result.metrics, run_config, ids)
     assert _no_flower_processes_left()
+    # the ServerApp recorded the run: checkpoints, adapters and ledger records that audit clean
+    from hyperfed.audit import audit_run
+
+    report = audit_run(result.run_dir)
+    assert report.ok, [f.message for f in report.failures()]
+    assert (result.run_dir / "checkpoints" / "round-0002").is_dir()
+    assert len(list((result.run_dir / "adapters" / "round-0001").glob("*.safetensors"))) == 3
 
 
 @pytest.mark.deployment
