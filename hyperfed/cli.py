@@ -31,7 +31,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_comparison(config, out: str) -> int:  # noqa: ANN001
+def _run_comparison(config, out: str, overwrite: bool = False) -> int:  # noqa: ANN001
     from hyperfed.experiment import METHOD_LABELS, run_experiment, summary_rows
 
     bars: dict[str, object] = {}
@@ -51,7 +51,7 @@ def _run_comparison(config, out: str) -> int:  # noqa: ANN001
             bar.close()
 
     try:
-        result = run_experiment(out, config, on_round=on_round, on_pretrain=on_pretrain)
+        result = run_experiment(out, config, on_round=on_round, on_pretrain=on_pretrain, overwrite=overwrite)
     finally:
         for bar in bars.values():
             bar.close()
@@ -84,7 +84,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = ExperimentConfig(corpus=CorpusConfig(canary_client=DEMO_FORGET_CLIENT))
     if args.rounds is not None:
         config = replace(config, federation=replace(config.federation, rounds=args.rounds))
-    status = _run_comparison(config, args.out)
+    status = _run_comparison(config, args.out, overwrite=True)  # the demo's own folder: start fresh
     if status or args.no_forget:
         return status
     print(f"\nForgetting {DEMO_FORGET_CLIENT!r} (it holds {config.corpus.canary_count} planted canaries) …")
@@ -106,7 +106,7 @@ def _forget_and_report(run_dir: str, client_id: str, mode: str, compare: tuple[s
 def _cmd_train(args: argparse.Namespace) -> int:
     from hyperfed.experiment import ExperimentConfig
 
-    return _run_comparison(ExperimentConfig.from_file(args.config), args.out)
+    return _run_comparison(ExperimentConfig.from_file(args.config), args.out, overwrite=args.overwrite)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -149,14 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_cmd_quickstart)
 
     demo = sub.add_parser("demo", help="federated HyperLoRA vs FedAvg-LoRA vs local-only on the offline corpus")
-    demo.add_argument("--out", default="runs/demo", help="run directory")
+    demo.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
     demo.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     demo.add_argument("--no-forget", action="store_true", help="stop after the comparison")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="run the comparison from a TOML/JSON config file")
     train.add_argument("config", help="config file with [federation], [corpus], [base] sections")
-    train.add_argument("--out", default="runs/train", help="run directory")
+    train.add_argument("--out", default="runs/train", help="run directory (must not hold a run yet)")
+    train.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")
     train.set_defaults(func=_cmd_train)
     audit = sub.add_parser("audit", help="recompute every hash of a run and check it against the ledger")
     audit.add_argument("run_dir")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -214,9 +215,18 @@ def run_experiment(
     config: ExperimentConfig = ExperimentConfig(),
     on_round: Callable[[str, RoundOutcome], None] | None = None,
     on_pretrain: Callable[[int, float], None] | None = None,
+    overwrite: bool = False,
 ) -> ExperimentResult:
-    """Run every method in ``config.methods`` and write the run directory."""
+    """Run every method in ``config.methods`` and write the run directory.
+
+    A directory that already holds a run is refused (its ledger and forget log would mix
+    with the new run's) unless ``overwrite``, which deletes it first.
+    """
     rd = RunDirectory(run_dir)
+    if rd.config_path.exists():
+        if not overwrite:
+            raise ConfigError(f"{rd.root} already holds a run; choose another directory or delete it (overwrite=True)")
+        shutil.rmtree(rd.root)
     rd.root.mkdir(parents=True, exist_ok=True)
     rd.write_json(rd.config_path, config.to_dict())
     corpus = build_corpus(config.corpus)

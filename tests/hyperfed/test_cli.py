@@ -81,3 +81,16 @@ def test_audit_forget_audit_then_tamper(tmp_path, capsys):
     assert main(["audit", str(run)]) == 1
     out = capsys.readouterr().out
     assert "audit FAILED" in out and adapter.name in out
+
+
+def test_a_directory_holding_a_run_is_not_reused_by_accident(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.replace('methods = ["hyperlora", "fedavg", "local"]', 'methods = ["hyperlora"]'))
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run)]) == 0
+    assert main(["forget", str(run), "code/asyncio"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(config), "--out", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", str(config), "--out", str(run), "--overwrite"]) == 0  # a fresh run, ids usable again
+    assert main(["audit", str(run)]) == 0
