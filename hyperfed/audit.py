@@ -52,6 +52,7 @@ from hyperfed.ledger.fingerprints import (
 from hyperfed.ledger.records import CheckpointRecord
 from hyperfed.ledger.recorder import ledger_url_of
 from hyperfed.ledger.salts import SaltStore
+from hyperfed.audit_forgets import check_regenerated_adapters
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 
 __all__ = ["audit_run", "AuditReport", "Finding", "render"]
@@ -399,6 +400,7 @@ def audit_run(run_dir: RunDirectory | str | os.PathLike, *, ledger: Ledger | Non
             forgotten = audit.check_clients(opened, salts)
             audit.check_checkpoints(opened, forgotten, salts)
             audit.check_adapters(opened, forgotten)
+            check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
         audit.check_outbox()
     report = AuditReport(str(run_dir.root), label, tuple(audit.findings),
                          tuple(sorted(forgotten)), tuple(audit.notes))

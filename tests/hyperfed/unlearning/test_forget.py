@@ -191,3 +191,21 @@ def test_audit_passes_after_each_mode_of_forget(run, tmp_path):
     report = audit_run(run.root)
     assert report.ok, [f.message for f in report.failures()]
     assert victim in report.forgotten
+
+
+def test_audit_checks_the_adapters_regenerated_by_a_forget(run):
+    from hyperfed.audit import audit_run
+    from hyperfed.audit_forgets import regenerated_dir
+
+    victim = read_meta(run.checkpoint_dir(4))["client_ids"][0]
+    forget_client(run.root, victim, "delete")
+    report = audit_run(run.root)
+    assert report.ok and any(f.check == "regenerated" and f.status == "match" for f in report.findings)
+    victim_file = next(regenerated_dir(run, victim).glob("*.safetensors"))
+    blob = bytearray(victim_file.read_bytes())
+    blob[-2] ^= 0x01
+    victim_file.write_bytes(bytes(blob))
+    report = audit_run(run.root)
+    assert not report.ok
+    bad = [f for f in report.failures() if f.check == "regenerated"]
+    assert bad and victim_file.name in bad[0].culprit
