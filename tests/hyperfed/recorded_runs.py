@@ -17,7 +17,7 @@ from hyperfed.federation import FederationConfig, HyperLoRAServer, make_server, 
 from hyperfed.ledger import EmbeddedLedger, Ledger
 from hyperfed.ledger.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, client_file_name
-from hypernet import ClientData, adapter_hash, load_hypernet, save_hypernet
+from hypernet import ClientData, load_hypernet, save_hypernet
 from hypernet.io import read_meta
 from hypernet.models import add_lora, tiny_llama
 
