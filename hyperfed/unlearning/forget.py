@@ -171,7 +171,8 @@ def _complete(rd: RunDirectory, journal: dict, server, after_step) -> ForgetResu
     step("purge_checkpoints", lambda: _purge_checkpoints(rd, client_id))
     step("purge_adapters", lambda: _purge_adapters(rd, client_id))
     step("regenerate", lambda: _regenerate(rd, client_id, hypernet))
-    result.adapter_hashes = {cid: rd.read_json(_forget_dir(rd, client_id) / "adapter_hashes.json")[cid] for cid in hypernet.client_ids}
+    hashes = rd.read_json(_forget_dir(rd, client_id) / "adapter_hashes.json")
+    result.adapter_hashes = {cid: hashes[cid] for cid in hypernet.client_ids}
     with RunRecorder.open(rd) as recorder:
         step("destroy_salt", lambda: recorder.salts.destroy(client_id))
         status: list[str] = []
@@ -236,9 +237,9 @@ def _regenerate(rd: RunDirectory, client_id: str, hypernet: HyperLoRA) -> None:
     hashes = {}
     with torch.no_grad():
         adapters = hypernet.generate(hypernet.client_ids) if hypernet.client_ids else {}
+    regenerated = RunDirectory(folder)
     for cid, adapter in adapters.items():
-        sub = RunDirectory(folder)
-        hashes[cid] = sub.save_adapter(0, cid, adapter)
+        hashes[cid] = regenerated.save_adapter(0, cid, adapter)
     rd.write_json(folder / "adapter_hashes.json", hashes)
 
 
