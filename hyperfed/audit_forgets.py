@@ -14,25 +14,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hyperfed.ledger.commitment import adapters_root
-from hyperfed.rundir import RunDirectory, client_file_name
 from hypernet import adapter_hash
 
-__all__ = ["check_regenerated_adapters", "regenerated_dir"]
-
-
-def regenerated_dir(run_dir: RunDirectory, client_id: str):  # noqa: ANN201
-    """Where ``forget_client`` writes the adapters regenerated when ``client_id`` left."""
-    return run_dir.root / "forgets" / client_file_name(client_id) / "adapters" / "round-0000"
+__all__ = ["check_regenerated_adapters"]
 
 
 def check_regenerated_adapters(audit: Any, forget_events: list) -> None:
     """Add one finding per forget event to ``audit`` (an ``hyperfed.audit._Audit``)."""
     for event in forget_events:
-        folder = regenerated_dir(audit.run_dir, event.client_id)
+        regenerated = audit.run_dir.regenerated(event.client_id)
+        folder = regenerated.root / "adapters"
         expected = set(event.remaining_client_ids)
         hashes: dict[str, str] = {}
         for cid in sorted(expected):
-            path = RunDirectory(folder.parents[1]).adapter_path(0, cid)
+            path = regenerated.adapter_path(0, cid)
             try:
                 hashes[cid] = adapter_hash(load_file(path))
             except (FileNotFoundError, SafetensorError) as exc:
@@ -42,8 +37,8 @@ def check_regenerated_adapters(audit: Any, forget_events: list) -> None:
         if adapters_root(hashes) == event.adapters_root:
             audit.add("regenerated", "match", folder, f"{len(hashes)} adapters regenerated when {event.client_id!r} was forgotten")
             continue
-        local = audit.run_dir.read_json(folder.parents[1] / "adapter_hashes.json", default={}) or {}
+        local = audit.run_dir.read_json(regenerated.root / "adapter_hashes.json", default={}) or {}
         culprits = [cid for cid, h in hashes.items() if local.get(cid) not in (None, h)]
-        culprit = RunDirectory(folder.parents[1]).adapter_path(0, culprits[0]) if culprits else folder
+        culprit = regenerated.adapter_path(0, culprits[0]) if culprits else folder
         audit.add("regenerated", "mismatch", culprit,
                   f"regenerated adapters do not match the adapters root recorded with the forget of {event.client_id!r} ({audit.where(event.tx_id)})")

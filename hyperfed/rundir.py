@@ -11,6 +11,7 @@
       secrets/salts.json            commitment salts (secret, never on-chain; deleted on forget)
       checkpoints/round-0003/       hypernetwork after round 3 (see hypernet.io) + optimizer state
       adapters/round-0003/<id>.safetensors   the adapter generated for each client in round 3
+      forgets/<id>/                 a forget's report and the adapters it regenerated
       plots/*.png
 
 All writes are atomic (temp file + rename), so a crash leaves the old or the new file.
@@ -90,6 +91,15 @@ class RunDirectory:
 
     def checkpoint_dir(self, round_: int) -> Path:
         return self.root / "checkpoints" / f"round-{round_:04d}"
+
+    def forget_dir(self, client_id: str) -> Path:
+        """Where a forget of ``client_id`` keeps its report and regenerated adapters."""
+        return self.root / "forgets" / client_file_name(client_id)
+
+    def regenerated(self, client_id: str) -> "RunDirectory":
+        """The adapters regenerated when ``client_id`` was forgotten, laid out as round 0 of a
+        run directory (``.adapter_path(0, other)``, ``.save_adapter(0, other, ...)``)."""
+        return RunDirectory(self.forget_dir(client_id))
 
     def adapter_path(self, round_: int, client_id: str) -> Path:
         return self.root / "adapters" / f"round-{round_:04d}" / f"{client_file_name(client_id)}.safetensors"

@@ -36,7 +36,7 @@ from safetensors.torch import save
 
 from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientError
 from hyperfed.ledger.recorder import RunRecorder
-from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, client_file_name, load_optimizer_file, optimizer_tensors
+from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file, optimizer_tensors
 from hypernet import HyperLoRA, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes
 from hypernet.io import read_meta
@@ -171,7 +171,7 @@ def _complete(rd: RunDirectory, journal: dict, server, after_step) -> ForgetResu
     step("purge_checkpoints", lambda: _purge_checkpoints(rd, client_id))
     step("purge_adapters", lambda: _purge_adapters(rd, client_id))
     step("regenerate", lambda: _regenerate(rd, client_id, hypernet))
-    hashes = rd.read_json(_forget_dir(rd, client_id) / "adapter_hashes.json")
+    hashes = rd.read_json(rd.forget_dir(client_id) / "adapter_hashes.json")
     result.adapter_hashes = {cid: hashes[cid] for cid in hypernet.client_ids}
     with RunRecorder.open(rd) as recorder:
         step("destroy_salt", lambda: recorder.salts.destroy(client_id))
@@ -227,20 +227,13 @@ def _purge_adapters(rd: RunDirectory, client_id: str) -> None:
         rd.adapter_path(round_, client_id).unlink(missing_ok=True)
 
 
-def _forget_dir(rd: RunDirectory, client_id: str) -> Path:
-    return rd.root / "forgets" / client_file_name(client_id)
-
-
 def _regenerate(rd: RunDirectory, client_id: str, hypernet: HyperLoRA) -> None:
     """Regenerate every remaining client's adapter from the post-forget hypernetwork."""
-    folder = _forget_dir(rd, client_id)
-    hashes = {}
     with torch.no_grad():
         adapters = hypernet.generate(hypernet.client_ids) if hypernet.client_ids else {}
-    regenerated = RunDirectory(folder)
-    for cid, adapter in adapters.items():
-        hashes[cid] = regenerated.save_adapter(0, cid, adapter)
-    rd.write_json(folder / "adapter_hashes.json", hashes)
+    regenerated = rd.regenerated(client_id)
+    hashes = {cid: regenerated.save_adapter(0, cid, adapter) for cid, adapter in adapters.items()}
+    rd.write_json(rd.forget_dir(client_id) / "adapter_hashes.json", hashes)
 
 
 def _scrub_metrics(rd: RunDirectory, client_id: str) -> None:

@@ -34,7 +34,7 @@ import torch
 
 from hyperfed.data.corpus import corpus_canaries
 from hyperfed.federation import make_server, run_rounds
-from hyperfed.rundir import RunDirectory, client_file_name
+from hyperfed.rundir import RunDirectory
 from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
 from hyperfed.unlearning.canaries import mean_exposure
 from hyperfed.unlearning.forget import forget_client
@@ -175,7 +175,7 @@ def forget_and_verify(
         len(measure.canaries),
         {name: retrain_s / max(result.seconds, 1e-9) for name, (result, _) in results.items()},
     )
-    out = rd.root / "forgets" / client_file_name(client_id)
+    out = rd.forget_dir(client_id)
     rd.write_json(out / "report.json", report.to_dict())
     plot_report(report, out / "report.png")
     return report

@@ -16,7 +16,7 @@ from hyperfed.errors import LedgerUnavailableError
 from hyperfed.federation import FederationConfig, HyperLoRAServer, make_server, run_rounds
 from hyperfed.ledger import EmbeddedLedger, Ledger
 from hyperfed.ledger.recorder import RunRecorder
-from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, client_file_name
+from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 from hypernet import ClientData, load_hypernet, save_hypernet
 from hypernet.io import read_meta
 from hypernet.models import add_lora, tiny_llama
@@ -132,7 +132,7 @@ def forget_by_purge(run: RecordedRun, client_id: str, round_: int, *, skip: str 
         run.recorder.salts.destroy(client_id)
     run.server.trainer.remove_client(client_id)  # embedding + its optimizer state
     hypernet = run.server.hypernet
-    regenerated_at = RunDirectory(rd.root / "forgets" / client_file_name(client_id))
+    regenerated_at = rd.regenerated(client_id)
     with torch.no_grad():  # saved where forget_client saves them: the audit checks their root
         regenerated = {c: regenerated_at.save_adapter(0, c, hypernet.generate(c)) for c in hypernet.client_ids}
     run.recorder.record_forget(client_id, round_, hypernet, regenerated, mode="delete")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hyperfed.errors import ContractViolationError, UnknownClientError
+from hyperfed.errors import ContractViolationError, LedgerError, UnknownClientError
 from hyperfed.ledger import Ledger, commitments_root, violation_code
 
 WRITER = "HyperFedMSP"
@@ -237,3 +237,5 @@ def test_unknown_function_is_a_contract_violation(backend):
 def test_close_is_idempotent(backend):
     backend.close()
     backend.close()
+    with pytest.raises(LedgerError, match="closed"):  # a closed backend says so, typed
+        backend.evaluate("get_config")

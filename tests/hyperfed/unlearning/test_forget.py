@@ -195,13 +195,12 @@ def test_audit_passes_after_each_mode_of_forget(run, tmp_path):
 
 def test_audit_checks_the_adapters_regenerated_by_a_forget(run):
     from hyperfed.audit import audit_run
-    from hyperfed.audit_forgets import regenerated_dir
 
     victim = read_meta(run.checkpoint_dir(4))["client_ids"][0]
     forget_client(run.root, victim, "delete")
     report = audit_run(run.root)
     assert report.ok and any(f.check == "regenerated" and f.status == "match" for f in report.findings)
-    victim_file = next(regenerated_dir(run, victim).glob("*.safetensors"))
+    victim_file = next((run.regenerated(victim).root / "adapters" / "round-0000").glob("*.safetensors"))
     blob = bytearray(victim_file.read_bytes())
     blob[-2] ^= 0x01
     victim_file.write_bytes(bytes(blob))
