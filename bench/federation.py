@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from hyperfed.data.corpus import CorpusConfig, build_corpus  # noqa: E402
 from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds  # noqa: E402
 from hyperfed.federation.client import local_round  # noqa: E402
 from hyperfed.federation.servers import FedAvgLoRAServer, HyperLoRAServer  # noqa: E402
+from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hypernet import ClientData  # noqa: E402
 from hypernet.models import add_lora  # noqa: E402
@@ -126,16 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
         base_cfg, counts, rounds, steps, sizes, sweep_rounds = BaseModelConfig(), (8, 64), 3, 2, (4, 16, 64), 10
     base = load_or_build_base_model(base_cfg)
     corpus = build_corpus(CorpusConfig(domains=("code",), clients_per_domain=4, train_kib=16, val_kib=2, block_size=base_cfg.block_size))
-    result: dict = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}}
+    result: dict = {"machine": machine_info()}
     result["rounds"] = bench_rounds(base, corpus, counts, steps, rounds)
     print(format_table(result["rounds"], title=f"Round cost ({steps} local steps per client, batch 4×{base_cfg.block_size} bytes)"))
     print("\nData-per-client sweep (mean held-out loss, nats/byte; 8 clients: 4 code + 4 docs):")
     result["sweep"] = bench_sweep(base, sizes, sweep_rounds, 10 if not args.quick else 1)
     print(format_table(result["sweep"], title="\nSweep summary"))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out}")
+    write_result(args.out, result)
     return result
 
 

@@ -11,8 +11,6 @@ Two target specs are measured:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hypernet import ClientData, HyperLoRA, HyperLoRAConfig, HypernetTrainer, LoraTarget, TargetSpec, TrainerConfig  # noqa: E402
 from hypernet.data import sample_batch  # noqa: E402
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         "demo": (__import__("hypernet").discover_targets(demo_model()), HyperLoRAConfig()),
         "llama-7b-shapes": (llama7b_spec(), HyperLoRAConfig(chunk_size=4096)),
     }
-    result: dict = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}}
+    result: dict = {"machine": machine_info()}
     for name, (spec, config) in specs.items():
         result[name] = {
             "adapter_params": spec.adapter_numel,
@@ -129,10 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_table(result[name]["parameters"], title=f"\n[{name}] hypernetwork vs N separate LoRAs (parameters)"))
     result["train_step"] = bench_step(args.repeats)
     print(format_table([result["train_step"]], title="\n[demo] one training step, batch 8×128 bytes, 1 client"))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out}")
+    write_result(args.out, result)
     return result
 
 

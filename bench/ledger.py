@@ -19,7 +19,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sqlite3
 import statistics
@@ -31,6 +30,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.ledger import EmbeddedLedger, Ledger, sha256_hex  # noqa: E402
 from hyperfed.ledger.base import LedgerBackend  # noqa: E402
 
@@ -276,14 +276,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += bench_recorder(Path(tmp), **sizes)
     result = {
         "benchmark": "ledger", "settings": sizes, "rows": rows,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "processor": platform.processor(), "sqlite": sqlite3.sqlite_version},
+        "machine": machine_info(processor=platform.processor(), sqlite=sqlite3.sqlite_version),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(_format(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ from hyperfed.data.corpus import CorpusConfig  # noqa: E402
 from hyperfed.experiment import ExperimentConfig, run_experiment  # noqa: E402
 from hyperfed.federation import FederationConfig, make_server, run_rounds  # noqa: E402
 from hyperfed.ledger.recorder import RunRecorder  # noqa: E402
+from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hyperfed.rundir import RunDirectory  # noqa: E402
 from hyperfed.unlearning import forget_client  # noqa: E402
@@ -98,15 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sizes, rounds = ((10, 30), 1) if args.quick else ((10, 100, 1000), 3)
-    result: dict = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1}}
+    result: dict = {"machine": machine_info()}
     result["latency"] = bench_latency(sizes, rounds)
     print(format_table(result["latency"], title="Forget (delete) vs retraining without the client"))
     result["efficacy"] = bench_efficacy(args.quick)
     print(format_table(result["efficacy"], title="\nEfficacy: delete vs exact vs retraining (gold)"))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
-    print(f"\nwrote {out}")
+    write_result(args.out, result)
     return result
 
 
