@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus, pretrain_blocks
+from hyperfed.data.corpus import FederatedCorpus, pretrain_blocks, pretraining_text
 from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet.atomic import atomic_directory
 from hypernet.data import sample_batch
@@ -110,15 +110,15 @@ def load_or_build_base_model(
 ) -> nn.Module:
     """The cached base model for ``config``, pretraining it first if it is not cached.
 
-    The pretraining text is the corpus's reserved text (by default the full three-domain
-    corpus's, so the same base serves every client subset); its hash is part of the cache
-    key, so a changed corpus never reuses a base model that may have seen client text.
+    The pretraining text is the corpus's reserved text (by default every domain's, so the
+    same base serves every client subset); its hash is part of the cache key, so a changed
+    corpus never reuses a base model that may have seen client text.
     """
-    corpus = corpus or build_corpus(CorpusConfig(clients_per_domain=4))
-    folder = cache_dir() / f"base-llama-{config.key(corpus.pretrain_text)}"
+    text = corpus.pretrain_text if corpus is not None else pretraining_text()
+    folder = cache_dir() / f"base-llama-{config.key(text)}"
     if not (folder / "config.json").exists():
         log.info("pretraining the base model (%d steps) into %s", config.steps, folder)
-        model = pretrain_base_model(pretrain_blocks(corpus, config.block_size), config, callback)
+        model = pretrain_base_model(pretrain_blocks(text, config.block_size), config, callback)
         atomic_directory(folder, lambda tmp: _save(model, config, tmp))
     model = load_causal_lm(str(folder))
     return model.eval()

@@ -21,6 +21,7 @@ manifest records a sha256 per client so a run can prove which data it used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet import ClientData, to_blocks
 from hypernet.errors import ConfigError
 
-__all__ = ["CorpusConfig", "FederatedCorpus", "build_corpus", "corpus_canaries", "DOMAINS"]
+__all__ = ["CorpusConfig", "FederatedCorpus", "build_corpus", "corpus_canaries", "pretraining_text", "DOMAINS"]
 
 # domain → (client sources, pretraining sources); each source is (name, text loader).
 _Source = tuple[str, Callable[[], str]]
@@ -131,7 +132,6 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
     clients: dict[str, ClientData] = {}
     domain_of: dict[str, str] = {}
     manifest: dict[str, str] = {}
-    pretrain_parts: list[str] = []
     for domain in config.domains:
         client_sources, pretrain_sources = DOMAINS[domain]
         for name, load in client_sources[: config.clients_per_domain]:
@@ -152,12 +152,11 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
             )
             domain_of[cid] = domain
             manifest[cid] = hashlib.sha256(train + b"\x00" + val).hexdigest()
-        pretrain_parts += [load() for _, load in pretrain_sources]
     if not clients:
         raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
     if config.canary_client:
         _plant(clients, config)
-    return FederatedCorpus(clients, domain_of, "\n".join(pretrain_parts), manifest)
+    return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest)
 
 
 def corpus_canaries(config: CorpusConfig) -> list:
@@ -176,6 +175,16 @@ def _plant(clients: dict[str, ClientData], config: CorpusConfig) -> None:
     clients[config.canary_client] = plant_canaries(target, corpus_canaries(config), config.canary_copies, config.canary_seed)
 
 
-def pretrain_blocks(corpus: FederatedCorpus, block_size: int) -> torch.Tensor:
-    """The pretraining text as blocks (no client's text is in it)."""
-    return to_blocks(ByteTokenizer().encode(corpus.pretrain_text), block_size)
+@functools.lru_cache(maxsize=8)
+def pretraining_text(domains: tuple[str, ...] = tuple(DOMAINS)) -> str:
+    """The text reserved for pretraining in ``domains`` (no client's text is in it).
+
+    Cached: it is read from disk once per process however many corpora and base models
+    ask for it.
+    """
+    return "\n".join(load() for domain in domains for _, load in DOMAINS[domain][1])
+
+
+def pretrain_blocks(text: str, block_size: int) -> torch.Tensor:
+    """Pretraining text as ``(n_blocks, block_size)`` byte blocks."""
+    return to_blocks(ByteTokenizer().encode(text), block_size)
