@@ -6,7 +6,7 @@ fsync'd SQLite transaction with a hash-chained block) for ``register_client`` an
 (``k`` generations + one checkpoint whose Merkle root the contract computes over ``k``
 commitments), and ``verify()`` time per 1,000 blocks. The Fabric Gateway client on
 loopback is measured by :func:`bench_gateway`. :func:`bench_recorder` measures what a
-real run pays per round through :class:`~hyperfed.ledger.recorder.RunRecorder` (files,
+real run pays per round through :class:`~hyperfed.rundir.recorder.RunRecorder` (files,
 hashes, commitments, outbox and ledger) against the same file writes without a ledger,
 and the audit of the resulting run.
 
@@ -173,8 +173,8 @@ def bench_recorder(workdir: Path, *, clients: int, rounds: int, **_: Any) -> lis
     """
     import torch
 
-    from hyperfed.audit import audit_run
-    from hyperfed.ledger.recorder import RunRecorder
+    from hyperfed.rundir.audit import audit_run
+    from hyperfed.rundir.recorder import RunRecorder
     from hyperfed.rundir import RunDirectory
     from hypernet import HyperLoRA
     from hypernet.models import add_lora, tiny_llama

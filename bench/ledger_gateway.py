@@ -24,8 +24,9 @@ if __name__ == "__main__":  # run as a script: keep bench/*.py from shadowing th
     _here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 
-from hyperfed.ledger.gateway import GatewayBackend, LocalGatewayServer, ServerTls, TlsConfig
-from hyperfed.ledger.gateway.devpki import new_ca, new_identity
+from hyperfed.ledger.devnet import LocalGatewayServer, ServerTls
+from hyperfed.ledger.gateway import GatewayBackend, TlsConfig
+from hyperfed.ledger.devnet.pki import new_ca, new_identity
 
 __all__ = ["run_gateway_bench"]
 

@@ -28,7 +28,7 @@ from hyperfed.base_model import BaseModelConfig  # noqa: E402
 from hyperfed.data.corpus import CorpusConfig  # noqa: E402
 from hyperfed.experiment import ExperimentConfig, run_experiment  # noqa: E402
 from hyperfed.federation import FederationConfig, make_server, run_rounds  # noqa: E402
-from hyperfed.ledger.recorder import RunRecorder  # noqa: E402
+from hyperfed.rundir.recorder import RunRecorder  # noqa: E402
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hyperfed.rundir import RunDirectory  # noqa: E402

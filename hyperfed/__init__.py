@@ -31,7 +31,7 @@ __all__ = [
 
 _LAZY = {
     "forget_client": ("hyperfed.unlearning.forget", "forget_client"),
-    "audit_run": ("hyperfed.audit", "audit_run"),
+    "audit_run": ("hyperfed.rundir.audit", "audit_run"),
     "run_experiment": ("hyperfed.experiment", "run_experiment"),
     "ExperimentConfig": ("hyperfed.experiment", "ExperimentConfig"),
 }

@@ -110,8 +110,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from hyperfed.audit import audit_run
-    from hyperfed.audit_report import render
+    from hyperfed.rundir.audit import audit_run
+    from hyperfed.rundir.audit.report import render
     from hyperfed.unlearning.forget import recover_pending_forget
 
     if recover_pending_forget(args.run_dir) is not None:

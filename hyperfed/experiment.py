@@ -23,7 +23,7 @@ from hyperfed.base_model import BaseModelConfig, load_or_build_base_model
 from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus
 from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds
 from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome
-from hyperfed.ledger.recorder import RunRecorder
+from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import RunDirectory
 from hypernet import evaluate_loss
 from hypernet.errors import ConfigError

@@ -62,7 +62,7 @@ def run_recorded(grid: Grid, config: AppConfig) -> AdapterStrategy:
     """
     if not config.run_dir or config.federation.method != "hyperlora":
         return run_server(grid, config)
-    from hyperfed.ledger.recorder import RunRecorder
+    from hyperfed.rundir.recorder import RunRecorder
     from hyperfed.rundir import RunDirectory
 
     server = make_server("hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation)

@@ -9,6 +9,11 @@ top of this, so they are written once and behave the same on every backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hyperfed.ledger.embedded.chain import Block, VerifyReport
 
 __all__ = ["LedgerBackend"]
 
@@ -28,6 +33,23 @@ class LedgerBackend(ABC):
     @abstractmethod
     def evaluate(self, function: str, *args: str) -> bytes:
         """Run ``function`` as a read-only query on committed state; return its payload."""
+
+    # Optional hooks. A backend that keeps its chain in a local file the run can anchor and
+    # verify (the embedded ledger) overrides them; on a Fabric network the chain is the
+    # network's own, so the defaults say "nothing local to anchor or verify".
+    local_file: Path | None = None
+
+    def head(self) -> tuple[int, str] | None:
+        """``(number, hash)`` of the last block, for a run to anchor; ``None``: no local chain."""
+        return None
+
+    def verify(self, *, expected_head: tuple[int, str] | None = None) -> "VerifyReport | None":
+        """Verify the local chain (see :meth:`EmbeddedLedger.verify`); ``None``: no local chain."""
+        return None
+
+    def blocks(self, start: int = 0) -> "list[Block]":
+        """Stored blocks from ``start`` on; empty when the backend keeps no local chain."""
+        return []
 
     def close(self) -> None:
         """Release connections and files. Safe to call twice."""

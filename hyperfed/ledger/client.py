@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hyperfed.errors import ContractViolationError, LedgerConflictError, UnknownClientError
+from hyperfed.ledger.backends import open_ledger
 from hyperfed.ledger.base import LedgerBackend
 from hyperfed.ledger.outbox import FlushReport, Outbox
 from hyperfed.ledger.records import (
@@ -73,8 +74,6 @@ class Ledger:
     def from_url(cls, url: str | Path, *, outbox: str | Path | None = None,
                  **backend_options: Any) -> "Ledger":
         """Open a backend with :func:`hyperfed.ledger.open_ledger` and wrap it."""
-        from hyperfed.ledger import open_ledger
-
         return cls(open_ledger(url, **backend_options), outbox=outbox)
 
     # ------------------------------------------------------------------ writes
@@ -121,7 +120,7 @@ class Ledger:
             Above the latest checkpoint's round (round 0 = the initial weights).
         weights_hash
             Hash of the *shared* hypernetwork weights (client embeddings excluded), see
-            :func:`hyperfed.ledger.recorder.shared_weights_hash`.
+            :func:`hyperfed.rundir.recorder.shared_weights_hash`.
         commitments
             ``{client id: commitment}`` of every embedding saved in this checkpoint
             (:func:`~hyperfed.ledger.commitment.commit_embedding`). Each client must be

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save
 
 from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientError
-from hyperfed.ledger.recorder import RunRecorder
+from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file, optimizer_tensors
 from hypernet import HyperLoRA, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes

@@ -25,7 +25,7 @@ from fabric_protos.peer import proposal_response_pb2
 
 from chaincode.ccaas import ChaincodeServer, build_chaincode
 from chaincode.fabric_compat import Contract, ContractChaincode, TransactionContextInterface
-from hyperfed.ledger.gateway.devpki import new_ca, new_identity
+from hyperfed.ledger.devnet.pki import new_ca, new_identity
 from hyperfed.ledger.gateway.proposal import build_proposal, parse_proposal
 
 Msg = chaincode_shim_pb2.ChaincodeMessage

@@ -18,8 +18,8 @@ from chaincode.contract import EVALUATE_TRANSACTIONS, SUBMIT_TRANSACTIONS, Hyper
 from chaincode.fabric_compat import ContractChaincode
 from hyperfed.errors import ContractViolationError
 from hyperfed.ledger import EmbeddedLedger, violation_code
-from hyperfed.ledger.embedded import new_tx_id
-from hyperfed.ledger.stub import HistoryEntry, PeerStub, simulate_transaction
+from hyperfed.ledger.embedded.ledger import new_tx_id
+from hyperfed.ledger.embedded.stub import HistoryEntry, PeerStub, simulate_transaction
 
 WRITER = "HyperFedMSP"
 CHAINCODE_DIR = Path(__file__).resolve().parents[2] / "chaincode"

@@ -10,18 +10,31 @@ Entry points
     The :class:`~hyperfed.ledger.base.LedgerBackend` for a Fabric network.
 :func:`gateway_backend_from_url`
     ``fabric+gateway://host:port?channel=...&chaincode=...&msp=...&cert=...&key=...``.
-:class:`LocalGatewayServer` / :func:`connect_local_gateway`
-    A signature-checking Gateway endpoint on loopback running the contract on an
-    embedded ledger (tests, benchmarks, demos).
+
+A signature-checking Gateway endpoint on loopback, for tests and local development, lives
+apart from this production client in :mod:`hyperfed.ledger.devnet`.
 """
 
 from .client import CommitStatus, GatewayBackend, PreparedTransaction, gateway_backend_from_url
 from .config import URL_SCHEME, GatewayConfig, GatewayTimeouts, TlsConfig
 from .errors import LedgerAccessDeniedError, TransactionInvalidError, TransactionOutcomeUnknownError
 from .identity import SigningIdentity, load_identity, transaction_id
-from .local_server import FaultPlan, LocalGatewayServer, ServerTls, connect_local_gateway
+
+from typing import Any
+
+from hyperfed.errors import ConfigError
+
+
+def open_url(url: str, options: dict[str, Any]) -> GatewayBackend:
+    """The :data:`~hyperfed.ledger.backends.BACKENDS` entry: every setting (channel,
+    chaincode, identity, TLS) comes from the URL itself."""
+    if options:
+        raise ConfigError(f"put gateway settings in the URL, not as arguments: {sorted(options)}")
+    return gateway_backend_from_url(url)
+
 
 __all__ = [
+    "open_url",
     "URL_SCHEME",
     "GatewayBackend",
     "GatewayConfig",
@@ -36,8 +49,4 @@ __all__ = [
     "LedgerAccessDeniedError",
     "TransactionOutcomeUnknownError",
     "TransactionInvalidError",
-    "LocalGatewayServer",
-    "ServerTls",
-    "FaultPlan",
-    "connect_local_gateway",
 ]

@@ -44,7 +44,7 @@ def test_flwr_run_on_the_simulation_engine(tiny_run_config, tmp_path):
     _check_against_inprocess(result.metrics, run_config, ids)
     assert _no_flower_processes_left()
     # the ServerApp recorded the run: checkpoints, adapters and ledger records that audit clean
-    from hyperfed.audit import audit_run
+    from hyperfed.rundir.audit import audit_run
 
     report = audit_run(result.run_dir)
     assert report.ok, [f.message for f in report.failures()]

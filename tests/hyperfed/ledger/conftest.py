@@ -30,7 +30,7 @@ def embedded_backend(tmp_path):
 def local_gateway_backend(tmp_path):
     # The Fabric Gateway client against a signature-checking gateway on loopback that
     # runs the contract on an embedded ledger; closing the backend stops the endpoint.
-    from hyperfed.ledger.gateway import connect_local_gateway
+    from hyperfed.ledger.devnet import connect_local_gateway
 
     return connect_local_gateway(tmp_path / "ledger.db", msp_id=WRITER)
 

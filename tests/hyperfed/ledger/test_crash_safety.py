@@ -29,7 +29,7 @@ WRITER_LOOP = textwrap.dedent("""
 # being written (``sorted`` is the call that orders the write set, right after the INSERT).
 EXIT_INSIDE_COMMIT = textwrap.dedent("""
     import builtins, os, sys
-    import hyperfed.ledger.embedded as embedded
+    import hyperfed.ledger.embedded.ledger as embedded
     from hyperfed.ledger import EmbeddedLedger, Ledger
     ledger = EmbeddedLedger(sys.argv[1])
     def first_write_then_die(items):

@@ -17,7 +17,7 @@ from hyperfed.errors import (
     LedgerUnavailableError,
 )
 from hyperfed.ledger import EmbeddedLedger, Ledger, violation_code
-from hyperfed.ledger.embedded import new_tx_id
+from hyperfed.ledger.embedded.ledger import new_tx_id
 
 WRITER = "HyperFedMSP"
 
@@ -71,7 +71,7 @@ def test_only_the_writer_msp_may_write(ledger_path, embedded):
 def test_reopening_keeps_the_recorded_writer(ledger_path, embedded, caplog):
     Ledger(embedded).register_client("alice", h("a"))
     embedded.close()
-    with caplog.at_level(logging.WARNING, logger="hyperfed.ledger.embedded"):
+    with caplog.at_level(logging.WARNING, logger="hyperfed.ledger.embedded.ledger"):
         reopened = EmbeddedLedger(ledger_path, writer_msp="OtherMSP", msp_id=WRITER)
     try:
         assert "keeps its writer MSP" in caplog.text

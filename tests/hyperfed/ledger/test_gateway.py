@@ -31,22 +31,20 @@ from hyperfed.errors import (
     LedgerUnavailableError,
 )
 from hyperfed.ledger.embedded import EmbeddedLedger
+from hyperfed.ledger.devnet import LocalGatewayServer, ServerTls, connect_local_gateway
 from hyperfed.ledger.gateway import (
     GatewayBackend,
     GatewayConfig,
     GatewayTimeouts,
     LedgerAccessDeniedError,
-    LocalGatewayServer,
-    ServerTls,
     SigningIdentity,
     TlsConfig,
     TransactionInvalidError,
     TransactionOutcomeUnknownError,
-    connect_local_gateway,
     gateway_backend_from_url,
     load_identity,
 )
-from hyperfed.ledger.gateway.devpki import new_ca, new_identity
+from hyperfed.ledger.devnet.pki import new_ca, new_identity
 from hyperfed.ledger.gateway.errors import map_rpc_error
 from hyperfed.ledger.gateway.identity import is_low_s, verify_signature
 from hyperfed.ledger.gateway.proposal import (

@@ -10,7 +10,7 @@ from chaincode.contract import HyperFedContract
 from chaincode.fabric_compat import ContractChaincode
 from hyperfed.errors import LedgerConflictError
 from hyperfed.ledger import Simulation
-from hyperfed.ledger.stub import PeerStub, simulate_transaction
+from hyperfed.ledger.embedded.stub import PeerStub, simulate_transaction
 
 
 def raw_commit(ledger, tx_id, writes, timestamp=1000.0):

@@ -9,7 +9,7 @@ import pytest
 
 from hyperfed.errors import TamperDetectedError
 from hyperfed.ledger import EmbeddedLedger, Ledger
-from hyperfed.ledger.chain import block_hash
+from hyperfed.ledger.embedded.chain import block_hash
 
 WRITER = "HyperFedMSP"
 

@@ -19,7 +19,7 @@ from hyperfed.errors import ForgottenClientError, UnknownClientError
 from hyperfed.experiment import ExperimentConfig, run_experiment
 from hyperfed.federation import FederationConfig, make_server, poisson_sample, run_rounds
 from hyperfed.ledger import Ledger
-from hyperfed.ledger.fingerprints import embedding_bytes
+from hyperfed.rundir.fingerprints import embedding_bytes
 from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hyperfed.unlearning.forget import FORGET_STEPS, JOURNAL, forget_client, forgotten_clients, recover_pending_forget
 from hyperfed.unlearning.replay import load_experiment
@@ -183,7 +183,7 @@ forget_client({str(run.root)!r}, {victim!r}, "delete", after_step=die)
 
 
 def test_audit_passes_after_each_mode_of_forget(run, tmp_path):
-    from hyperfed.audit import audit_run
+    from hyperfed.rundir.audit import audit_run
 
     victim, _ = _late_client(run)
     assert audit_run(run.root).ok
@@ -194,7 +194,7 @@ def test_audit_passes_after_each_mode_of_forget(run, tmp_path):
 
 
 def test_audit_checks_the_adapters_regenerated_by_a_forget(run):
-    from hyperfed.audit import audit_run
+    from hyperfed.rundir.audit import audit_run
 
     victim = read_meta(run.checkpoint_dir(4))["client_ids"][0]
     forget_client(run.root, victim, "delete")

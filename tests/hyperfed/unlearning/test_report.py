@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hyperfed.audit import audit_run
+from hyperfed.rundir.audit import audit_run
 from hyperfed.base_model import BaseModelConfig
 from hyperfed.data.corpus import CorpusConfig
 from hyperfed.experiment import ExperimentConfig, run_experiment

@@ -20,7 +20,7 @@ __all__ = ["check_regenerated_adapters"]
 
 
 def check_regenerated_adapters(audit: Any, forget_events: list) -> None:
-    """Add one finding per forget event to ``audit`` (an ``hyperfed.audit._Audit``)."""
+    """Add one finding per forget event to ``audit`` (an ``hyperfed.rundir.audit._Audit``)."""
     for event in forget_events:
         regenerated = audit.run_dir.regenerated(event.client_id)
         folder = regenerated.root / "adapters"

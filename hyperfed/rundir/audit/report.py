@@ -1,4 +1,4 @@
-"""The result of :func:`hyperfed.audit.audit_run`: findings, a verdict, JSON and a table."""
+"""The result of :func:`hyperfed.rundir.audit.audit_run`: findings, a verdict, JSON and a table."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """Everything :func:`hyperfed.audit.audit_run` found. ``ok`` iff nothing failed.
+    """Everything :func:`hyperfed.rundir.audit.audit_run` found. ``ok`` iff nothing failed.
 
     Attributes
     ----------

@@ -36,7 +36,7 @@ from hyperfed.errors import ConfigError, ContractViolationError, ForgottenClient
 from hyperfed.ledger.client import Ledger
 from hyperfed.ledger.commitment import adapters_root, commit_embedding
 from hyperfed.ledger.embedded import EmbeddedLedger
-from hyperfed.ledger.fingerprints import (
+from hyperfed.rundir.fingerprints import (
     embedding_bytes,
     embedding_commitment,
     read_checkpoint_tensors,
@@ -270,12 +270,10 @@ class RunRecorder:
         Other backends keep their own chain; nothing is written for them.
         """
         backend = self.ledger.backend
-        if not isinstance(backend, EmbeddedLedger):
-            return None
         try:
-            head = backend.head()
+            head = backend.head()  # None: the backend keeps no local chain to anchor
         except LedgerError as exc:  # busy or closed: the next write anchors it
-            log.warning("could not read the ledger head of %s: %s", backend.path, exc)
+            log.warning("could not read the ledger head of %r: %s", backend, exc)
             return None
         if head is not None:
             self.run_dir.write_json(self.run_dir.ledger_head_path,

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from hyperfed.errors import LedgerUnavailableError
 from hyperfed.federation import FederationConfig, HyperLoRAServer, make_server, run_rounds
 from hyperfed.ledger import EmbeddedLedger, Ledger
-from hyperfed.ledger.recorder import RunRecorder
+from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 from hypernet import ClientData, load_hypernet, save_hypernet
 from hypernet.io import read_meta

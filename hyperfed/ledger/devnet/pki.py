@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .identity import SigningIdentity
+from hyperfed.ledger.gateway.identity import SigningIdentity
 
 __all__ = ["CertificateAuthority", "IssuedCertificate", "new_ca", "new_identity"]
 

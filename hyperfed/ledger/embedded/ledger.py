@@ -1,7 +1,7 @@
 """The embedded ledger (the default): the HyperFed contract on a hash-chained SQLite file.
 
 ``EmbeddedLedger`` plays a Fabric peer for one organisation: it simulates transactions
-with the real contract against committed state (:mod:`hyperfed.ledger.stub`), then
+with the real contract against committed state (:mod:`hyperfed.ledger.embedded.stub`), then
 validates the read set (MVCC) and commits the write set as a new block, atomically.
 
 Durability and crash safety come from SQLite: WAL journal, ``synchronous=FULL`` and one
@@ -38,7 +38,7 @@ from hyperfed.errors import (
     LedgerUnavailableError,
 )
 from hyperfed.ledger.base import LedgerBackend
-from hyperfed.ledger.chain import (
+from hyperfed.ledger.embedded.chain import (
     GENESIS_PREV_HASH,
     Block,
     Problem,
@@ -48,7 +48,7 @@ from hyperfed.ledger.chain import (
     encode_writes,
     verify_chain,
 )
-from hyperfed.ledger.stub import HistoryEntry, Simulation, StateReader, simulate_transaction
+from hyperfed.ledger.embedded.stub import HistoryEntry, Simulation, StateReader, simulate_transaction
 
 __all__ = ["EmbeddedLedger", "Simulation", "new_tx_id"]
 
@@ -78,7 +78,7 @@ def new_tx_id(creator_msp: str) -> str:
 
 
 class _SqliteState:
-    """Committed state of one connection, as :class:`~hyperfed.ledger.stub.StateReader`."""
+    """Committed state of one connection, as :class:`~hyperfed.ledger.embedded.stub.StateReader`."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -135,6 +135,7 @@ class EmbeddedLedger(LedgerBackend):
     def __init__(self, path: str | Path, *, writer_msp: str = "HyperFedMSP",
                  msp_id: str = "HyperFedMSP", busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self.local_file = self.path
         self.msp_id = msp_id
         self._lock = threading.RLock()
         self._chaincode = ContractChaincode.new_chaincode(HyperFedContract())

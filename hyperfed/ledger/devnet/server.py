@@ -2,7 +2,7 @@
 
 It speaks the real ``gateway.Gateway`` gRPC service, so :class:`GatewayBackend` is tested
 end to end without Docker: ``Endorse`` checks the signed proposal like a Fabric endorser
-and simulates the HyperFed contract on an :class:`~hyperfed.ledger.embedded.EmbeddedLedger`;
+and simulates the HyperFed contract on an :class:`~hyperfed.ledger.embedded.ledger.EmbeddedLedger`;
 ``Submit`` checks the envelope signature (orderer) and this peer's endorsement (committer)
 before committing; ``CommitStatus`` checks the request signature and returns the
 transaction's validation code; ``Evaluate`` simulates without committing.
@@ -31,9 +31,9 @@ from fabric_protos.peer import transaction_pb2
 
 from hyperfed.errors import LedgerConflictError
 
-from .client import GatewayBackend
-from .devpki import new_ca, new_identity
-from .endorsement import (
+from hyperfed.ledger.gateway.client import GatewayBackend
+from hyperfed.ledger.devnet.pki import new_ca, new_identity
+from hyperfed.ledger.devnet.endorsement import (
     Endorser,
     ValidationFailure,
     Verifier,
@@ -41,9 +41,9 @@ from .endorsement import (
     parse_envelope,
     rwset_bytes,
 )
-from .identity import SigningIdentity
-from .local_service import GatewayService
-from .proposal import ParsedProposal, parse_proposal
+from hyperfed.ledger.gateway.identity import SigningIdentity
+from hyperfed.ledger.devnet.service import GatewayService
+from hyperfed.ledger.gateway.proposal import ParsedProposal, parse_proposal
 
 __all__ = ["FaultPlan", "GatewayStats", "ServerTls", "LocalGatewayServer", "connect_local_gateway"]
 

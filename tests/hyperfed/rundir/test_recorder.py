@@ -9,11 +9,11 @@ import stat
 import pytest
 import torch
 
-from hyperfed.audit import audit_run
+from hyperfed.rundir.audit import audit_run
 from hyperfed.errors import ForgottenClientError
 from hyperfed.ledger import EmbeddedLedger, Ledger, commitments_root
-from hyperfed.ledger.fingerprints import embedding_commitment, read_checkpoint_tensors
-from hyperfed.ledger.recorder import RunRecorder, shared_weights_hash
+from hyperfed.rundir.fingerprints import embedding_commitment, read_checkpoint_tensors
+from hyperfed.rundir.recorder import RunRecorder, shared_weights_hash
 from hypernet import adapter_hash
 from recorded_runs import CLIENTS, ROUNDS, SwitchableLedger, record_run, start_run, train
 
@@ -198,7 +198,7 @@ def test_a_forgotten_client_cannot_be_registered_again(run):
 
 
 def test_recording_through_the_fabric_gateway_client(tmp_path):
-    from hyperfed.ledger.gateway import connect_local_gateway
+    from hyperfed.ledger.devnet import connect_local_gateway
 
     root = tmp_path / "run"
     gateway = connect_local_gateway(tmp_path / "peer" / "ledger.db", msp_id=WRITER)

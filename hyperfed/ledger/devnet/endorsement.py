@@ -27,14 +27,14 @@ from fabric_protos.ledger.rwset import rwset_pb2
 from fabric_protos.ledger.rwset.kvrwset import kv_rwset_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 
-from .identity import (
+from hyperfed.ledger.gateway.identity import (
     SigningIdentity,
     certificate_from_creator,
     is_low_s,
     transaction_id,
     verify_signature,
 )
-from .proposal import ParsedProposal
+from hyperfed.ledger.gateway.proposal import ParsedProposal
 
 _Code = transaction_pb2.TxValidationCode
 

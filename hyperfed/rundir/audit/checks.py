@@ -1,7 +1,7 @@
 """``hyperfed audit RUN_DIR``: recompute every hash from the files of a run and check it
 against the ledger and its hash chain.
 
-What is checked (each check yields :class:`~hyperfed.audit_report.Finding` rows):
+What is checked (each check yields :class:`~hyperfed.rundir.audit.report.Finding` rows):
 
 1. **ledger** — the embedded ledger's hash chain, state and history index replay
    (:meth:`EmbeddedLedger.verify`), pinned to ``ledger_head.json``. The file is read from
@@ -40,22 +40,23 @@ from safetensors.torch import load_file
 from hypernet import adapter_hash
 from hypernet.io import HYPERNET_WEIGHTS, read_meta
 
-from hyperfed.audit_report import AuditReport, Finding, render
+from hyperfed.rundir.audit.report import AuditReport, Finding, render
 from hyperfed.errors import CorruptFileError, HyperFedError
+from hyperfed.ledger.base import LedgerBackend
 from hyperfed.ledger.client import Ledger
 from hyperfed.ledger.embedded import EmbeddedLedger
-from hyperfed.ledger.fingerprints import (
+from hyperfed.rundir.fingerprints import (
     embedding_commitment,
     optimizer_clients,
     read_checkpoint_tensors,
 )
 from hyperfed.ledger.records import CheckpointRecord
-from hyperfed.ledger.recorder import ledger_url_of
+from hyperfed.rundir.recorder import ledger_url_of
 from hyperfed.ledger.salts import SaltStore
-from hyperfed.audit_forgets import check_regenerated_adapters
+from hyperfed.rundir.audit.forgets import check_regenerated_adapters
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 
-__all__ = ["audit_run", "AuditReport", "Finding", "render"]
+__all__ = ["audit_run"]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,11 @@ class _Audit:
             return default
 
     # ---------------------------------------------------------------- ledger
-    def verify_chain(self, backend: EmbeddedLedger, label: str) -> None:
+    def verify_chain(self, backend: LedgerBackend, label: str) -> bool:
+        """Verify a backend's local chain against ``ledger_head.json``; ``False`` if the
+        backend keeps none (a Fabric network verifies its own chain)."""
+        if backend.local_file is None:
+            return False
         head_path = self.run_dir.ledger_head_path
         anchor = None
         if not head_path.exists():
@@ -147,6 +152,8 @@ class _Audit:
             except (CorruptFileError, KeyError, TypeError, ValueError) as exc:
                 self.add("ledger", "mismatch", head_path, f"unreadable anchor: {exc}")
         report = backend.verify(expected_head=anchor)
+        if report is None:
+            return False
         self.block_of = {b.tx_id: b.number for b in backend.blocks()}
         for problem in report.problems:
             status = "missing" if problem.kind in _MISSING_KINDS else "mismatch"
@@ -156,6 +163,7 @@ class _Audit:
             pinned = f", anchored at block {anchor[0]}" if anchor else ""
             self.add("ledger", "match", label,
                      f"{report.blocks} blocks: hash chain, state and history replay{pinned}")
+        return True
 
     # ----------------------------------------------------------- checkpoints
     def check_checkpoints(self, ledger: Ledger, forgotten: set[str],
@@ -339,9 +347,9 @@ def _ledger_for(audit: _Audit, ledger: Ledger | None,
                 url: str | None) -> Iterator[tuple[Ledger | None, str]]:
     """The ledger to audit against (verifying its chain when it is embedded)."""
     if ledger is not None:
-        if isinstance(ledger.backend, EmbeddedLedger):
-            audit.verify_chain(ledger.backend, audit.rel(ledger.backend.path))
-        else:
+        local = ledger.backend.local_file
+        label = audit.rel(local) if local is not None else repr(ledger.backend)
+        if not audit.verify_chain(ledger.backend, label):
             audit.notes.append("ledger is not embedded: its contents were audited through the "
                                "Ledger API; hash-chain verification is the ledger network's own")
         yield ledger, repr(ledger.backend)

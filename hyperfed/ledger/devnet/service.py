@@ -1,7 +1,7 @@
 """The gRPC face of the local gateway: Fabric 2.5's gateway codes, messages and details.
 
 Each method delegates the peer work (checks, simulation, ordering) to
-:class:`~hyperfed.ledger.gateway.local_server.LocalGatewayServer` and shapes failures the
+:class:`~hyperfed.ledger.devnet.server.LocalGatewayServer` and shapes failures the
 way a real gateway does, so the client's error mapping is exercised for real:
 
 =================  ==============================================================
@@ -28,11 +28,11 @@ from fabric_protos.peer import proposal_response_pb2
 
 from hyperfed.errors import ContractViolationError, LedgerConflictError
 
-from .endorsement import ValidationFailure
-from .rpc_status import encode_status
+from hyperfed.ledger.devnet.endorsement import ValidationFailure
+from hyperfed.ledger.gateway.rpc_status import encode_status
 
 if TYPE_CHECKING:
-    from .local_server import LocalGatewayServer
+    from hyperfed.ledger.devnet.server import LocalGatewayServer
 
 __all__ = ["GatewayService"]
 

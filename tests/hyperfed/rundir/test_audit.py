@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hyperfed.audit import audit_run, render
+from hyperfed.rundir.audit import audit_run, render
 from hyperfed.errors import TamperDetectedError
 from hyperfed.ledger import EmbeddedLedger
-from hyperfed.ledger.recorder import RunRecorder
+from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 from hypernet import load_hypernet
