@@ -1,10 +1,16 @@
 """hypernet: a hypernetwork that generates per-client LoRA adapters for Hugging Face causal LMs.
 
 Pure PyTorch + peft; knows nothing of Flower or ledgers.
+
+Importing ``hypernet`` is light: the error classes load at once, every other name on first
+use (PEP 562), so an error class or ``import hypernet`` never pays for torch or peft.
 """
 
-from hypernet.config import HyperLoRAConfig
-from hypernet.data import ClientData, to_blocks
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from hypernet.errors import (
     CheckpointMismatchError,
     ConfigError,
@@ -15,13 +21,17 @@ from hypernet.errors import (
     NoLoraTargetsError,
     UnknownClientError,
 )
-from hypernet.functional import causal_lm_loss, functional_forward
-from hypernet.hyperlora import HyperLoRA
-from hypernet.local import LocalTrainConfig, evaluate_loss, train_local_adapter
-from hypernet.pfedhn import pfedhn_backward, validate_adapter
-from hypernet.trainer import HypernetTrainer, TrainerConfig
-from hypernet.io import adapter_hash, export_adapter, load_hypernet, save_hypernet
-from hypernet.targets import LoraTarget, TargetSpec, discover_targets
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
+    from hypernet.config import HyperLoRAConfig
+    from hypernet.data import ClientData, to_blocks
+    from hypernet.functional import causal_lm_loss, functional_forward
+    from hypernet.hyperlora import HyperLoRA
+    from hypernet.local import LocalTrainConfig, evaluate_loss, train_local_adapter
+    from hypernet.pfedhn import pfedhn_backward, validate_adapter
+    from hypernet.trainer import HypernetTrainer, TrainerConfig
+    from hypernet.io import adapter_hash, export_adapter, load_hypernet, save_hypernet
+    from hypernet.targets import LoraTarget, TargetSpec, discover_targets
 
 __all__ = [
     "HyperLoRA",
@@ -53,3 +63,39 @@ __all__ = [
     "CorruptFileError",
     "MalformedUpdateError",
 ]
+
+_LAZY = {
+    "HyperLoRAConfig": "hypernet.config",
+    "ClientData": "hypernet.data",
+    "to_blocks": "hypernet.data",
+    "causal_lm_loss": "hypernet.functional",
+    "functional_forward": "hypernet.functional",
+    "HyperLoRA": "hypernet.hyperlora",
+    "LocalTrainConfig": "hypernet.local",
+    "evaluate_loss": "hypernet.local",
+    "train_local_adapter": "hypernet.local",
+    "pfedhn_backward": "hypernet.pfedhn",
+    "validate_adapter": "hypernet.pfedhn",
+    "HypernetTrainer": "hypernet.trainer",
+    "TrainerConfig": "hypernet.trainer",
+    "adapter_hash": "hypernet.io",
+    "export_adapter": "hypernet.io",
+    "load_hypernet": "hypernet.io",
+    "save_hypernet": "hypernet.io",
+    "LoraTarget": "hypernet.targets",
+    "TargetSpec": "hypernet.targets",
+    "discover_targets": "hypernet.targets",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hypernet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next time: a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
