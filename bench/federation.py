@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hypernet import LocalTrainConfig
 from hyperfed.base_model import BaseModelConfig, load_or_build_base_model  # noqa: E402
 from hyperfed.data.corpus import CorpusConfig, build_corpus  # noqa: E402
 from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds  # noqa: E402
@@ -62,7 +63,7 @@ def bench_rounds(base, corpus, clients_counts, local_steps: int, rounds: int) ->
     for n in clients_counts:
         clients = synthetic_clients(n, blocks)
         for method in ("hyperlora", "fedavg"):
-            config = FederationConfig(method=method, rounds=rounds, local_steps=local_steps, batch_size=4)
+            config = FederationConfig(method=method, rounds=rounds, local=LocalTrainConfig(steps=local_steps, batch_size=4))
             model = add_lora(copy.deepcopy(base), rank=config.lora_rank)
             server = make_server(method, model, config)
             server.register(list(clients))
@@ -97,7 +98,7 @@ def bench_sweep(base, sizes, rounds: int, local_steps: int) -> list[dict]:  # no
         row: dict = {"train_KiB_per_client": kib}
         losses = {}
         for method in ("hyperlora", "fedavg", "local"):
-            config = FederationConfig(method=method, rounds=rounds, local_steps=local_steps)
+            config = FederationConfig(method=method, rounds=rounds, local=LocalTrainConfig(steps=local_steps))
             model = add_lora(copy.deepcopy(base), rank=config.lora_rank)
             server = make_server(method, model, config)
             run_rounds(server, model, corpus.clients, config)

@@ -24,9 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hypernet import LocalTrainConfig
 from hyperfed.base_model import BaseModelConfig  # noqa: E402
 from hyperfed.data.corpus import CorpusConfig  # noqa: E402
-from hyperfed.experiment import ExperimentConfig, run_experiment  # noqa: E402
+from hyperfed.config import EvaluationConfig, RunConfig
+from hyperfed.experiment import run_experiment  # noqa: E402
 from hyperfed.federation import FederationConfig, make_server, run_rounds  # noqa: E402
 from hyperfed.rundir.recorder import RunRecorder  # noqa: E402
 from bench.results_io import machine_info, write_result  # noqa: E402
@@ -41,7 +43,7 @@ from hypernet.models import add_lora, tiny_llama  # noqa: E402
 def recorded_run(root: Path, n_clients: int, rounds: int) -> tuple[dict, FederationConfig, torch.nn.Module]:
     g = torch.Generator().manual_seed(0)
     clients = {f"client-{i:04d}": ClientData(torch.randint(0, 256, (8, 32), generator=g), torch.randint(0, 256, (2, 32), generator=g)) for i in range(n_clients)}
-    config = FederationConfig(rounds=rounds, sample_rate=min(1.0, 20 / n_clients), local_steps=2, batch_size=4, lora_rank=4)
+    config = FederationConfig(rounds=rounds, sample_rate=min(1.0, 20 / n_clients), local=LocalTrainConfig(steps=2, batch_size=4), lora_rank=4)
     model = add_lora(tiny_llama(hidden_size=64, num_layers=2), rank=4)
     server = make_server("hyperlora", copy.deepcopy(model), config)
     server.register(sorted(clients))
@@ -71,15 +73,15 @@ def bench_latency(sizes: tuple[int, ...], rounds: int) -> list[dict]:
 
 def bench_efficacy(quick: bool) -> list[dict]:
     if quick:
-        config = ExperimentConfig(
-            federation=FederationConfig(rounds=2, local_steps=2, batch_size=2, lora_rank=2),
+        config = RunConfig(
+            federation=FederationConfig(rounds=2, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2),
             corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=64,
                                 canary_client="code/asyncio", canary_count=2, canary_copies=4),
-            base=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64),
-            methods=("hyperlora",), eval_every=2)
+            base_model=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64),
+            methods=("hyperlora",), evaluation=EvaluationConfig(every=2))
         victim, candidates, attack = "code/asyncio", 50, 5
     else:
-        config = ExperimentConfig(corpus=CorpusConfig(canary_client="code/email"), methods=("hyperlora",))
+        config = RunConfig(corpus=CorpusConfig(canary_client="code/email"), methods=("hyperlora",))
         victim, candidates, attack = "code/email", 1000, 100
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(Path(tmp) / "run", config)

@@ -16,7 +16,7 @@ __all__ = [
     "forget_client",
     "audit_run",
     "run_experiment",
-    "ExperimentConfig",
+    "RunConfig",
     "HyperFedError",
     "UnknownClientError",
     "ForgottenClientError",
@@ -33,7 +33,7 @@ _LAZY = {
     "forget_client": ("hyperfed.unlearning.forget", "forget_client"),
     "audit_run": ("hyperfed.rundir.audit", "audit_run"),
     "run_experiment": ("hyperfed.experiment", "run_experiment"),
-    "ExperimentConfig": ("hyperfed.experiment", "ExperimentConfig"),
+    "RunConfig": ("hyperfed.config", "RunConfig"),
 }
 
 

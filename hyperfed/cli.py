@@ -32,19 +32,20 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _run_comparison(config, out: str, overwrite: bool = False) -> int:  # noqa: ANN001
-    from hyperfed.experiment import METHOD_LABELS, run_experiment, summary_rows
+    from hyperfed.experiment import run_experiment, summary_rows
+    from hyperfed.federation.methods import method_label
 
     bars: dict[str, object] = {}
 
     def on_pretrain(step: int, loss: float) -> None:
-        bar = bars.setdefault("pretrain", progress(config.base.steps, "pretraining base model (once, cached)"))
+        bar = bars.setdefault("pretrain", progress(config.base_model.steps, "pretraining base model (once, cached)"))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
-        if step == config.base.steps:
+        if step == config.base_model.steps:
             bar.close()
 
     def on_round(method: str, outcome) -> None:  # noqa: ANN001
-        bar = bars.setdefault(method, progress(config.federation.rounds, f"{METHOD_LABELS[method]:>11} rounds"))
+        bar = bars.setdefault(method, progress(config.federation.rounds, f"{method_label(method):>11} rounds"))
         bar.update(1)
         bar.set_postfix(train_loss=f"{outcome.train_loss:.3f}")
         if outcome.round == config.federation.rounds:
@@ -63,10 +64,10 @@ def _run_comparison(config, out: str, overwrite: bool = False) -> int:  # noqa: 
         for other in (m for m in methods if m != "hyperlora"):
             wins = sum(result.final["hyperlora"][c] < result.final[other][c] for c in result.base)
             diff = result.mean(other) - result.mean("hyperlora")
-            print(f"HyperLoRA vs {METHOD_LABELS[other]}: better on {wins}/{len(result.base)} clients, mean lower by {diff:+.4f}")
+            print(f"HyperLoRA vs {method_label(other)}: better on {wins}/{len(result.base)} clients, mean lower by {diff:+.4f}")
     rejected = sum(len(r) for rounds in result.rejected.values() for r in rounds.values())
     print(f"Rejected client replies: {rejected}")
-    print("Time: " + ", ".join(f"{METHOD_LABELS[m]} {s:.0f} s" for m, s in result.seconds.items()))
+    print("Time: " + ", ".join(f"{method_label(m)} {s:.0f} s" for m, s in result.seconds.items()))
     print(f"Run directory: {result.run_dir}  (metrics.json, plots/loss_curves.png)")
     return 0
 
@@ -78,10 +79,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """The README's main job: compare the methods, forget one client, verify, audit."""
     from dataclasses import replace
 
+    from hyperfed.config import RunConfig
     from hyperfed.data.corpus import CorpusConfig
-    from hyperfed.experiment import ExperimentConfig
 
-    config = ExperimentConfig(corpus=CorpusConfig(canary_client=DEMO_FORGET_CLIENT))
+    config = RunConfig(corpus=CorpusConfig(canary_client=DEMO_FORGET_CLIENT))
     if args.rounds is not None:
         config = replace(config, federation=replace(config.federation, rounds=args.rounds))
     status = _run_comparison(config, args.out, overwrite=True)  # the demo's own folder: start fresh
@@ -104,9 +105,9 @@ def _forget_and_report(run_dir: str, client_id: str, mode: str, compare: tuple[s
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hyperfed.experiment import ExperimentConfig
+    from hyperfed.config import RunConfig
 
-    return _run_comparison(ExperimentConfig.from_file(args.config), args.out, overwrite=args.overwrite)
+    return _run_comparison(RunConfig.from_file(args.config), args.out, overwrite=args.overwrite)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -139,6 +140,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hyperfed.unlearning.modes import FORGET_MODES  # the registry: light, no torch
+
     parser = argparse.ArgumentParser(prog="hyperfed", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="run the comparison from a TOML/JSON config file")
-    train.add_argument("config", help="config file with [federation], [corpus], [base] sections")
+    train.add_argument("config", help="config file with the sections of hyperfed.config.RunConfig")
     train.add_argument("--out", default="runs/train", help="run directory (must not hold a run yet)")
     train.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")
     train.set_defaults(func=_cmd_train)
@@ -169,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     forget = sub.add_parser("forget", help="forget a client of a run (delete its embedding and every trace)")
     forget.add_argument("run_dir")
     forget.add_argument("client_id")
-    forget.add_argument("--mode", choices=["delete", "exact"], default="delete")
+    forget.add_argument("--mode", choices=list(FORGET_MODES), default="delete",
+                        help="; ".join(f"{name}: {mode.summary}" for name, mode in FORGET_MODES.items()))
     forget.add_argument("--verify", action="store_true", help="measure the forget against retraining (simulation runs)")
-    forget.add_argument("--compare", nargs="*", choices=["delete", "exact"], help="with --verify: also run these modes on a copy")
+    forget.add_argument("--compare", nargs="*", choices=list(FORGET_MODES), help="with --verify: also run these modes on a copy")
     forget.set_defaults(func=_cmd_forget)
     return parser
 

@@ -13,96 +13,26 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hyperfed.base_model import BaseModelConfig, load_or_build_base_model
-from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus
-from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds
+from hyperfed.base_model import load_or_build_base_model
+from hyperfed.config import RunConfig
+from hyperfed.data.corpus import FederatedCorpus, build_corpus
+from hyperfed.federation import evaluate_all, make_server, method_label, run_rounds
 from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome
-from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import RunDirectory
+from hyperfed.rundir.recorder import RunRecorder
 from hypernet import evaluate_loss
 from hypernet.errors import ConfigError
 from hypernet.models import add_lora
 
-__all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "summary_rows"]
+__all__ = ["RunConfig", "ExperimentResult", "run_experiment", "summary_rows"]
 
 log = logging.getLogger(__name__)
-
-METHOD_LABELS = {"hyperlora": "HyperLoRA", "fedavg": "FedAvg-LoRA", "local": "local-only"}
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything a comparison run needs; ``federation.method`` is set per method."""
-
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    base: BaseModelConfig = field(default_factory=BaseModelConfig)
-    methods: tuple[str, ...] = ("hyperlora", "fedavg", "local")
-    eval_every: int = 5
-    engine: str = "flower"
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHOD_LABELS]
-        if unknown or not self.methods:
-            raise ConfigError(f"ExperimentConfig.methods: unknown {unknown}; choose from {list(METHOD_LABELS)}")
-        if self.engine not in ("flower", "loop"):
-            raise ConfigError(f"ExperimentConfig.engine must be 'flower' (in-process Flower) or 'loop', got {self.engine!r}")
-        if self.eval_every <= 0:
-            raise ConfigError(f"ExperimentConfig.eval_every must be > 0, got {self.eval_every}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
-        """Build from ``{"federation": {...}, "corpus": {...}, "base": {...}, "methods": [...]}``;
-        unknown keys are an error that names them."""
-        known = {"federation", "corpus", "base", "methods", "eval_every", "engine"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown experiment config keys {unknown}; known: {sorted(known)}")
-        try:
-            corpus = dict(data.get("corpus", {}))
-            if "domains" in corpus:
-                corpus["domains"] = tuple(corpus["domains"])
-            return cls(
-                federation=FederationConfig(**data.get("federation", {})),
-                corpus=CorpusConfig(**corpus),
-                base=BaseModelConfig(**data.get("base", {})),
-                methods=tuple(data.get("methods", cls.methods)),
-                eval_every=int(data.get("eval_every", cls.eval_every)),
-                engine=str(data.get("engine", cls.engine)),
-            )
-        except TypeError as exc:  # an unknown field inside a section
-            raise ConfigError(f"bad experiment config: {exc}") from None
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "ExperimentConfig":
-        """Read a TOML or JSON file with the sections of :meth:`from_dict`."""
-        import json
-        import tomllib
-
-        path = Path(path)
-        text = path.read_text()
-        try:
-            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot parse ({exc})") from None
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "federation": self.federation.to_dict(),
-            "corpus": asdict(self.corpus),
-            "base": asdict(self.base),
-            "methods": list(self.methods),
-            "eval_every": self.eval_every,
-            "engine": self.engine,
-        }
-
 
 @dataclass
 class ExperimentResult:
@@ -139,10 +69,10 @@ def summary_rows(result: ExperimentResult) -> list[dict[str, Any]]:
     rows = []
     for cid in result.base:
         row: dict[str, Any] = {"client": cid, "base": result.base[cid]}
-        row |= {METHOD_LABELS[m]: result.final[m][cid] for m in methods}
+        row |= {method_label(m): result.final[m][cid] for m in methods}
         rows.append(row)
     mean = {"client": "MEAN", "base": sum(result.base.values()) / len(result.base)}
-    mean |= {METHOD_LABELS[m]: result.mean(m) for m in methods}
+    mean |= {method_label(m): result.mean(m) for m in methods}
     rows.append(mean)
     return rows
 
@@ -151,7 +81,7 @@ def run_method(
     method: str,
     base_model: torch.nn.Module,
     corpus: FederatedCorpus,
-    config: ExperimentConfig,
+    config: RunConfig,
     on_round: Callable[[str, RoundOutcome], None] | None = None,
     run_dir: RunDirectory | None = None,
 ) -> tuple[AdapterServer, dict[str, float], list[tuple[int, float]], dict[int, dict[str, str]]]:
@@ -160,32 +90,32 @@ def run_method(
     With ``run_dir``, a HyperLoRA run is recorded: every registration, checkpoint and
     generated adapter goes to the run directory and the ledger (:class:`RunRecorder`).
     """
-    fed = replace(config.federation, method=method)
+    config = config.with_method(method)
+    fed = config.federation
     peft_model = add_lora(copy.deepcopy(base_model), rank=fed.lora_rank, seed=fed.seed)
     server = make_server(method, peft_model, fed)
     server.register(corpus.client_ids)
     recorder = None
     if run_dir is not None and isinstance(server, HyperLoRAServer):
-        recorder = RunRecorder.open(run_dir)
-        recorder.register_clients(corpus.client_ids, server.hypernet)
-        recorder.record_checkpoint(0, server.hypernet, server.trainer)
-        record_round = recorder.round_callback(server)
+        recorder = RunRecorder.open(run_dir, config.ledger.url or None, writer_msp=config.ledger.writer_msp)
+        recorder.record_checkpoint(0, server.hypernet, server.trainer)  # registers every client
     rejected: dict[int, dict[str, str]] = {}
     curve: list[tuple[int, float]] = []
+    every = config.evaluation.every
 
     def after_round(outcome: RoundOutcome) -> None:
         if recorder is not None:
-            record_round(outcome)
+            recorder.record_round(outcome, server.hypernet, server.trainer)
         if outcome.rejected:
             rejected[outcome.round] = outcome.rejected
-        if config.engine == "loop" and (outcome.round % config.eval_every == 0 or outcome.round == fed.rounds):
+        if config.engine == "loop" and ((every and outcome.round % every == 0) or outcome.round == fed.rounds):
             curve.append((outcome.round, _mean(evaluate_all(server, peft_model, corpus.clients))))
         if on_round:
             on_round(method, outcome)
 
     try:
         if config.engine == "flower":
-            final = _run_flower(server, fed, config, after_round, curve)
+            final = _run_flower(server, config, after_round, curve)
         else:
             curve.append((0, _mean(evaluate_all(server, peft_model, corpus.clients))))
             run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
@@ -196,23 +126,21 @@ def run_method(
     return server, final, curve, rejected
 
 
-def _run_flower(server: AdapterServer, fed: FederationConfig, config: ExperimentConfig, after_round, curve) -> dict[str, float]:  # noqa: ANN001
+def _run_flower(server: AdapterServer, config: RunConfig, after_round: Callable[[RoundOutcome], None],
+                curve: list[tuple[int, float]]) -> dict[str, float]:
     """Train through Flower (in-process grid, real ServerApp strategy and ClientApps);
     curves and final losses come from the clients' own federated evaluation."""
     from hyperfed.flower import run_inprocess
-    from hyperfed.flower.app_config import AppConfig
 
-    app = AppConfig(federation=fed, corpus=config.corpus, base_model=config.base, evaluate_every=config.eval_every)
-    run = run_inprocess(app.to_run_config(), server=server, finish=None, on_round=after_round)
+    run = run_inprocess(config.to_run_config(), server=server, finish=None, on_round=after_round)
     losses = run.history.eval_losses
     curve.extend((r, _mean(losses[r])) for r in sorted(losses))
     return dict(losses[max(losses)])
 
 
-
 def run_experiment(
     run_dir: str | Path,
-    config: ExperimentConfig = ExperimentConfig(),
+    config: RunConfig = RunConfig(),
     on_round: Callable[[str, RoundOutcome], None] | None = None,
     on_pretrain: Callable[[int, float], None] | None = None,
     overwrite: bool = False,
@@ -231,7 +159,7 @@ def run_experiment(
     rd.write_json(rd.config_path, config.to_dict())
     corpus = build_corpus(config.corpus)
     rd.write_json(rd.manifest_path, corpus.manifest)
-    base_model = load_or_build_base_model(config.base, callback=on_pretrain)
+    base_model = load_or_build_base_model(config.base_model, callback=on_pretrain)
 
     final, curves, seconds, rejected, servers = {}, {}, {}, {}, {}
     for method in config.methods:
@@ -257,7 +185,7 @@ def plot_curves(result: ExperimentResult, path: Path) -> Path:
     left, right = fig.subplots(1, 2)
     for method, curve in result.curves.items():
         rounds, losses = zip(*curve)
-        left.plot(rounds, losses, marker="o", label=METHOD_LABELS[method])
+        left.plot(rounds, losses, marker="o", label=method_label(method))
     left.axhline(sum(result.base.values()) / len(result.base), color="grey", ls="--", label="base model")
     left.set(xlabel="round", ylabel="mean validation loss (nats/byte)", title="Learning curves (same budget)")
     left.legend()
@@ -266,7 +194,7 @@ def plot_curves(result: ExperimentResult, path: Path) -> Path:
     xs = range(len(clients))
     right.bar([x - 0.4 + width / 2 for x in xs], [result.base[c] for c in clients], width, label="base", color="lightgrey")
     for i, (method, losses) in enumerate(result.final.items(), start=1):
-        right.bar([x - 0.4 + width / 2 + i * width for x in xs], [losses[c] for c in clients], width, label=METHOD_LABELS[method])
+        right.bar([x - 0.4 + width / 2 + i * width for x in xs], [losses[c] for c in clients], width, label=method_label(method))
     right.set_xticks(list(xs), clients, rotation=45, ha="right", fontsize=7)
     right.set(ylabel="validation loss (nats/byte)", title="Per client, after training")
     lo = min(min(v.values()) for v in result.final.values())

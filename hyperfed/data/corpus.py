@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hyperfed.data.canaries import make_canaries, plant_canaries
 from hyperfed.data.sources import LICENSES_DIR, license_text, pydoc_topics_text, stdlib_family_text
 from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet import ClientData, to_blocks
@@ -80,7 +81,7 @@ class CorpusConfig:
     train_kib, val_kib: bytes of train and validation text per client (val follows train).
     block_size: bytes per training block.
     canary_client: if set, secret canaries are planted in this client's train text (to
-        measure memorisation and unlearning; see :mod:`hyperfed.unlearning.canaries`).
+        measure memorisation and unlearning; see :mod:`hyperfed.data.canaries`).
     canary_count, canary_copies, canary_seed: how many canaries, copies of each, and the
         seed they are generated and placed from (DESIGN §8: a real dose is needed).
     """
@@ -161,14 +162,10 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
 
 def corpus_canaries(config: CorpusConfig) -> list:
     """The canaries planted by ``config`` (empty if none), regenerated from its seed."""
-    from hyperfed.unlearning.canaries import make_canaries
-
     return make_canaries(config.canary_count, config.canary_seed) if config.canary_client else []
 
 
 def _plant(clients: dict[str, ClientData], config: CorpusConfig) -> None:
-    from hyperfed.unlearning.canaries import plant_canaries
-
     if config.canary_client not in clients:
         raise ConfigError(f"CorpusConfig.canary_client {config.canary_client!r} is not a client: {sorted(clients)}")
     target = clients[config.canary_client]

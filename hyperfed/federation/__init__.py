@@ -4,7 +4,8 @@ The Flower apps in :mod:`hyperfed.flower` are thin layers over these functions.
 """
 
 from hyperfed.federation.client import evaluate_client, local_round
-from hyperfed.federation.config import METHODS, FederationConfig
+from hyperfed.federation.config import FederationConfig
+from hyperfed.federation.methods import METHODS, Method, make_server, method_label
 from hyperfed.federation.loop import evaluate_all, run_rounds
 from hyperfed.federation.sampling import participates, poisson_sample
 from hyperfed.federation.servers import (
@@ -15,13 +16,14 @@ from hyperfed.federation.servers import (
     Reply,
     RoundOutcome,
     fedavg,
-    make_server,
     screen_replies,
 )
 
 __all__ = [
     "FederationConfig",
     "METHODS",
+    "Method",
+    "method_label",
     "poisson_sample",
     "participates",
     "AdapterServer",

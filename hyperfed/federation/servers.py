@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from hyperfed.federation.config import FederationConfig
-from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, TrainerConfig, discover_targets, validate_adapter
-from hypernet.errors import ConfigError, MalformedUpdateError
+from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, discover_targets, validate_adapter
+from hypernet.errors import MalformedUpdateError
 from hypernet.local import get_adapter
 
 __all__ = [
@@ -39,7 +39,9 @@ __all__ = [
     "LocalOnlyServer",
     "fedavg",
     "screen_replies",
-    "make_server",
+    "make_hyperlora_server",
+    "make_fedavg_server",
+    "make_local_server",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,13 +60,18 @@ class Reply:
 
 @dataclass
 class RoundOutcome:
-    """What a round did: who was accepted, who was rejected and why."""
+    """What a round did: what was sent to whom, who was accepted, who was rejected and why.
+
+    ``sent`` holds the adapters the server sent this round (generated from the state
+    before the round), which is what a recorder saves and hashes.
+    """
 
     round: int
     accepted: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     update_norms: dict[str, float] = field(default_factory=dict)
     train_loss: float = float("nan")
+    sent: dict[str, Adapter] = field(default_factory=dict, repr=False)
 
 
 def screen_replies(
@@ -106,7 +113,12 @@ def _mean_loss(replies: Mapping[str, Reply]) -> float:
 
 
 class AdapterServer(ABC):
-    """The server role of one method."""
+    """The server role of one method: all a Flower strategy or the plain loop needs.
+
+    ``configure_round`` / ``aggregate_round`` run a round, ``adapters_for`` gives the
+    adapters clients are evaluated with, ``published_adapter`` what a method shares with
+    everyone (``None`` for personalised methods), ``register`` adds clients.
+    """
 
     method: str
 
@@ -123,6 +135,14 @@ class AdapterServer(ABC):
         """Make sure the server knows ``client_ids``; return the newly added ones."""
         return []
 
+    def adapters_for(self, client_ids: Sequence[str]) -> dict[str, Adapter]:
+        """The adapters ``client_ids`` get now (a method may batch this)."""
+        return {cid: self.adapter_for(cid) for cid in client_ids}
+
+    def published_adapter(self) -> Adapter | None:
+        """The adapter the method shares with every client, if any (FedAvg's global one)."""
+        return None
+
     def configure_round(self, round_: int, client_ids: Sequence[str]) -> dict[str, Adapter]:
         self.register(client_ids)
         self.sent = {cid: self.adapter_for(cid) for cid in client_ids}
@@ -130,7 +150,7 @@ class AdapterServer(ABC):
 
     def aggregate_round(self, round_: int, replies: Mapping[str, Reply]) -> RoundOutcome:
         accepted, rejected = screen_replies(self.spec, self.sent, replies, self.config.max_update_norm)
-        outcome = RoundOutcome(round_, sorted(accepted), rejected, train_loss=_mean_loss(accepted))
+        outcome = RoundOutcome(round_, sorted(accepted), rejected, train_loss=_mean_loss(accepted), sent=dict(self.sent))
         if accepted:
             outcome.update_norms = self._learn(accepted)
         return outcome
@@ -147,18 +167,7 @@ class HyperLoRAServer(AdapterServer):
 
     def __init__(self, hypernet: HyperLoRA, peft_model: nn.Module, config: FederationConfig) -> None:
         super().__init__(hypernet.spec, config)
-        self.trainer = HypernetTrainer(
-            hypernet,
-            peft_model,
-            TrainerConfig(
-                lr=config.server_lr,
-                embedding_lr=config.embedding_lr,
-                optimizer=config.server_optimizer,
-                momentum=config.server_momentum,
-                base_lr=config.server_base_lr,
-                seed=config.seed,
-            ),
-        )
+        self.trainer = HypernetTrainer(hypernet, peft_model, config.server)
 
     @property
     def hypernet(self) -> HyperLoRA:
@@ -203,6 +212,9 @@ class FedAvgLoRAServer(AdapterServer):
     def adapter_for(self, client_id: str) -> Adapter:
         return {k: v.clone() for k, v in self.global_adapter.items()}
 
+    def published_adapter(self) -> Adapter:
+        return self.adapter_for("")
+
     def _learn(self, accepted: Mapping[str, Reply]) -> dict[str, float]:
         ids = sorted(accepted)
         self.global_adapter = fedavg([accepted[c].adapter for c in ids], [accepted[c].num_examples for c in ids])
@@ -232,22 +244,17 @@ class LocalOnlyServer(AdapterServer):
         return {}
 
 
-def make_server(
-    method: str,
-    peft_model: nn.Module,
-    config: FederationConfig,
-    hypernet: HyperLoRA | None = None,
-) -> AdapterServer:
-    """The server for ``method``; all start from the same peft LoRA initialisation."""
-    if method == "hyperlora":
-        from hypernet import HyperLoRAConfig
+def make_hyperlora_server(peft_model: nn.Module, config: FederationConfig, hypernet: HyperLoRA | None = None) -> HyperLoRAServer:
+    """HyperLoRA on ``peft_model``'s LoRA targets (or around an existing ``hypernet``)."""
+    from hypernet import HyperLoRAConfig
 
-        hypernet = hypernet or HyperLoRA.from_peft_model(peft_model, HyperLoRAConfig(seed=config.seed))
-        return HyperLoRAServer(hypernet, peft_model, config)
-    spec = discover_targets(peft_model)
-    initial = get_adapter(peft_model)
-    if method == "fedavg":
-        return FedAvgLoRAServer(initial, spec, config)
-    if method == "local":
-        return LocalOnlyServer(initial, spec, config)
-    raise ConfigError(f"unknown method {method!r}; choose from hyperlora, fedavg, local")
+    hypernet = hypernet or HyperLoRA.from_peft_model(peft_model, HyperLoRAConfig(seed=config.seed))
+    return HyperLoRAServer(hypernet, peft_model, config)
+
+
+def make_fedavg_server(peft_model: nn.Module, config: FederationConfig) -> FedAvgLoRAServer:
+    return FedAvgLoRAServer(get_adapter(peft_model), discover_targets(peft_model), config)
+
+
+def make_local_server(peft_model: nn.Module, config: FederationConfig) -> LocalOnlyServer:
+    return LocalOnlyServer(get_adapter(peft_model), discover_targets(peft_model), config)

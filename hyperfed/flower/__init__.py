@@ -8,7 +8,6 @@ Flower components: ``hyperfed.flower.server_app:app`` and ``hyperfed.flower.clie
 the Flower app project (a ``pyproject.toml`` only) is :data:`APP_DIR`.
 """
 
-from hyperfed.flower.app_config import AppConfig
 from hyperfed.flower.client_app import build_client_app
 from hyperfed.flower.errors import ClientIdentityError, FlowerRunError, MalformedReplyError
 from hyperfed.flower.history import FlowerHistory
@@ -19,7 +18,6 @@ from hyperfed.flower.server_app import build_server_app, on_finish, run_server
 from hyperfed.flower.strategy import AdapterStrategy, HyperLoRAStrategy
 
 __all__ = [
-    "AppConfig",
     "AdapterStrategy",
     "HyperLoRAStrategy",
     "FlowerHistory",

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from hyperfed.federation import evaluate_client, local_round
 from hyperfed.flower import keys
-from hyperfed.flower.app_config import AppConfig, RunConfigValue
+from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.flower.cache import cached_client_model, cached_corpus
 from hyperfed.flower.errors import ClientIdentityError, MalformedReplyError
 from hyperfed.flower.handshake import identity_reply, resolve_client_id
@@ -36,15 +36,15 @@ _STATE_META = "hyperfed.node"
 _STATE_DATA = "hyperfed.client-data"
 
 
-def _run_config(context: Context, defaults: Mapping[str, RunConfigValue]) -> AppConfig:
-    return AppConfig.from_run_config({**defaults, **context.run_config})
+def _run_config(context: Context, defaults: Mapping[str, RunConfigValue]) -> RunConfig:
+    return RunConfig.from_run_config({**defaults, **context.run_config})
 
 
-def _state_tag(config: AppConfig) -> str:
+def _state_tag(config: RunConfig) -> str:
     return repr(config.corpus)
 
 
-def client_identity(context: Context, config: AppConfig) -> str:
+def client_identity(context: Context, config: RunConfig) -> str:
     """This node's user client id (remembered in ``context.state`` after the first call)."""
     meta = context.state.config_records.get(_STATE_META)
     if meta is not None and meta.get("corpus") == _state_tag(config):
@@ -57,7 +57,7 @@ def client_identity(context: Context, config: AppConfig) -> str:
     return client_id
 
 
-def client_data(context: Context, config: AppConfig, client_id: str) -> ClientData:
+def client_data(context: Context, config: RunConfig, client_id: str) -> ClientData:
     """The client's train/val blocks (from ``context.state`` when this node loaded them before).
 
     Raises

@@ -31,11 +31,11 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from hyperfed.federation import AdapterServer
 from hyperfed.flower import keys
-from hyperfed.flower.app_config import AppConfig, RunConfigValue
+from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.flower.cache import cached_corpus
 from hyperfed.flower.client_app import app as default_client_app
 from hyperfed.flower.history import FlowerHistory
-from hyperfed.flower.server_app import FinishHook, on_finish, run_server
+from hyperfed.flower.server_app import FinishHook, on_finish, run_recorded, run_server
 from hyperfed.flower.strategy import AdapterStrategy
 
 __all__ = ["InProcessGrid", "InProcessRun", "run_inprocess", "wire_roundtrip"]
@@ -159,7 +159,7 @@ class InProcessGrid(Grid):
 class InProcessRun:
     """What :func:`run_inprocess` returns."""
 
-    config: AppConfig
+    config: RunConfig
     strategy: AdapterStrategy
     grid: InProcessGrid
 
@@ -187,7 +187,7 @@ def run_inprocess(
     Parameters
     ----------
     run_config
-        A (partial) run config, see :class:`~hyperfed.flower.app_config.AppConfig`.
+        A (partial) run config, see :class:`~hyperfed.config.RunConfig`.
     client_ids
         One node per id, identified the deployment way (``client-id`` node config).
         ``None``: one node per corpus client, identified the simulation way (``partition-id``).
@@ -201,15 +201,18 @@ def run_inprocess(
     finish
         Called as ``finish(server, strategy, run_dir, config)`` when ``run-dir`` is set.
     """
-    config = AppConfig.from_run_config(run_config)
+    config = RunConfig.from_run_config(run_config)
     if client_ids is None:
         ids = cached_corpus(config.corpus).client_ids
         node_configs: list[UserConfig] = [{keys.PARTITION_ID: i, keys.NUM_PARTITIONS: len(ids)} for i in range(len(ids))]
     else:
         node_configs = [{keys.CLIENT_ID: cid} for cid in client_ids]
-    config = AppConfig.from_run_config({**config.to_run_config(), "min-nodes": len(node_configs)})
+    config = RunConfig.from_run_config({**config.to_run_config(), "min-nodes": len(node_configs)})
     grid = InProcessGrid(client_apps or default_client_app, node_configs, config.to_run_config(), serialize=serialize)
-    strategy = run_server(grid, config, server, on_round)
+    if server is None and on_round is None:  # exactly what the ServerApp does (records a run-dir)
+        strategy = run_recorded(grid, config)
+    else:
+        strategy = run_server(grid, config, server, on_round)
     if config.run_dir and finish is not None:
         finish(strategy.server, strategy, Path(config.run_dir), config)
     return InProcessRun(config=config, strategy=strategy, grid=grid)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperfed.flower import keys
-from hyperfed.flower.app_config import AppConfig, RunConfigValue
+from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.flower.cache import load_base_model
 from hyperfed.flower.errors import FlowerRunError
 from hyperfed.flower.processes import (
@@ -72,7 +72,7 @@ class FlowerRunResult:
         return self.run_dir / "logs"
 
 
-def write_run_config(config: AppConfig, path: Path) -> Path:
+def write_run_config(config: RunConfig, path: Path) -> Path:
     """Write ``config`` as the TOML file ``flwr run --run-config`` takes."""
     import tomli_w  # a dependency of flwr's CLI
 
@@ -81,9 +81,9 @@ def write_run_config(config: AppConfig, path: Path) -> Path:
     return path
 
 
-def _prepare(run_config: Mapping[str, RunConfigValue], run_dir: str | Path, min_nodes: int) -> tuple[AppConfig, Path]:
+def _prepare(run_config: Mapping[str, RunConfigValue], run_dir: str | Path, min_nodes: int) -> tuple[RunConfig, Path]:
     run_dir = Path(run_dir).resolve()
-    config = AppConfig.from_run_config({**run_config, "run-dir": str(run_dir), "min-nodes": min_nodes})
+    config = RunConfig.from_run_config({**run_config, "run-dir": str(run_dir), "min-nodes": min_nodes})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)  # never report a previous run's results
     # Build the cached base model once here rather than racing to build it in every node.
@@ -125,7 +125,7 @@ def run_flwr_simulation(
     Parameters
     ----------
     run_config
-        A (partial) run config (:class:`~hyperfed.flower.app_config.AppConfig` keys);
+        A (partial) run config (:class:`~hyperfed.config.RunConfig` keys);
         ``run-dir`` and ``min-nodes`` are set from the arguments.
     num_supernodes
         Virtual SuperNodes; node *i* is corpus client *i* (``partition-id``).

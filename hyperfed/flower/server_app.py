@@ -11,16 +11,17 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from hyperfed.federation import AdapterServer, make_server
-from hyperfed.flower.app_config import AppConfig, RunConfigValue
+from hyperfed.config import RunConfig, RunConfigValue
+from hyperfed.federation import AdapterServer, RoundOutcome, make_server
 from hyperfed.flower.cache import build_peft_model
-from hyperfed.flower.strategy import AdapterStrategy
+from hyperfed.flower.strategy import AdapterStrategy, run_strategy
 from hypernet.atomic import atomic_write_text
 
 __all__ = ["app", "build_server_app", "build_strategy", "run_server", "on_finish", "METRICS_FILE"]
@@ -29,10 +30,11 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 
-FinishHook = Callable[[AdapterServer, AdapterStrategy, Path, AppConfig], Any]
+FinishHook = Callable[[AdapterServer, AdapterStrategy, Path, RunConfig], Any]
 
 
-def build_strategy(config: AppConfig, server: AdapterServer | None = None, on_round=None) -> AdapterStrategy:  # noqa: ANN001
+def build_strategy(config: RunConfig, server: AdapterServer | None = None,
+                   on_round: Callable[[RoundOutcome], None] | None = None) -> AdapterStrategy:
     """The strategy for ``config``, holding ``server`` or a fresh one from :func:`make_server`.
 
     A fresh server starts from the cached base model with LoRA of rank
@@ -41,43 +43,44 @@ def build_strategy(config: AppConfig, server: AdapterServer | None = None, on_ro
     if server is None:
         peft_model = build_peft_model(config.base_model, config.federation.lora_rank)
         server = make_server(config.federation.method, peft_model, config.federation)
-    return AdapterStrategy(server, min_nodes=config.min_nodes, evaluate_every=config.evaluate_every, on_round=on_round)
+    return AdapterStrategy(server, min_nodes=config.min_nodes, evaluate_every=config.evaluation.every, on_round=on_round)
 
 
-def run_server(grid: Grid, config: AppConfig, server: AdapterServer | None = None, on_round=None) -> AdapterStrategy:  # noqa: ANN001
+def run_server(grid: Grid, config: RunConfig, server: AdapterServer | None = None,
+               on_round: Callable[[RoundOutcome], None] | None = None) -> AdapterStrategy:
     """Handshake and ``config.federation.rounds`` rounds on ``grid``; return the strategy.
 
     The trained server is ``strategy.server``; what happened is ``strategy.history``.
     """
     strategy = build_strategy(config, server, on_round)
-    strategy.start(grid, num_rounds=config.federation.rounds, timeout=config.round_timeout)
+    run_strategy(grid, strategy, timeout=config.round_timeout)
     return strategy
 
 
-def run_recorded(grid: Grid, config: AppConfig) -> AdapterStrategy:
-    """:func:`run_server`, and — for a HyperLoRA run with a ``run-dir`` — record it: every
-    client registration, one checkpoint per round (round 0 = the initial weights) and every
-    generated adapter go to the run directory and the ledger (``run-dir/ledger.db`` unless
-    ``run.json`` names another), so ``hyperfed audit RUN_DIR`` can check the run.
+def run_recorded(grid: Grid, config: RunConfig) -> AdapterStrategy:
+    """:func:`run_server`, and — with a ``run-dir`` — write the run the way
+    :func:`~hyperfed.experiment.run_experiment` does: ``run.json`` first, then for a
+    HyperLoRA run every client registration, one checkpoint per round (round 0 = the
+    initial weights) and every generated adapter to the run directory and the ledger
+    (``ledger-url``, default ``run-dir/ledger.db``), through the same
+    :meth:`~hyperfed.rundir.recorder.RunRecorder.record_round` as the experiment. Forget
+    (both modes), its report and ``hyperfed audit`` then work on the run.
     """
-    if not config.run_dir or config.federation.method != "hyperlora":
+    if not config.run_dir:
         return run_server(grid, config)
-    from hyperfed.rundir.recorder import RunRecorder
     from hyperfed.rundir import RunDirectory
 
+    run_dir = RunDirectory(config.run_dir)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    run_dir.write_json(run_dir.config_path, replace(config, methods=(config.federation.method,)).to_dict())
+    if config.federation.method != "hyperlora":
+        return run_server(grid, config)
+    from hyperfed.rundir.recorder import RunRecorder
+
     server = make_server("hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation)
-    with RunRecorder.open(RunDirectory(config.run_dir)) as recorder:
+    with RunRecorder.open(run_dir, config.ledger.url or None, writer_msp=config.ledger.writer_msp) as recorder:
         recorder.record_checkpoint(0, server.hypernet, server.trainer)
-
-        def record_round(outcome) -> None:  # noqa: ANN001
-            # Clients join at the handshake, so register any new ones before their first record.
-            new = [c for c in server.hypernet.client_ids if c not in recorder.salts]
-            if new:
-                recorder.register_clients(new, server.hypernet)
-            recorder.record_generations(outcome.round, server.sent, checkpoint_round=outcome.round - 1)
-            recorder.record_checkpoint(outcome.round, server.hypernet, server.trainer)
-
-        return run_server(grid, config, server, on_round=record_round)
+        return run_server(grid, config, server, on_round=recorder.round_callback(server))
 
 
 def _json_safe(value: Any) -> Any:
@@ -90,7 +93,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def on_finish(server: AdapterServer, strategy: AdapterStrategy, run_dir: str | Path, config: AppConfig | None = None) -> Path:
+def on_finish(server: AdapterServer, strategy: AdapterStrategy, run_dir: str | Path, config: RunConfig | None = None) -> Path:
     """Write ``metrics.json`` into ``run_dir``: config, per-round outcomes, per-client eval.
 
     Returns
@@ -101,7 +104,7 @@ def on_finish(server: AdapterServer, strategy: AdapterStrategy, run_dir: str | P
     path = Path(run_dir) / METRICS_FILE
     payload = {
         "method": server.method,
-        "config": config.to_run_config() if config is not None else server.config.to_run_config(),
+        "config": config.to_run_config() if config is not None else {"federation": server.config.to_dict()},
         **strategy.history.to_dict(),
     }
     atomic_write_text(path, json.dumps(_json_safe(payload), indent=1, sort_keys=False))
@@ -132,7 +135,7 @@ def build_server_app(defaults: Mapping[str, RunConfigValue] | None = None, finis
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         _show_logs_with_flower()
-        config = AppConfig.from_run_config({**defaults, **context.run_config})
+        config = RunConfig.from_run_config({**defaults, **context.run_config})
         log.info("HyperFed ServerApp: method %s, %d rounds", config.federation.method, config.federation.rounds)
         strategy = run_recorded(grid, config)
         if config.run_dir and finish is not None:

@@ -4,16 +4,14 @@ and generation of a run — and the run directory gets the files they describe.
 Driver-agnostic: the plain loop and the Flower strategy call the same four methods::
 
     recorder = RunRecorder.open(run_dir)              # embedded ledger + outbox in RUN/
-    recorder.register_clients(ids, server.hypernet)   # salted commitments of the embeddings
-    recorder.record_checkpoint(0, server.hypernet, server.trainer)   # the initial weights
-    for round_ in rounds:
-        sent = server.configure_round(round_, sampled)
-        recorder.record_generations(round_, sent, checkpoint_round=round_ - 1)
-        ...                                           # clients train, server aggregates
-        recorder.record_checkpoint(round_, server.hypernet, server.trainer)
+    recorder.record_checkpoint(0, server.hypernet, server.trainer)   # initial weights; registers
+    for round_ in rounds:                             # the clients known so far
+        outcome = ...                                 # the server's RoundOutcome (what it sent)
+        recorder.record_round(outcome, server.hypernet, server.trainer)  # late joiners too
     recorder.close()                                  # flush, anchor the ledger head
 
-or ``run_rounds(..., callback=recorder.round_callback(server))`` after the first two calls.
+``recorder.round_callback(server)`` is :meth:`RunRecorder.record_round` as the callback of
+the plain loop (``run_rounds(callback=...)``) and of the Flower strategy (``on_round=``).
 
 Every write goes through the ledger's :class:`~hyperfed.ledger.outbox.Outbox`: when the
 ledger is unreachable the records wait in ``outbox.db`` and are sent, in order and once
@@ -52,14 +50,15 @@ __all__ = ["RunRecorder", "shared_weights_hash", "DEFAULT_WRITER_MSP", "LEDGER_U
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WRITER_MSP = "HyperFedMSP"
-LEDGER_URL_KEY = "ledger_url"  # in run.json: where a non-default ledger lives
+from hyperfed.config import DEFAULT_WRITER_MSP  # noqa: E402  (one definition, in the run config)
+LEDGER_URL_KEY = "url"  # run.json: {"ledger": {"url": ...}} names a non-default ledger
 
 
 def ledger_url_of(run_dir: RunDirectory) -> str | None:
     """The ledger URL recorded in ``run.json`` (``None``: the embedded ``ledger.db``)."""
     config = run_dir.read_json(run_dir.config_path, default={})
-    url = config.get(LEDGER_URL_KEY) if isinstance(config, dict) else None
+    section = config.get("ledger") if isinstance(config, dict) else None
+    url = section.get(LEDGER_URL_KEY) if isinstance(section, dict) else None
     return str(url) if url else None
 
 
@@ -101,7 +100,7 @@ class RunRecorder:
             The run directory (or its path).
         ledger_url
             A ledger URL (:func:`hyperfed.ledger.open_ledger`); it is kept in ``run.json``
-            under ``"ledger_url"`` so the audit finds it. ``None``: the URL already in
+            as ``ledger.url`` so the audit finds it. ``None``: the URL already in
             ``run.json``, else the embedded ledger at ``run_dir.ledger_path``.
         writer_msp
             The MSP that writes. An embedded ledger names it in its block 0; any other
@@ -113,10 +112,10 @@ class RunRecorder:
             backend = EmbeddedLedger(run_dir.ledger_path, writer_msp=writer_msp, msp_id=writer_msp)
             ledger = Ledger(backend, outbox=run_dir.outbox_path)
         else:
-            if ledger_url is not None:
+            if ledger_url is not None and ledger_url_of(run_dir) != ledger_url:
                 config = run_dir.read_json(run_dir.config_path, default={})
-                if config.get(LEDGER_URL_KEY) != ledger_url:
-                    run_dir.write_json(run_dir.config_path, {**config, LEDGER_URL_KEY: ledger_url})
+                section = config.get("ledger") if isinstance(config.get("ledger"), dict) else {}
+                run_dir.write_json(run_dir.config_path, {**config, "ledger": {**section, LEDGER_URL_KEY: ledger_url}})
             ledger = Ledger.from_url(url, outbox=run_dir.outbox_path)
             ledger.initialise(writer_msp)
         return cls(run_dir, ledger, close_ledger=True)
@@ -231,17 +230,23 @@ class RunRecorder:
         self.write_ledger_head()
         return receipt
 
-    def round_callback(self, server: Any) -> Callable[[Any], None]:
-        """A ``run_rounds`` callback for a :class:`~hyperfed.federation.HyperLoRAServer`.
+    def record_round(self, outcome: Any, hypernet: HyperLoRA, trainer: HypernetTrainer | None = None) -> None:
+        """Record one finished round — the one function both engines call.
 
-        After each round it records the adapters the server sent (``server.sent``, made
-        from the previous round's checkpoint) and the new checkpoint.
+        Registers clients that joined since the last record (late joiners), saves and
+        records the adapters the round sent (``outcome.sent``, generated from the previous
+        round's checkpoint), then saves and records the new checkpoint.
         """
-        def record_round(outcome: Any) -> None:
-            self.record_generations(outcome.round, server.sent, checkpoint_round=outcome.round - 1)
-            self.record_checkpoint(outcome.round, server.hypernet, server.trainer)
+        new = [c for c in hypernet.client_ids if c not in self._registered]
+        if new:
+            self.register_clients(new, hypernet)
+        self.record_generations(outcome.round, outcome.sent, checkpoint_round=outcome.round - 1)
+        self.record_checkpoint(outcome.round, hypernet, trainer)
 
-        return record_round
+    def round_callback(self, server: Any) -> Callable[[Any], None]:
+        """:meth:`record_round` as a per-round callback for a HyperLoRA server (the plain
+        loop's ``callback=`` or the Flower strategy's ``on_round=``)."""
+        return lambda outcome: self.record_round(outcome, server.hypernet, server.trainer)
 
     # ---------------------------------------------------------- delivery state
 

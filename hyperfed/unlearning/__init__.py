@@ -6,23 +6,21 @@ trace of it (see :mod:`hyperfed.unlearning.forget`).
 Measurements (pure functions, see DESIGN §5 and §8): canary exposure (Carlini et al.,
 "The Secret Sharer"), loss-threshold membership-inference AUC, and an embedding-recovery
 attack against the frozen hypernetwork.
+
+Names load on first use (PEP 562): importing the package (or its light registry,
+:mod:`hyperfed.unlearning.modes`) does not import torch.
 """
 
-from hyperfed.unlearning.forget import ForgetResult, forget_client, forgotten_clients, recover_pending_forget
-from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
-from hyperfed.unlearning.canaries import (
-    DEFAULT_ALPHABET,
-    Canary,
-    CanaryFormat,
-    canary_exposure,
-    canary_mask,
-    exposure_from_scores,
-    make_canaries,
-    mean_exposure,
-    plant_canaries,
-    secret_log_perplexity,
-)
-from hyperfed.unlearning.membership import block_losses, membership_auc
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyperfed.unlearning.forget import ForgetResult, forget_client, forgotten_clients, recover_pending_forget
+    from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
+    from hyperfed.unlearning.canaries import DEFAULT_ALPHABET, Canary, CanaryFormat, canary_exposure, canary_mask, exposure_from_scores, make_canaries, mean_exposure, plant_canaries, secret_log_perplexity
+    from hyperfed.unlearning.membership import block_losses, membership_auc
 
 __all__ = [
     "forget_client",
@@ -44,3 +42,31 @@ __all__ = [
     "embedding_recovery_attack",
     "adapter_from_embedding",
 ]
+
+_LAZY = {
+    "ForgetResult": "hyperfed.unlearning.forget",
+    "forget_client": "hyperfed.unlearning.forget",
+    "forgotten_clients": "hyperfed.unlearning.forget",
+    "recover_pending_forget": "hyperfed.unlearning.forget",
+    "adapter_from_embedding": "hyperfed.unlearning.attack",
+    "embedding_recovery_attack": "hyperfed.unlearning.attack",
+    "DEFAULT_ALPHABET": "hyperfed.unlearning.canaries",
+    "Canary": "hyperfed.unlearning.canaries",
+    "CanaryFormat": "hyperfed.unlearning.canaries",
+    "canary_exposure": "hyperfed.unlearning.canaries",
+    "canary_mask": "hyperfed.unlearning.canaries",
+    "exposure_from_scores": "hyperfed.unlearning.canaries",
+    "make_canaries": "hyperfed.unlearning.canaries",
+    "mean_exposure": "hyperfed.unlearning.canaries",
+    "plant_canaries": "hyperfed.unlearning.canaries",
+    "secret_log_perplexity": "hyperfed.unlearning.canaries",
+    "block_losses": "hyperfed.unlearning.membership",
+    "membership_auc": "hyperfed.unlearning.membership",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hyperfed.unlearning' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

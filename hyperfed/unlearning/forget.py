@@ -35,8 +35,9 @@ import torch
 from safetensors.torch import save
 
 from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientError
+from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
 from hyperfed.rundir.recorder import RunRecorder
-from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file, optimizer_tensors
+from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
 from hypernet import HyperLoRA, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes
 from hypernet.io import read_meta
@@ -45,7 +46,7 @@ __all__ = ["forget_client", "recover_pending_forget", "ForgetResult", "FORGET_ST
 
 log = logging.getLogger(__name__)
 
-MODES = ("delete", "exact")
+MODES = tuple(FORGET_MODES)  # see hyperfed.unlearning.modes (the registry)
 FORGET_STEPS = ("model", "purge_checkpoints", "purge_adapters", "regenerate", "destroy_salt", "ledger", "scrub_metrics")
 JOURNAL = "forget_journal.json"
 LOG = "forgets.json"
@@ -102,8 +103,7 @@ def forget_client(
     ForgottenClientError
         It was forgotten already (forgetting is final; the id cannot come back).
     """
-    if mode not in MODES:
-        raise ConfigError(f"forget mode must be one of {MODES}, got {mode!r}")
+    forget_mode(mode)  # a typed error for a mode that is not registered
     rd = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
     pending = rd.read_json(rd.root / JOURNAL, default={})
     if pending and pending.get("client_id") == client_id and pending.get("mode") == mode:
@@ -190,17 +190,16 @@ def _complete(rd: RunDirectory, journal: dict, server, after_step) -> ForgetResu
 
 
 def _new_model(rd: RunDirectory, journal: dict) -> None:
-    """Write the post-forget hypernetwork as the latest checkpoint."""
-    client_id, round_ = journal["client_id"], journal["round"]
-    if journal["mode"] == "delete" or journal.get("first_round") is None:
-        _purge_checkpoint(rd.checkpoint_dir(round_), client_id)
+    """Write the post-forget hypernetwork as the latest checkpoint (the mode's own step)."""
+    if journal.get("first_round") is None:  # never sampled: no round to undo, in any mode
+        delete_model_step(rd, journal)
         return
-    from hyperfed.unlearning.replay import replay_without
+    forget_mode(journal["mode"]).build_model(rd, journal)
 
-    replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)
-    journal["replayed_rounds"] = rounds
-    save_hypernet(replayed.hypernet, rd.checkpoint_dir(round_), extra={"round": round_, "exact_forget": client_id})
-    atomic_write_bytes(rd.checkpoint_dir(round_) / OPTIMIZER_FILE, save(optimizer_tensors(replayed.trainer)))
+
+def delete_model_step(rd: RunDirectory, journal: dict) -> None:
+    """``delete``: the latest checkpoint without the client (shared weights unchanged)."""
+    _purge_checkpoint(rd.checkpoint_dir(journal["round"]), journal["client_id"])
 
 
 def _purge_checkpoint(folder: Path, client_id: str) -> None:

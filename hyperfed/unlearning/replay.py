@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import replace
+from typing import Any
 
+from torch import nn
+
+from hyperfed.config import RunConfig
+from hyperfed.data.corpus import FederatedCorpus
 from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, load_optimizer_file, restore_optimizer
 from hypernet.errors import ConfigError
 from hypernet.models import add_lora
 
-__all__ = ["replay_without", "load_experiment"]
+__all__ = ["replay_without", "load_experiment", "exact_model_step"]
 
 log = logging.getLogger(__name__)
 
 
-def load_experiment(rd: RunDirectory):  # noqa: ANN201
-    """The run's ExperimentConfig, corpus and base model, rebuilt from ``run.json``."""
+def load_experiment(rd: RunDirectory) -> tuple[RunConfig, FederatedCorpus, nn.Module]:
+    """The run's config, corpus and base model, rebuilt from ``run.json`` (written the same
+    way by ``run_experiment`` and by the Flower ServerApp)."""
     from hyperfed.base_model import load_or_build_base_model
     from hyperfed.data.corpus import build_corpus
-    from hyperfed.experiment import ExperimentConfig
 
-    data = rd.read_json(rd.config_path)
-    known = {"federation", "corpus", "base", "methods", "eval_every", "engine"}
-    config = ExperimentConfig.from_dict({k: v for k, v in data.items() if k in known})
-    return config, build_corpus(config.corpus), load_or_build_base_model(config.base)
+    config = RunConfig.from_dict(rd.read_json(rd.config_path))
+    return config, build_corpus(config.corpus), load_or_build_base_model(config.base_model)
 
 
 def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_round: int) -> tuple[HyperLoRAServer, list[int]]:
@@ -38,7 +40,7 @@ def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_roun
     if first_round < 1 or first_round > last_round + 1:
         raise ConfigError(f"cannot replay rounds {first_round}..{last_round}")
     config, corpus, base = load_experiment(rd)
-    fed = replace(config.federation, method="hyperlora")
+    fed = config.with_method("hyperlora").federation
     hypernet = rd.load_checkpoint(first_round - 1)
     if client_id in hypernet.clients:
         hypernet.remove_client(client_id)
@@ -50,3 +52,19 @@ def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_roun
     log.info("replaying rounds %d..%d without %r", first_round, last_round, client_id)
     run_rounds(server, peft_model, clients, fed, first_round=first_round, last_round=last_round)
     return server, rounds
+
+
+def exact_model_step(rd: RunDirectory, journal: dict[str, Any]) -> None:
+    """``exact`` (:data:`~hyperfed.unlearning.modes.FORGET_MODES`): the latest checkpoint
+    replayed from the one before the client's first round, without the client."""
+    from safetensors.torch import save
+
+    from hypernet import save_hypernet
+    from hypernet.atomic import atomic_write_bytes
+    from hyperfed.rundir import OPTIMIZER_FILE, optimizer_tensors
+
+    client_id, round_ = journal["client_id"], journal["round"]
+    replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)
+    journal["replayed_rounds"] = rounds
+    save_hypernet(replayed.hypernet, rd.checkpoint_dir(round_), extra={"round": round_, "exact_forget": client_id})
+    atomic_write_bytes(rd.checkpoint_dir(round_) / OPTIMIZER_FILE, save(optimizer_tensors(replayed.trainer)))

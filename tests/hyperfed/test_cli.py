@@ -12,19 +12,21 @@ def private_cache(tmp_path, monkeypatch):
 
 TINY = """
 methods = ["hyperlora", "fedavg", "local"]
-eval_every = 1
+[evaluation]
+every = 1
 [federation]
 rounds = 2
-local_steps = 2
-batch_size = 4
 lora_rank = 2
+[federation.local]
+steps = 2
+batch_size = 4
 [corpus]
 domains = ["code", "docs"]
 clients_per_domain = 2
 train_kib = 2
 val_kib = 1
 block_size = 64
-[base]
+[base_model]
 hidden_size = 32
 num_layers = 1
 num_heads = 2

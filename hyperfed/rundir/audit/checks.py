@@ -40,7 +40,7 @@ from safetensors.torch import load_file
 from hypernet import adapter_hash
 from hypernet.io import HYPERNET_WEIGHTS, read_meta
 
-from hyperfed.rundir.audit.report import AuditReport, Finding, render
+from hyperfed.rundir.audit.report import AuditReport, Finding
 from hyperfed.errors import CorruptFileError, HyperFedError
 from hyperfed.ledger.base import LedgerBackend
 from hyperfed.ledger.client import Ledger

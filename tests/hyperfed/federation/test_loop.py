@@ -2,8 +2,9 @@ import copy
 
 import torch
 
+from hypernet import LocalTrainConfig
 from hyperfed.federation import FederationConfig, evaluate_all, make_server, poisson_sample, run_rounds
-from hyperfed.federation.config import METHODS
+from hyperfed.federation import METHODS
 
 
 def _mean(d):
@@ -13,7 +14,7 @@ def _mean(d):
 def test_two_rounds_lower_mean_eval_loss_for_every_method(tiny_peft, tiny_corpus):
     for method in METHODS:
         model = copy.deepcopy(tiny_peft)
-        config = FederationConfig(method=method, rounds=2, local_steps=5, local_lr=1e-2, batch_size=4)
+        config = FederationConfig(method=method, rounds=2, local=LocalTrainConfig(steps=5, lr=1e-2, batch_size=4))
         server = make_server(method, model, config)
         before = evaluate_all(server, model, tiny_corpus.clients)
         outcomes = run_rounds(server, model, tiny_corpus.clients, config)
@@ -23,7 +24,7 @@ def test_two_rounds_lower_mean_eval_loss_for_every_method(tiny_peft, tiny_corpus
 
 
 def test_only_sampled_clients_embeddings_change(tiny_peft, tiny_corpus):
-    config = FederationConfig(rounds=1, sample_rate=0.5, local_steps=2, batch_size=2, seed=3)
+    config = FederationConfig(rounds=1, sample_rate=0.5, local=LocalTrainConfig(steps=2, batch_size=2), seed=3)
     ids = tiny_corpus.client_ids
     sampled = poisson_sample(config.seed, 1, ids, config.sample_rate)
     assert 0 < len(sampled) < len(ids)
@@ -39,7 +40,7 @@ def test_only_sampled_clients_embeddings_change(tiny_peft, tiny_corpus):
 
 
 def test_client_ids_map_to_the_same_embeddings_across_runs(tiny_peft, tiny_corpus):
-    config = FederationConfig(rounds=1, local_steps=1, batch_size=2)
+    config = FederationConfig(rounds=1, local=LocalTrainConfig(steps=1, batch_size=2))
     one = make_server("hyperlora", tiny_peft, config)
     two = make_server("hyperlora", copy.deepcopy(tiny_peft), config)
     one.register(tiny_corpus.client_ids)
@@ -49,7 +50,7 @@ def test_client_ids_map_to_the_same_embeddings_across_runs(tiny_peft, tiny_corpu
 
 
 def test_runs_are_reproducible(tiny_peft, tiny_corpus):
-    config = FederationConfig(rounds=2, local_steps=2, batch_size=2)
+    config = FederationConfig(rounds=2, local=LocalTrainConfig(steps=2, batch_size=2))
     results = []
     for _ in range(2):
         model = copy.deepcopy(tiny_peft)

@@ -20,7 +20,8 @@ TINY = {
     "lora-rank": 4,
     "rounds": 2,
     "local-steps": 3,
-    "batch-size": 4,
+    "local-batch-size": 4,
+    "evaluate-every": 1,
 }
 
 

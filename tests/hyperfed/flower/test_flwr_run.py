@@ -7,7 +7,8 @@ import os
 import psutil
 import pytest
 
-from hyperfed.flower import AppConfig, run_flwr_simulation, run_inprocess, run_loopback_deployment
+from hyperfed.config import RunConfig
+from hyperfed.flower import run_flwr_simulation, run_inprocess, run_loopback_deployment
 from hyperfed.flower.cache import cached_corpus
 
 
@@ -36,7 +37,7 @@ def _check_against_inprocess(metrics: dict, run_config: dict, ids: list[str]) ->
 @pytest.mark.slow
 def test_flwr_run_on_the_simulation_engine(tiny_run_config, tmp_path):
     run_config = {**tiny_run_config, "rounds": 2}
-    ids = cached_corpus(AppConfig.from_run_config(run_config).corpus).client_ids[:3]  # partition-ids 0..2
+    ids = cached_corpus(RunConfig.from_run_config(run_config).corpus).client_ids[:3]  # partition-ids 0..2
     result = run_flwr_simulation(run_config, num_supernodes=3, run_dir=tmp_path / "run", timeout=300)
     assert result.status == "finished:completed" and result.run_dir == (tmp_path / "run").resolve()
     assert (result.log_dir / "superlink.log").exists() and (result.run_dir / "run-config.toml").exists()
@@ -57,7 +58,7 @@ def test_flwr_run_on_the_simulation_engine(tiny_run_config, tmp_path):
 def test_superlink_and_supernodes_on_loopback(tiny_run_config, tmp_path):
     # Every message starts a fresh ClientApp process on a SuperNode (~5 s of imports here).
     run_config = {**tiny_run_config, "rounds": 2}
-    ids = cached_corpus(AppConfig.from_run_config(run_config).corpus).client_ids[1:4]
+    ids = cached_corpus(RunConfig.from_run_config(run_config).corpus).client_ids[1:4]
     result = run_loopback_deployment(run_config, ids, tmp_path / "run", timeout=300)
     assert result.status == "finished:completed"
     assert sorted((result.log_dir).glob("supernode-*.log"))

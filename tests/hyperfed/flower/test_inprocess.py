@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from hyperfed.federation import make_server, poisson_sample, run_rounds
-from hyperfed.flower import AppConfig, keys, run_inprocess
+from hyperfed.config import RunConfig
+from hyperfed.flower import keys, run_inprocess
 from hyperfed.flower.cache import build_peft_model, cached_corpus
 from hyperfed.flower.client_app import app as real_app
 from hyperfed.flower.client_app import client_identity
@@ -28,14 +29,14 @@ def _wrap(on_train) -> ClientApp:
 
 
 def _corpus_ids(run_config) -> list[str]:
-    return cached_corpus(AppConfig.from_run_config(run_config).corpus).client_ids
+    return cached_corpus(RunConfig.from_run_config(run_config).corpus).client_ids
 
 
 def test_each_client_receives_its_own_adapter(tiny_run_config):
     received: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
 
     def recording(message: Message, context: Context) -> Message:
-        own_id = client_identity(context, AppConfig.from_run_config(context.run_config))
+        own_id = client_identity(context, RunConfig.from_run_config(context.run_config))
         received[int(message.content["config"][keys.SERVER_ROUND]), own_id] = record_to_adapter(message.content[keys.ARRAYS])
         return real_app(message, context)
 
@@ -171,7 +172,7 @@ def test_client_ids_map_to_the_same_embeddings_across_runs(tiny_run_config):
 def test_flower_path_equals_the_plain_loop_bit_for_bit(tiny_run_config, method):
     run_config = {**tiny_run_config, "method": method, "rounds": 3, "sample-rate": 0.6}
     flower = run_inprocess(run_config)
-    config = AppConfig.from_run_config(run_config)
+    config = RunConfig.from_run_config(run_config)
     model = build_peft_model(config.base_model, config.federation.lora_rank)
     plain = make_server(method, model, config.federation)
     clients = cached_corpus(config.corpus).clients

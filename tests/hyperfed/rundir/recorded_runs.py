@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hypernet import LocalTrainConfig
 from hyperfed.errors import LedgerUnavailableError
 from hyperfed.federation import FederationConfig, HyperLoRAServer, make_server, run_rounds
 from hyperfed.ledger import EmbeddedLedger, Ledger
@@ -67,7 +68,7 @@ def tiny_clients(seed: int = 0) -> dict[str, ClientData]:
 def start_run(root: Path, ledger: Ledger | None = None) -> RecordedRun:
     """A HyperLoRA server for 3 clients and its recorder, registered, round 0 recorded."""
     model = add_lora(tiny_llama(hidden_size=32, num_layers=1), rank=2)
-    config = FederationConfig(rounds=ROUNDS, local_steps=1, batch_size=2, lora_rank=2)
+    config = FederationConfig(rounds=ROUNDS, local=LocalTrainConfig(steps=1, batch_size=2), lora_rank=2)
     server = make_server("hyperlora", model, config)
     clients = tiny_clients()
     server.register(list(clients))

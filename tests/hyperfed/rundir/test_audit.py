@@ -266,7 +266,7 @@ def test_audit_reads_the_ledger_url_of_run_json(run_dir, tmp_path):
         if side.exists():
             shutil.move(side, moved.parent / side.name)
     assert ("ledger", "missing", "ledger.db") in failed(audit_run(run_dir))
-    run_dir.write_json(run_dir.config_path, {"ledger_url": f"sqlite://{moved}"})
+    run_dir.write_json(run_dir.config_path, {"ledger": {"url": f"sqlite://{moved}"}})
     report = audit_run(run_dir)
     assert report.ok, render(report)
     assert report.ledger == str(moved)

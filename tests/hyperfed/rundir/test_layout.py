@@ -2,6 +2,7 @@ import copy
 
 import torch
 
+from hypernet import LocalTrainConfig
 from hyperfed.federation import FederationConfig, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, client_file_name, client_from_file_name, load_optimizer_file, optimizer_tensors, restore_optimizer
 from hypernet import ClientData
@@ -16,7 +17,7 @@ def _clients():
 def test_checkpoint_with_optimizer_state_resumes_bitwise(tmp_path):
     model = add_lora(tiny_llama(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1), rank=2)
     clients = _clients()
-    config = FederationConfig(rounds=4, local_steps=1, batch_size=2)
+    config = FederationConfig(rounds=4, local=LocalTrainConfig(steps=1, batch_size=2))
     straight = make_server("hyperlora", copy.deepcopy(model), config)
     run_rounds(straight, straight.trainer.model, clients, config)
 
@@ -34,7 +35,7 @@ def test_checkpoint_with_optimizer_state_resumes_bitwise(tmp_path):
 
 def test_optimizer_tensors_are_keyed_by_client_id(tmp_path):
     model = add_lora(tiny_llama(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1), rank=2)
-    config = FederationConfig(rounds=2, local_steps=1, batch_size=2)
+    config = FederationConfig(rounds=2, local=LocalTrainConfig(steps=1, batch_size=2))
     server = make_server("hyperlora", model, config)
     run_rounds(server, model, _clients(), config)
     keys = optimizer_tensors(server.trainer)

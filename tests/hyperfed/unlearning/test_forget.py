@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from hypernet import LocalTrainConfig
 from hyperfed.base_model import BaseModelConfig
 from hyperfed.data.corpus import CorpusConfig
 from hyperfed.errors import ForgottenClientError, UnknownClientError
-from hyperfed.experiment import ExperimentConfig, run_experiment
+from hyperfed.config import EvaluationConfig, RunConfig
+from hyperfed.experiment import run_experiment
 from hyperfed.federation import FederationConfig, make_server, poisson_sample, run_rounds
 from hyperfed.ledger import Ledger
 from hyperfed.rundir.fingerprints import embedding_bytes
@@ -26,12 +28,12 @@ from hyperfed.unlearning.replay import load_experiment
 from hypernet.io import read_meta
 from hypernet.models import add_lora
 
-CONFIG = ExperimentConfig(
-    federation=FederationConfig(rounds=4, sample_rate=0.6, local_steps=2, batch_size=2, lora_rank=2, seed=1),
+CONFIG = RunConfig(
+    federation=FederationConfig(rounds=4, sample_rate=0.6, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2, seed=1),
     corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=1, val_kib=1, block_size=32),
-    base=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=32),
+    base_model=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=32),
     methods=("hyperlora",),
-    eval_every=4,
+    evaluation=EvaluationConfig(every=4),
 )
 
 

@@ -7,22 +7,24 @@ import os
 
 import pytest
 
+from hypernet import LocalTrainConfig
 from hyperfed.rundir.audit import audit_run
 from hyperfed.base_model import BaseModelConfig
 from hyperfed.data.corpus import CorpusConfig
-from hyperfed.experiment import ExperimentConfig, run_experiment
+from hyperfed.config import EvaluationConfig, RunConfig
+from hyperfed.experiment import run_experiment
 from hyperfed.federation import FederationConfig
 from hyperfed.rundir import client_file_name
 from hyperfed.unlearning.report import forget_and_verify, render_report
 
 VICTIM = "code/asyncio"
-CONFIG = ExperimentConfig(
-    federation=FederationConfig(rounds=3, local_steps=3, batch_size=2, lora_rank=2),
+CONFIG = RunConfig(
+    federation=FederationConfig(rounds=3, local=LocalTrainConfig(steps=3, batch_size=2), lora_rank=2),
     corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=64,
                         canary_client=VICTIM, canary_count=2, canary_copies=4),
-    base=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=64),
+    base_model=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=64),
     methods=("hyperlora",),
-    eval_every=3,
+    evaluation=EvaluationConfig(every=3),
 )
 
 
