@@ -26,7 +26,7 @@ from hypernet import LocalTrainConfig
 from hyperfed.base_model import BaseModelConfig, load_or_build_base_model  # noqa: E402
 from hyperfed.data.corpus import CorpusConfig, build_corpus  # noqa: E402
 from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds  # noqa: E402
-from hyperfed.federation.client import local_round  # noqa: E402
+from hyperfed.federation.client_side import local_round  # noqa: E402
 from hyperfed.federation.servers import FedAvgLoRAServer, HyperLoRAServer  # noqa: E402
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
-from hyperfed.federation.client import evaluate_client, local_round
+from hyperfed.federation.client_side import evaluate_client, local_round
 from hyperfed.federation.config import FederationConfig
 from hyperfed.federation.sampling import poisson_sample
 from hyperfed.federation.servers import AdapterServer, RoundOutcome

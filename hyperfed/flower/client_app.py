@@ -1,7 +1,7 @@
 """The Flower ClientApp: answer the handshake, train the received adapter, evaluate it.
 
 Each handler is a thin wrapper over the Flower-free client logic in
-:mod:`hyperfed.federation.client`. The node's user client id comes from its node config
+:mod:`hyperfed.federation.client_side`. The node's user client id comes from its node config
 (:func:`~hyperfed.flower.handshake.resolve_client_id`); its data from the corpus named in
 the run config. Flower component reference: ``hyperfed.flower.client_app:app``.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from hyperfed.federation import AdapterServer
+from hyperfed.federation import AdapterServer, RoundOutcome
 from hyperfed.flower import keys
 from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.flower.cache import cached_corpus
@@ -180,7 +180,7 @@ def run_inprocess(
     server: AdapterServer | None = None,
     serialize: bool = True,
     finish: FinishHook | None = on_finish,
-    on_round=None,  # noqa: ANN001  (called with each RoundOutcome: recording, progress)
+    on_round: Callable[[RoundOutcome], None] | None = None,
 ) -> InProcessRun:
     """Run the Flower ServerApp logic against in-process ClientApps; return the trained state.
 
@@ -200,6 +200,10 @@ def run_inprocess(
         Send messages through bytes as on the wire.
     finish
         Called as ``finish(server, strategy, run_dir, config)`` when ``run-dir`` is set.
+    on_round
+        Called with each :class:`~hyperfed.federation.RoundOutcome` (recording, progress).
+        Without ``server`` and ``on_round`` the run goes exactly as the ServerApp's
+        (:func:`~hyperfed.flower.server_app.run_recorded`: a ``run-dir`` is recorded).
     """
     config = RunConfig.from_run_config(run_config)
     if client_ids is None:

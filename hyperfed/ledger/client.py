@@ -25,7 +25,7 @@ from hyperfed.ledger.records import (
     ClientRecord,
     ForgetRecord,
     GenerationRecord,
-    LedgerConfig,
+    LedgerInitRecord,
     MembershipProof,
     Receipt,
     RoundRecords,
@@ -171,9 +171,9 @@ class Ledger:
     def _query(self, function: str, *args: str) -> Any:
         return json.loads(self.backend.evaluate(function, *args))
 
-    def config(self) -> LedgerConfig:
+    def config(self) -> LedgerInitRecord:
         """Who may write, and since which transaction."""
-        return from_json(LedgerConfig, self._query("get_config"))
+        return from_json(LedgerInitRecord, self._query("get_config"))
 
     def get_client(self, client_id: str) -> ClientRecord:
         """A client's record (also for forgotten clients: see ``.forgotten``).

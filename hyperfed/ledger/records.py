@@ -14,7 +14,7 @@ from typing import Any, Mapping, TypeVar
 from hyperfed.ledger.commitment import verify_membership
 
 __all__ = [
-    "LedgerConfig",
+    "LedgerInitRecord",
     "ClientRecord",
     "CheckpointRecord",
     "GenerationRecord",
@@ -49,7 +49,9 @@ def violation_code(error: BaseException) -> str | None:
 
 
 @dataclass(frozen=True)
-class LedgerConfig:
+class LedgerInitRecord:
+    """What ``init_ledger`` recorded: the one MSP allowed to write, and when."""
+
     writer_msp: str
     tx_id: str
     timestamp: str

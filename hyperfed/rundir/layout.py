@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from hypernet import HyperLoRA, adapter_hash, load_hypernet, save_hypernet
+from hypernet import HyperLoRA, TargetSpec, adapter_hash, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes, atomic_write_text
 from hypernet.errors import CorruptFileError
 from hypernet.trainer import HypernetTrainer
@@ -133,7 +133,7 @@ class RunDirectory:
             atomic_write_bytes(folder / OPTIMIZER_FILE, save(optimizer_tensors(trainer)))
         return folder
 
-    def load_checkpoint(self, round_: int, spec=None) -> HyperLoRA:  # noqa: ANN001
+    def load_checkpoint(self, round_: int, spec: TargetSpec | None = None) -> HyperLoRA:
         return load_hypernet(self.checkpoint_dir(round_), spec=spec)
 
     # --------------------------------------------------------------- adapters

@@ -21,7 +21,7 @@ import logging
 import torch
 from torch import nn
 
-from hyperfed.unlearning._model import eval_mode
+from hyperfed.unlearning.logits import eval_mode
 from hypernet.clients import ClientEmbeddings
 from hypernet.data import sample_batch
 from hypernet.errors import ConfigError

@@ -37,7 +37,7 @@ from hyperfed.data.canaries import (
     make_canaries,
     plant_canaries,
 )
-from hyperfed.unlearning._model import eval_mode, logits_of
+from hyperfed.unlearning.logits import eval_mode, logits_of
 from hypernet.errors import ConfigError
 
 __all__ = [

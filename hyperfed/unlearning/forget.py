@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save
@@ -41,6 +42,9 @@ from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
 from hypernet import HyperLoRA, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes
 from hypernet.io import read_meta
+
+if TYPE_CHECKING:
+    from hyperfed.federation import HyperLoRAServer
 
 __all__ = ["forget_client", "recover_pending_forget", "ForgetResult", "FORGET_STEPS", "forgotten_clients"]
 
@@ -81,7 +85,7 @@ def forget_client(
     client_id: str,
     mode: str = "delete",
     *,
-    server=None,  # noqa: ANN001  (a live HyperLoRAServer to drop the client from, if any)
+    server: HyperLoRAServer | None = None,
     after_step: Callable[[str], None] | None = None,
 ) -> ForgetResult:
     """Forget ``client_id`` in the run at ``run_dir``; see the module docstring.
@@ -151,7 +155,8 @@ def _first_round(rd: RunDirectory, client_id: str) -> int | None:
 
 
 # ----------------------------------------------------------------------------- steps
-def _complete(rd: RunDirectory, journal: dict, server, after_step) -> ForgetResult:  # noqa: ANN001
+def _complete(rd: RunDirectory, journal: dict[str, Any], server: HyperLoRAServer | None,
+              after_step: Callable[[str], None] | None) -> ForgetResult:
     client_id, mode, round_ = journal["client_id"], journal["mode"], journal["round"]
     started = time.perf_counter()
     result = ForgetResult(client_id, mode, round_, 0.0, [], first_round=journal.get("first_round"))
@@ -241,7 +246,7 @@ def _scrub_metrics(rd: RunDirectory, client_id: str) -> None:
     if not metrics:
         return
 
-    def scrub(value):  # noqa: ANN001, ANN202
+    def scrub(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: scrub(v) for k, v in value.items() if k != client_id}
         if isinstance(value, list):

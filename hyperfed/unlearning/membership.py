@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperfed.unlearning._model import eval_mode, logits_of
+from hyperfed.unlearning.logits import eval_mode, logits_of
 from hypernet.errors import ConfigError
 
 __all__ = ["block_losses", "membership_auc"]

@@ -27,12 +27,13 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from hyperfed.data.corpus import corpus_canaries
+from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, corpus_canaries
 from hyperfed.federation import make_server, run_rounds
 from hyperfed.rundir import RunDirectory
 from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
@@ -77,7 +78,8 @@ class VerificationReport:
 class _Measure:
     """Shared measuring context: one model, the client's data, one candidate seed."""
 
-    def __init__(self, peft_model, corpus, corpus_config, client_id: str, num_candidates: int) -> None:  # noqa: ANN001
+    def __init__(self, peft_model: torch.nn.Module, corpus: FederatedCorpus, corpus_config: CorpusConfig, client_id: str,
+                 num_candidates: int) -> None:
         self.model = peft_model
         self.data = corpus.clients[client_id]
         self.others = {c: d for c, d in corpus.clients.items() if c != client_id}
@@ -86,7 +88,8 @@ class _Measure:
         self.base_train = block_losses(peft_model, None, self.data.train)
         self.base_val = block_losses(peft_model, None, self.data.val)
 
-    def row(self, name: str, adapter, hypernet: HyperLoRA | None, seconds: float | None = None) -> VerificationRow:  # noqa: ANN001
+    def row(self, name: str, adapter: Mapping[str, torch.Tensor] | None, hypernet: HyperLoRA | None,
+            seconds: float | None = None) -> VerificationRow:
         exposure = mean_exposure(self.model, adapter, self.canaries, self.num_candidates, seed=0) if self.canaries else None
         # Reference-calibrated scores (loss minus the base model's loss on the same block):
         # a client's train and held-out text come from different parts of its source, and
@@ -185,7 +188,7 @@ def render_report(report: VerificationReport) -> str:
     """The report as a terminal table."""
     from hyperfed.render import format_table
 
-    def show(value, fmt: str) -> str:  # noqa: ANN001
+    def show(value: float | None, fmt: str) -> str:
         return "—" if value is None else format(value, fmt)
 
     rows = [
