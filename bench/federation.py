@@ -30,7 +30,7 @@ from hyperfed.federation.servers import FedAvgLoRAServer, HyperLoRAServer  # noq
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hypernet import ClientData  # noqa: E402
-from hypernet.models import add_lora  # noqa: E402
+from hypernet.base_models import add_lora  # noqa: E402
 
 
 def synthetic_clients(n: int, blocks: torch.Tensor, per_client: int = 16) -> dict[str, ClientData]:

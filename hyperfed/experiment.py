@@ -27,7 +27,7 @@ from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import RunDirectory
 from hypernet import evaluate_loss
 from hypernet.errors import ConfigError
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "run_experiment", "summary_rows"]
 

@@ -28,7 +28,7 @@ from hypernet import (
     save_hypernet,
     to_blocks,
 )
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 __all__ = ["run_quickstart", "QUICKSTART_FAMILIES"]
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
     from hypernet.data import ClientData, to_blocks
     from hypernet.functional import causal_lm_loss, functional_forward
     from hypernet.hyperlora import HyperLoRA
-    from hypernet.local import LocalTrainConfig, evaluate_loss, train_local_adapter
+    from hypernet.client_training import LocalTrainConfig, evaluate_loss, train_local_adapter
     from hypernet.pfedhn import pfedhn_backward, validate_adapter
     from hypernet.trainer import HypernetTrainer, TrainerConfig
     from hypernet.io import adapter_hash, export_adapter, load_hypernet, save_hypernet
@@ -71,9 +71,9 @@ _LAZY = {
     "causal_lm_loss": "hypernet.functional",
     "functional_forward": "hypernet.functional",
     "HyperLoRA": "hypernet.hyperlora",
-    "LocalTrainConfig": "hypernet.local",
-    "evaluate_loss": "hypernet.local",
-    "train_local_adapter": "hypernet.local",
+    "LocalTrainConfig": "hypernet.client_training",
+    "evaluate_loss": "hypernet.client_training",
+    "train_local_adapter": "hypernet.client_training",
     "pfedhn_backward": "hypernet.pfedhn",
     "validate_adapter": "hypernet.pfedhn",
     "HypernetTrainer": "hypernet.trainer",

@@ -29,7 +29,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from hypernet.clients import ClientEmbeddings
+from hypernet.embeddings import ClientEmbeddings
 from hypernet.config import HyperLoRAConfig
 from hypernet.targets import LoraTarget, TargetSpec, discover_targets
 

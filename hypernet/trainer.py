@@ -26,7 +26,7 @@ from hypernet.data import ClientData, sample_batch
 from hypernet.errors import ConfigError
 from hypernet.functional import causal_lm_loss
 from hypernet.hyperlora import HyperLoRA
-from hypernet.local import evaluate_loss
+from hypernet.client_training import evaluate_loss
 from hypernet.pfedhn import pfedhn_backward
 
 __all__ = ["TrainerConfig", "HypernetTrainer"]

@@ -28,7 +28,7 @@ from torch import nn
 from hyperfed.federation.config import FederationConfig
 from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, TrainerConfig, discover_targets, validate_adapter
 from hypernet.errors import ConfigError, MalformedUpdateError
-from hypernet.local import get_adapter
+from hypernet.client_training import get_adapter
 
 __all__ = [
     "Reply",

@@ -13,7 +13,7 @@ from dataclasses import replace
 from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, load_optimizer_file, restore_optimizer
 from hypernet.errors import ConfigError
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 __all__ = ["replay_without", "load_experiment"]
 

@@ -41,7 +41,7 @@ from hyperfed.unlearning.forget import forget_client
 from hyperfed.unlearning.membership import block_losses, membership_auc
 from hyperfed.unlearning.replay import load_experiment
 from hypernet import HyperLoRA, evaluate_loss
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 __all__ = ["VerificationRow", "VerificationReport", "forget_and_verify", "render_report", "plot_report"]
 

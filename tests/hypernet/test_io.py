@@ -18,7 +18,7 @@ from hypernet import (
     save_hypernet,
 )
 from hypernet.io import HYPERNET_META, HYPERNET_WEIGHTS
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 
 def _trained(model, ids=("a", "b")):

@@ -5,7 +5,7 @@ import torch
 from hyperfed.federation import FederationConfig, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, client_file_name, client_from_file_name, load_optimizer_file, optimizer_tensors, restore_optimizer
 from hypernet import ClientData
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 
 def _clients():

@@ -24,7 +24,7 @@ from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hyperfed.unlearning.forget import FORGET_STEPS, JOURNAL, forget_client, forgotten_clients, recover_pending_forget
 from hyperfed.unlearning.replay import load_experiment
 from hypernet.io import read_meta
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 CONFIG = ExperimentConfig(
     federation=FederationConfig(rounds=4, sample_rate=0.6, local_steps=2, batch_size=2, lora_rank=2, seed=1),
