@@ -66,7 +66,7 @@ def run_quickstart(
     history = trainer.fit(data, steps=steps, callback=callback)
 
     with torch.no_grad():
-        adapters = hypernet.generate(list(data))
+        adapters = hypernet.generate_many(list(data))
     ids = list(data)
     rows = []
     for i, cid in enumerate(ids):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from hyperfed.federation.config import FederationConfig
-from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, TrainerConfig, discover_targets, validate_adapter
+from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, TrainerConfig, discover_targets, generator_class, validate_adapter
 from hypernet.errors import ConfigError, MalformedUpdateError
 from hypernet.client_training import get_adapter
 
@@ -177,7 +177,7 @@ class HyperLoRAServer(AdapterServer):
     @torch.no_grad()
     def adapters_for(self, client_ids: Sequence[str]) -> dict[str, Adapter]:
         """Many clients' adapters with one batched generation."""
-        return {cid: {k: v.detach().clone() for k, v in a.items()} for cid, a in self.hypernet.generate(list(client_ids)).items()}
+        return {cid: {k: v.detach().clone() for k, v in a.items()} for cid, a in self.hypernet.generate_many(client_ids).items()}
 
     def configure_round(self, round_: int, client_ids: Sequence[str]) -> dict[str, Adapter]:
         self.register(client_ids)
@@ -240,9 +240,8 @@ def make_server(
 ) -> AdapterServer:
     """The server for ``method``; all start from the same peft LoRA initialisation."""
     if method == "hyperlora":
-        from hypernet import HyperLoRAConfig
-
-        hypernet = hypernet or HyperLoRA.from_peft_model(peft_model, HyperLoRAConfig(seed=config.seed))
+        # the method name is the generator's architecture tag in hypernet's registry
+        hypernet = hypernet or generator_class(method).from_peft_model(peft_model, {"seed": config.seed})
         return HyperLoRAServer(hypernet, peft_model, config)
     spec = discover_targets(peft_model)
     initial = get_adapter(peft_model)

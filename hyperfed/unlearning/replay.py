@@ -11,7 +11,7 @@ import logging
 from dataclasses import replace
 
 from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
-from hyperfed.rundir import RunDirectory, load_optimizer_file, restore_optimizer
+from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hypernet.errors import ConfigError
 from hypernet.base_models import add_lora
 
@@ -45,7 +45,7 @@ def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_roun
     clients = {cid: data for cid, data in corpus.clients.items() if cid in hypernet.clients}
     peft_model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
     server = make_server("hyperlora", peft_model, fed, hypernet=hypernet)
-    restore_optimizer(server.trainer, load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
+    server.trainer.load_state_dict(load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
     rounds = list(range(first_round, last_round + 1))
     log.info("replaying rounds %d..%d without %r", first_round, last_round, client_id)
     run_rounds(server, peft_model, clients, fed, first_round=first_round, last_round=last_round)

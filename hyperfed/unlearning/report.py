@@ -97,7 +97,7 @@ class _Measure:
         retained = None
         if hypernet is not None:
             with torch.no_grad():
-                adapters = hypernet.generate([c for c in self.others if c in hypernet.clients])
+                adapters = hypernet.generate_many([c for c in self.others if c in hypernet.clients])
             losses = [evaluate_loss(self.model, a, self.others[c].val) for c, a in adapters.items()]
             retained = sum(losses) / len(losses)
         forgotten = evaluate_loss(self.model, adapter, self.data.val)

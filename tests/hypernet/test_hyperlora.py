@@ -50,7 +50,7 @@ def test_base_a_matches_peft_default_init_scale(llama_model):
 def test_batch_generation_equals_single(llama_model):
     hn = HyperLoRA.from_peft_model(llama_model, client_ids=["a", "b", "c"])
     with torch.no_grad():
-        many = hn.generate(["c", "a"])
+        many = hn.generate_many(["c", "a"])
         for cid in ("a", "c"):
             single = hn.generate(cid)
             for key in single:
@@ -92,7 +92,7 @@ def test_client_embedding_is_a_function_of_seed_and_id(llama_model):
 
 def test_ids_with_dots_and_unicode_are_fine(llama_model):
     hn = HyperLoRA.from_peft_model(llama_model, client_ids=["org.team/alice", "böb"])
-    assert set(hn.generate(["org.team/alice", "böb"])) == {"org.team/alice", "böb"}
+    assert set(hn.generate_many(["org.team/alice", "böb"])) == {"org.team/alice", "böb"}
     with pytest.raises(TypeError):
         hn.add_client("")
 

@@ -70,7 +70,7 @@ def test_delete_removes_every_trace_and_keeps_other_adapters(run):
     before = run.load_checkpoint(4)
     embeddings = [read_checkpoint_embedding(run, r, victim) for r in run.checkpoint_rounds()]
     with torch.no_grad():
-        others_before = before.generate([c for c in before.client_ids if c != victim])
+        others_before = before.generate_many([c for c in before.client_ids if c != victim])
 
     result = forget_client(run.root, victim, "delete")
 
@@ -86,7 +86,7 @@ def test_delete_removes_every_trace_and_keeps_other_adapters(run):
     assert victim not in run.metrics_path.read_text()
     after = run.load_checkpoint(4)
     with torch.no_grad():
-        for cid, adapter in after.generate(after.client_ids).items():
+        for cid, adapter in after.generate_many(after.client_ids).items():
             assert all(torch.equal(adapter[k], others_before[cid][k]) for k in adapter)
     with Ledger.from_url(str(run.ledger_path)) as ledger:
         assert [e.client_id for e in ledger.forget_events()] == [victim]
