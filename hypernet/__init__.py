@@ -27,7 +27,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
     from hypernet.config import HyperLoRAConfig, LocalTrainConfig, TrainerConfig
     from hypernet.data import ClientData, to_blocks
     from hypernet.functional import causal_lm_loss, functional_forward
-    from hypernet.generators import GENERATORS, Generator, embedding_tensor_names, generator_class
+    from hypernet.generators import (
+        GENERATORS,
+        Generator,
+        embedding_tensor_names,
+        generator_class,
+    )
     from hypernet.hyperlora import HyperLoRA
     from hypernet.io import adapter_hash, export_adapter, load_hypernet, save_hypernet
     from hypernet.pfedhn import pfedhn_backward, validate_adapter

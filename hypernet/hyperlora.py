@@ -30,8 +30,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from hypernet.embeddings import ClientEmbeddings, embedding_parameter_name
 from hypernet.config import HyperLoRAConfig
+from hypernet.embeddings import ClientEmbeddings, embedding_parameter_name
 from hypernet.targets import LoraTarget, TargetSpec, discover_targets
 
 __all__ = ["HyperLoRA", "lora_config_dict"]

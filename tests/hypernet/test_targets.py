@@ -2,7 +2,12 @@ import pytest
 from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
-from hypernet import CheckpointMismatchError, NoLoraTargetsError, TargetSpec, discover_targets
+from hypernet import (
+    CheckpointMismatchError,
+    NoLoraTargetsError,
+    TargetSpec,
+    discover_targets,
+)
 from hypernet.base_models import add_lora, tiny_gpt2, tiny_llama
 
 
