@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +108,13 @@ def test_embedding_tensor_names_are_the_checkpoints_embedding_tensors(llama_mode
 def test_new_public_names_are_lazy_attributes_of_hypernet():
     for name in ("Generator", "GENERATORS", "generator_class", "embedding_tensor_names"):
         assert name in hypernet.__all__ and getattr(hypernet, name) is not None
+
+
+def test_importing_hypernet_and_its_errors_stays_light():
+    code = (
+        "import sys, hypernet\n"
+        "from hypernet.errors import CheckpointMismatchError\n"
+        "assert 'generate_many' not in dir(hypernet)\n"
+        "assert not {'torch', 'peft', 'hypernet.generators'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(hypernet.__file__).parents[1])})
