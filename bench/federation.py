@@ -31,7 +31,7 @@ from hyperfed.federation.servers import FedAvgLoRAServer, HyperLoRAServer  # noq
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hypernet import ClientData  # noqa: E402
-from hypernet.models import add_lora  # noqa: E402
+from hypernet.base_models import add_lora  # noqa: E402
 
 
 def synthetic_clients(n: int, blocks: torch.Tensor, per_client: int = 16) -> dict[str, ClientData]:
@@ -49,8 +49,7 @@ def tensor_bytes(tensors) -> int:  # noqa: ANN001
 
 def server_bytes(server) -> int:  # noqa: ANN001
     if isinstance(server, HyperLoRAServer):
-        trainer = server.trainer
-        state = [v for opt in (trainer.shared_optimizer, trainer.client_optimizer, trainer.base_optimizer) if opt for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+        state = [v for k, v in server.trainer.state_dict().items() if not k.startswith("trainer/")]  # optimizer state only
         return tensor_bytes(server.hypernet.parameters()) + tensor_bytes(state)
     if isinstance(server, FedAvgLoRAServer):
         return tensor_bytes(server.global_adapter.values())

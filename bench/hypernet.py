@@ -24,7 +24,7 @@ from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hypernet import ClientData, HyperLoRA, HyperLoRAConfig, HypernetTrainer, LoraTarget, TargetSpec, TrainerConfig  # noqa: E402
 from hypernet.data import sample_batch  # noqa: E402
-from hypernet.models import add_lora, tiny_llama  # noqa: E402
+from hypernet.base_models import add_lora, tiny_llama  # noqa: E402
 
 
 def demo_model():

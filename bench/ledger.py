@@ -177,7 +177,7 @@ def bench_recorder(workdir: Path, *, clients: int, rounds: int, **_: Any) -> lis
     from hyperfed.rundir.recorder import RunRecorder
     from hyperfed.rundir import RunDirectory
     from hypernet import HyperLoRA
-    from hypernet.models import add_lora, tiny_llama
+    from hypernet.base_models import add_lora, tiny_llama
 
     model = add_lora(tiny_llama(hidden_size=64, num_layers=2), rank=8)
     ids = [f"client-{i:04d}" for i in range(clients)]
@@ -187,7 +187,7 @@ def bench_recorder(workdir: Path, *, clients: int, rounds: int, **_: Any) -> lis
         times = []
         for r in range(1, rounds + 1):
             with torch.no_grad():
-                adapters = hypernet.generate(ids)
+                adapters = hypernet.generate_many(ids)
                 for cid in ids:
                     hypernet.clients.parameter(cid).add_(0.01)
             start = time.perf_counter()

@@ -37,7 +37,7 @@ from hyperfed.rundir import RunDirectory  # noqa: E402
 from hyperfed.unlearning import forget_client  # noqa: E402
 from hyperfed.unlearning.report import forget_and_verify  # noqa: E402
 from hypernet import ClientData  # noqa: E402
-from hypernet.models import add_lora, tiny_llama  # noqa: E402
+from hypernet.base_models import add_lora, tiny_llama  # noqa: E402
 
 
 def recorded_run(root: Path, n_clients: int, rounds: int) -> tuple[dict, FederationConfig, torch.nn.Module]:

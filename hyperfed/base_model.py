@@ -25,7 +25,7 @@ from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet.atomic import atomic_directory
 from hypernet.data import sample_batch
 from hypernet.errors import ConfigError
-from hypernet.models import load_causal_lm, tiny_llama
+from hypernet.base_models import load_causal_lm, tiny_llama
 
 __all__ = ["BaseModelConfig", "cache_dir", "load_or_build_base_model", "pretrain_base_model"]
 

@@ -28,7 +28,7 @@ from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.recorder import RunRecorder
 from hypernet import evaluate_loss
 from hypernet.errors import ConfigError
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 __all__ = ["RunConfig", "ExperimentResult", "run_experiment", "summary_rows"]
 

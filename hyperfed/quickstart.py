@@ -28,7 +28,7 @@ from hypernet import (
     save_hypernet,
     to_blocks,
 )
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 __all__ = ["run_quickstart", "QUICKSTART_FAMILIES"]
 
@@ -66,7 +66,7 @@ def run_quickstart(
     history = trainer.fit(data, steps=steps, callback=callback)
 
     with torch.no_grad():
-        adapters = hypernet.generate(list(data))
+        adapters = hypernet.generate_many(list(data))
     ids = list(data)
     rows = []
     for i, cid in enumerate(ids):

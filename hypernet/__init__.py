@@ -23,17 +23,27 @@ from hypernet.errors import (
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
-    from hypernet.config import HyperLoRAConfig
+    from hypernet.client_training import evaluate_loss, train_local_adapter
+    from hypernet.config import HyperLoRAConfig, LocalTrainConfig, TrainerConfig
     from hypernet.data import ClientData, to_blocks
     from hypernet.functional import causal_lm_loss, functional_forward
+    from hypernet.generators import (
+        GENERATORS,
+        Generator,
+        embedding_tensor_names,
+        generator_class,
+    )
     from hypernet.hyperlora import HyperLoRA
-    from hypernet.local import LocalTrainConfig, evaluate_loss, train_local_adapter
-    from hypernet.pfedhn import pfedhn_backward, validate_adapter
-    from hypernet.trainer import HypernetTrainer, TrainerConfig
     from hypernet.io import adapter_hash, export_adapter, load_hypernet, save_hypernet
+    from hypernet.pfedhn import pfedhn_backward, validate_adapter
     from hypernet.targets import LoraTarget, TargetSpec, discover_targets
+    from hypernet.trainer import HypernetTrainer
 
 __all__ = [
+    "Generator",
+    "GENERATORS",
+    "generator_class",
+    "embedding_tensor_names",
     "HyperLoRA",
     "HypernetTrainer",
     "TrainerConfig",
@@ -64,20 +74,24 @@ __all__ = [
     "MalformedUpdateError",
 ]
 
-_LAZY = {
+_LAZY: dict[str, str] = {
     "HyperLoRAConfig": "hypernet.config",
+    "LocalTrainConfig": "hypernet.config",
+    "TrainerConfig": "hypernet.config",
     "ClientData": "hypernet.data",
     "to_blocks": "hypernet.data",
     "causal_lm_loss": "hypernet.functional",
     "functional_forward": "hypernet.functional",
+    "GENERATORS": "hypernet.generators",
+    "Generator": "hypernet.generators",
+    "embedding_tensor_names": "hypernet.generators",
+    "generator_class": "hypernet.generators",
     "HyperLoRA": "hypernet.hyperlora",
-    "LocalTrainConfig": "hypernet.local",
-    "evaluate_loss": "hypernet.local",
-    "train_local_adapter": "hypernet.local",
+    "evaluate_loss": "hypernet.client_training",
+    "train_local_adapter": "hypernet.client_training",
     "pfedhn_backward": "hypernet.pfedhn",
     "validate_adapter": "hypernet.pfedhn",
     "HypernetTrainer": "hypernet.trainer",
-    "TrainerConfig": "hypernet.trainer",
     "adapter_hash": "hypernet.io",
     "export_adapter": "hypernet.io",
     "load_hypernet": "hypernet.io",

@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory", "fsync_dir"]
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a directory entry so a rename inside it survives power loss."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -20,7 +20,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,11 +37,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_directory(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+def atomic_directory(path: str | os.PathLike[str], fill: Callable[[Path], None]) -> None:
     """Build a directory with ``fill(tmp_dir)`` and swap it in place of ``path``.
 
     An existing ``path`` is replaced only after ``fill`` succeeded, so ``path`` never holds a

@@ -1,20 +1,68 @@
-"""Configuration of the HyperLoRA generator."""
+"""Every configuration of the hypernet package, each validated when it is built.
+
+* :class:`HyperLoRAConfig` — sizes and initialisation of the HyperLoRA generator;
+* :class:`TrainerConfig` — optimisation of the hypernetwork (:class:`~hypernet.HypernetTrainer`);
+* :class:`LocalTrainConfig` — a client's plain LoRA fine-tuning
+  (:func:`~hypernet.train_local_adapter`).
+
+A bad field raises :class:`~hypernet.errors.ConfigError` naming the class, the field and the
+value.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
 from typing import Any
 
 from hypernet.errors import ConfigError
 
-__all__ = ["HyperLoRAConfig"]
+__all__ = ["HyperLoRAConfig", "TrainerConfig", "LocalTrainConfig", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _fail(obj: object, name: str, requirement: str) -> ConfigError:
+    return ConfigError(f"{type(obj).__name__}.{name} must be {requirement}, got {getattr(obj, name)!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _require_positive(obj: object, *names: str) -> None:
+    """Each field is an int > 0."""
     for name in names:
         value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be a positive int, got {value!r}")
+        if not _is_int(value) or value <= 0:
+            raise _fail(obj, name, "a positive int")
+
+
+def _require_int(obj: object, *names: str, minimum: int | None = None) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not _is_int(value) or (minimum is not None and value < minimum):
+            raise _fail(obj, name, "an int" if minimum is None else f"an int >= {minimum}")
+
+
+def _require_float(obj: object, *names: str, positive: bool, optional: bool = False) -> None:
+    """Each field is a real number > 0 (``positive``) or >= 0; ``optional`` also allows None."""
+    for name in names:
+        value = getattr(obj, name)
+        if optional and value is None:
+            continue
+        if not _is_number(value) or not (value > 0 if positive else value >= 0):
+            requirement = "a float > 0" if positive else "a float >= 0"
+            raise _fail(obj, name, requirement + (" or None" if optional else ""))
+
+
+def _require_choice(obj: object, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        raise _fail(obj, name, "one of " + ", ".join(repr(c) for c in choices))
 
 
 @dataclass(frozen=True)
@@ -61,18 +109,89 @@ class HyperLoRAConfig:
         _require_positive(self, "chunk_dim")
         if self.chunk_size is not None:
             _require_positive(self, "chunk_size")
-        for name in ("client_init_std", "head_init_std"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"HyperLoRAConfig.{name} must be a float >= 0, got {value!r}")
+        _require_float(self, "client_init_std", "head_init_std", positive=False)
+        _require_int(self, "seed")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HyperLoRAConfig":
+    def from_dict(cls, data: dict[str, Any]) -> HyperLoRAConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown HyperLoRAConfig fields {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimisation of the hypernetwork.
+
+    Attributes
+    ----------
+    lr: learning rate of the shared weights (Adam 1e-3 worked end to end; 3e-3 diverged).
+    embedding_lr: learning rate of client embeddings (default: ``lr``).
+    optimizer: ``"adam"`` or ``"sgd"`` (pFedHN used SGD 1e-2, momentum 0.9).
+    momentum: SGD momentum.
+    base_lr: if set, the per-target *base adapters* get their own plain SGD step with this
+        learning rate instead of joining the shared optimizer. With ``base_lr=1`` and the
+        pFedHN rule, the base moves by the clients' mean update — exactly a FedAvg step — and
+        the rest of the hypernetwork learns each client's deviation from it.
+    grad_clip: max global grad norm of the shared weights per step (``None``: off).
+    batch_size: blocks per client per end-to-end step.
+    clients_per_step: clients sampled per end-to-end step.
+    seed: seeds client and batch sampling.
+    """
+
+    lr: float = 1e-3
+    embedding_lr: float | None = None
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    base_lr: float | None = None
+    grad_clip: float | None = 50.0
+    batch_size: int = 8
+    clients_per_step: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require_choice(self, "optimizer", OPTIMIZERS)
+        _require_float(self, "lr", positive=True)
+        _require_positive(self, "batch_size", "clients_per_step")
+        _require_float(self, "embedding_lr", "base_lr", "grad_clip", positive=True, optional=True)
+        _require_float(self, "momentum", positive=False)
+        _require_int(self, "seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    """Local fine-tuning of one LoRA adapter (what a federated client runs).
+
+    Attributes
+    ----------
+    steps: optimizer steps per call (0: the adapter comes back unchanged).
+    lr: learning rate.
+    batch_size: blocks per step.
+    optimizer: ``"adam"`` or ``"sgd"``.
+    seed: seeds batch sampling, so a client's local run is reproducible.
+    """
+
+    steps: int = 10
+    lr: float = 3e-3
+    batch_size: int = 8
+    optimizer: str = "adam"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require_int(self, "steps", minimum=0)
+        _require_positive(self, "batch_size")
+        _require_float(self, "lr", positive=True)
+        _require_choice(self, "optimizer", OPTIMIZERS)
+        _require_int(self, "seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

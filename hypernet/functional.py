@@ -72,5 +72,8 @@ def causal_lm_loss(
     ``adapter=None`` uses whatever LoRA weights the model holds.
     """
     if adapter is None:
-        return peft_model(input_ids=input_ids, labels=input_ids).loss
-    return functional_forward(peft_model, adapter, adapter_name, input_ids=input_ids, labels=input_ids).loss
+        output = peft_model(input_ids=input_ids, labels=input_ids)
+    else:
+        output = functional_forward(peft_model, adapter, adapter_name, input_ids=input_ids, labels=input_ids)
+    loss: torch.Tensor = output.loss
+    return loss

@@ -20,17 +20,18 @@ and the model's logits equal the base model's before training.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from hypernet.clients import ClientEmbeddings
 from hypernet.config import HyperLoRAConfig
+from hypernet.embeddings import ClientEmbeddings, embedding_parameter_name
 from hypernet.targets import LoraTarget, TargetSpec, discover_targets
 
 __all__ = ["HyperLoRA", "lora_config_dict"]
@@ -40,6 +41,11 @@ Adapter = dict[str, torch.Tensor]
 
 class _TargetGroup(nn.Module):
     """Head, base adapter and (optional) chunk embeddings of one module type."""
+
+    layer_index: torch.Tensor  # (l,) a non-persistent buffer
+    head: nn.Linear
+    base: nn.Parameter  # (l, d)
+    chunk_embedding: nn.Parameter | None  # (n, chunk_dim)
 
     def __init__(self, targets: Sequence[LoraTarget], type_index: int, cfg: HyperLoRAConfig) -> None:
         super().__init__()
@@ -84,6 +90,9 @@ class _TargetGroup(nn.Module):
 class HyperLoRA(nn.Module):
     """Generate per-client LoRA adapters in peft's state-dict format.
 
+    Registered as architecture ``"hyperlora"`` in :data:`hypernet.generators.GENERATORS`;
+    it implements the :class:`hypernet.generators.Generator` protocol.
+
     Parameters
     ----------
     spec:
@@ -97,7 +106,18 @@ class HyperLoRA(nn.Module):
     --------
     >>> hn = HyperLoRA(discover_targets(peft_model), client_ids=["alice", "bob"])  # doctest: +SKIP
     >>> adapter = hn.generate("alice")  # {'base_model...q_proj.lora_A.weight': (r, in), ...}
+    >>> both = hn.generate_many(["alice", "bob"])  # {'alice': {...}, 'bob': {...}}
     """
+
+    architecture: ClassVar[str] = "hyperlora"
+    spec: TargetSpec
+    config: HyperLoRAConfig
+    lora_config: dict[str, Any] | None
+    layer_embedding: nn.Embedding
+    type_embedding: nn.Embedding
+    trunk: nn.Sequential
+    groups: nn.ModuleList  # of _TargetGroup, one per module type
+    clients: ClientEmbeddings
 
     def __init__(
         self,
@@ -131,19 +151,57 @@ class HyperLoRA(nn.Module):
     def from_peft_model(
         cls,
         peft_model: nn.Module,
-        config: HyperLoRAConfig | None = None,
+        config: HyperLoRAConfig | Mapping[str, Any] | None = None,
         client_ids: Sequence[str] = (),
         adapter_name: str = "default",
-    ) -> "HyperLoRA":
-        """Build a generator for ``peft_model``'s LoRA targets and remember its LoRA config."""
+    ) -> HyperLoRA:
+        """Build a generator for ``peft_model``'s LoRA targets and remember its LoRA config.
+
+        ``config`` is a :class:`HyperLoRAConfig` or its :meth:`~HyperLoRAConfig.to_dict`
+        form (missing fields take their defaults).
+        """
+        if config is not None and not isinstance(config, HyperLoRAConfig):
+            config = HyperLoRAConfig.from_dict(dict(config))
         hypernet = cls(discover_targets(peft_model, adapter_name), config, client_ids)
-        hypernet.lora_config = lora_config_dict(peft_model.peft_config[adapter_name])
+        peft: Any = peft_model  # peft's PeftModel (untyped attributes)
+        hypernet.lora_config = lora_config_dict(peft.peft_config[adapter_name])
         return hypernet
+
+    @classmethod
+    def from_config(cls, spec: TargetSpec, config: Mapping[str, Any]) -> HyperLoRA:
+        """An untrained generator from a spec and :meth:`HyperLoRAConfig.to_dict` output."""
+        return cls(spec, HyperLoRAConfig.from_dict(dict(config)))
+
+    # ------------------------------------------------------------ tensor names
+    @classmethod
+    def embedding_tensor_names(cls, client_id: str) -> tuple[str, ...]:
+        """State-dict names of ``client_id``'s tensors (one: its embedding).
+
+        A fixed function of the id alone, so a checkpoint's tensors can be named without
+        building a model.
+        """
+        return (f"clients.vectors.{embedding_parameter_name(client_id)}",)
+
+    @classmethod
+    def shared_tensor_names(cls, spec: TargetSpec, config: Mapping[str, Any]) -> frozenset[str]:
+        """State-dict names of every tensor except client embeddings, for this architecture."""
+        return _shared_tensor_names(spec, HyperLoRAConfig.from_dict(dict(config)))
 
     # ------------------------------------------------------------------ clients
     @property
     def client_ids(self) -> list[str]:
         return self.clients.ids
+
+    def has_client(self, client_id: str) -> bool:
+        return client_id in self.clients
+
+    def client_parameter(self, client_id: str) -> nn.Parameter:
+        """The embedding parameter of ``client_id`` (:class:`UnknownClientError` if absent)."""
+        return self.clients.parameter(client_id)
+
+    def client_parameters(self) -> list[nn.Parameter]:
+        """Every client's embedding parameter, in registration order."""
+        return list(self.clients.parameters())
 
     def add_client(self, client_id: str, embedding: torch.Tensor | None = None) -> nn.Parameter:
         """Register a client; other clients' parameters are untouched."""
@@ -160,10 +218,14 @@ class HyperLoRA(nn.Module):
 
     def base_parameters(self) -> list[nn.Parameter]:
         """The per-target base adapters (what every client's adapter starts from)."""
-        return [g.base for g in self.groups]
+        return [g.base for g in self._target_groups()]
 
     def num_shared_parameters(self) -> int:
+        """Number of scalars in :meth:`shared_parameters`."""
         return sum(p.numel() for p in self.shared_parameters())
+
+    def _target_groups(self) -> list[_TargetGroup]:
+        return [g for g in self.groups if isinstance(g, _TargetGroup)]
 
     # ------------------------------------------------------------ generation
     def generate_batch(self, client_ids: Sequence[str]) -> Adapter:
@@ -174,7 +236,7 @@ class HyperLoRA(nn.Module):
         emb = self.clients.stack(client_ids)  # (b, client_dim)
         out: Adapter = {}
         per_group: list[tuple[_TargetGroup, torch.Tensor, torch.Tensor]] = []
-        for group in self.groups:
+        for group in self._target_groups():
             n_layers, n_chunks = len(group.keys), group.num_chunks
             parts = [
                 _expand(emb[:, None, None, :], len(client_ids), n_layers, n_chunks),
@@ -195,15 +257,33 @@ class HyperLoRA(nn.Module):
             out[target.b_key] = b[:, j]  # (b, o, r)
         return out
 
-    def generate(self, client_ids: str | Sequence[str]) -> Adapter | dict[str, Adapter]:
-        """Adapter(s) in peft's state-dict format (adapter name stripped).
+    def generate(self, client_id: str) -> Adapter:
+        """One client's adapter in peft's state-dict format (adapter name stripped).
 
-        ``generate("alice")`` returns ``{key: tensor}``;
-        ``generate(["alice", "bob"])`` returns ``{"alice": {...}, "bob": {...}}``.
+        Raises
+        ------
+        TypeError
+            If ``client_id`` is not a string (use :meth:`generate_many` for several clients).
+        UnknownClientError
+            If ``client_id`` is not registered.
+        """
+        if not isinstance(client_id, str):
+            raise TypeError(
+                f"generate() takes one client id (a str), got {type(client_id).__name__}; "
+                "use generate_many(client_ids) for several clients"
+            )
+        return {k: v[0] for k, v in self.generate_batch([client_id]).items()}
+
+    def generate_many(self, client_ids: Sequence[str]) -> dict[str, Adapter]:
+        """Adapters of many clients with one batched generation: ``{client_id: adapter}``.
+
+        An empty sequence gives ``{}``.
         """
         if isinstance(client_ids, str):
-            return {k: v[0] for k, v in self.generate_batch([client_ids]).items()}
+            raise TypeError("generate_many() takes a sequence of client ids; use generate(client_id) for one")
         ids = list(client_ids)
+        if not ids:
+            return {}
         batch = self.generate_batch(ids)
         return {cid: {k: v[n] for k, v in batch.items()} for n, cid in enumerate(ids)}
 
@@ -223,6 +303,14 @@ def lora_config_dict(peft_config: Any) -> dict[str, Any]:
         return value
 
     return {k: plain(v) for k, v in peft_config.to_dict().items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_tensor_names(spec: TargetSpec, config: HyperLoRAConfig) -> frozenset[str]:
+    # Built on the meta device: names and shapes only, no memory and no random numbers.
+    with torch.device("meta"):
+        names = HyperLoRA(spec, config).state_dict().keys()
+    return frozenset(names)
 
 
 def _expand(t: torch.Tensor, b: int, l: int, n: int) -> torch.Tensor:

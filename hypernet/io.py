@@ -3,8 +3,13 @@
 Checkpoint layout (a directory)::
 
     hypernet.safetensors   every tensor: shared weights and client embeddings
-    hypernet.json          format version, HyperLoRAConfig, TargetSpec, LoRA config,
-                           client ids in order, sha256 of hypernet.safetensors
+    hypernet.json          format version, generator architecture tag, its config,
+                           TargetSpec, LoRA config, client ids in order, sha256 of
+                           hypernet.safetensors
+
+:func:`load_hypernet` builds the generator registered under the checkpoint's
+``"architecture"`` tag (:data:`hypernet.generators.GENERATORS`); a checkpoint without a
+tag was written before tags existed and is a ``"hyperlora"``.
 
 An exported adapter is a standard peft folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` loads as is.
@@ -25,9 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from hypernet.atomic import atomic_directory, atomic_write_bytes
-from hypernet.config import HyperLoRAConfig
 from hypernet.errors import CheckpointMismatchError, CorruptFileError
-from hypernet.hyperlora import HyperLoRA
+from hypernet.generators import DEFAULT_ARCHITECTURE, GENERATORS, Generator
 from hypernet.targets import TargetSpec
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
     "file_sha256",
     "save_hypernet",
     "load_hypernet",
+    "read_meta",
+    "checkpoint_architecture",
     "export_adapter",
     "HYPERNET_WEIGHTS",
     "HYPERNET_META",
@@ -65,7 +71,8 @@ def adapter_hash(adapter: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -73,11 +80,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _tensors(hypernet: HyperLoRA) -> dict[str, torch.Tensor]:
+def _tensors(hypernet: Generator) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in hypernet.state_dict().items()}
 
 
-def save_hypernet(hypernet: HyperLoRA, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+def save_hypernet(hypernet: Generator, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> Path:
     """Write a checkpoint directory atomically and return its path.
 
     ``extra`` is stored under ``"extra"`` in ``hypernet.json`` (e.g. the round number).
@@ -85,6 +92,7 @@ def save_hypernet(hypernet: HyperLoRA, path: str | os.PathLike, extra: Mapping[s
     blob = save(_tensors(hypernet))
     meta = {
         "format": FORMAT_VERSION,
+        "architecture": hypernet.architecture,
         "config": hypernet.config.to_dict(),
         "spec": json.loads(hypernet.spec.to_json()),
         "lora_config": hypernet.lora_config,
@@ -101,8 +109,14 @@ def save_hypernet(hypernet: HyperLoRA, path: str | os.PathLike, extra: Mapping[s
     return Path(path)
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``hypernet.json`` of a checkpoint directory."""
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``hypernet.json`` of a checkpoint directory.
+
+    Raises
+    ------
+    CorruptFileError
+        Missing or unparsable file, or an unsupported format version.
+    """
     meta_path = Path(path) / HYPERNET_META
     try:
         meta = json.loads(meta_path.read_text())
@@ -110,17 +124,38 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptFileError(f"{meta_path} is missing: not a hypernetwork checkpoint") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{meta_path} is not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT_VERSION:
-        raise CorruptFileError(f"{meta_path}: unsupported format {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CorruptFileError(f"{meta_path}: unsupported format {found!r}")
     return meta
 
 
+def checkpoint_architecture(meta: Mapping[str, Any]) -> type[Generator]:
+    """The generator class for a checkpoint's :func:`read_meta` data.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        The tag names no registered generator (the message lists the known tags).
+    """
+    tag = meta.get("architecture", DEFAULT_ARCHITECTURE)  # untagged: written before tags existed
+    cls = GENERATORS.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise CheckpointMismatchError(
+            f"checkpoint generator architecture {tag!r} is not registered; known: {sorted(GENERATORS)}"
+        )
+    return cls
+
+
 def load_hypernet(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     spec: TargetSpec | None = None,
     device: str | torch.device = "cpu",
-) -> HyperLoRA:
-    """Load a checkpoint written by :func:`save_hypernet`.
+) -> Generator:
+    """Load a checkpoint written by :func:`save_hypernet` as the generator it was saved from.
+
+    The generator class comes from the checkpoint's architecture tag (see
+    :data:`hypernet.generators.GENERATORS`); it satisfies :class:`~hypernet.generators.Generator`.
 
     Parameters
     ----------
@@ -133,10 +168,11 @@ def load_hypernet(
     CorruptFileError
         Missing, unparsable or tampered files (the weights' sha256 is checked).
     CheckpointMismatchError
-        The checkpoint does not fit ``spec``.
+        The checkpoint does not fit ``spec``, or its architecture tag is unknown.
     """
     path = Path(path)
     meta = read_meta(path)
+    cls = checkpoint_architecture(meta)
     weights = path / HYPERNET_WEIGHTS
     try:
         blob = weights.read_bytes()
@@ -147,7 +183,7 @@ def load_hypernet(
     saved_spec = TargetSpec.from_json(json.dumps(meta["spec"]))
     if spec is not None:
         spec.check_compatible(saved_spec)
-    hypernet = HyperLoRA(saved_spec, HyperLoRAConfig.from_dict(meta["config"]))
+    hypernet = cls.from_config(saved_spec, meta["config"])
     hypernet.lora_config = meta.get("lora_config")
     try:
         tensors = load_file(weights)
@@ -163,9 +199,9 @@ def load_hypernet(
 
 
 def export_adapter(
-    hypernet: HyperLoRA,
+    hypernet: Generator,
     client_id: str,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     base_model_name_or_path: str | None = None,
 ) -> str:
     """Write ``client_id``'s adapter as a peft folder; return the adapter's :func:`adapter_hash`.
@@ -176,7 +212,7 @@ def export_adapter(
 
     if hypernet.lora_config is None:
         raise CheckpointMismatchError(
-            "this HyperLoRA has no LoRA config to export with; build it with "
+            "this generator has no LoRA config to export with; build it with "
             "HyperLoRA.from_peft_model(peft_model) or set hypernet.lora_config"
         )
     with torch.no_grad():

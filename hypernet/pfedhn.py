@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from hypernet.errors import MalformedUpdateError, UnknownClientError
-from hypernet.hyperlora import HyperLoRA
+from hypernet.generators import Generator
 from hypernet.targets import TargetSpec
 
 __all__ = ["validate_adapter", "update_norm", "pfedhn_backward"]
@@ -64,7 +64,7 @@ def validate_adapter(
 
 
 def pfedhn_backward(
-    hypernet: HyperLoRA,
+    hypernet: Generator,
     returned: Mapping[str, Adapter],
     sent: Mapping[str, Adapter] | None = None,
     weights: Mapping[str, float] | None = None,
@@ -91,16 +91,18 @@ def pfedhn_backward(
     if not ids:
         return {}
     for cid in ids:
-        if cid not in hypernet.clients:
+        if not hypernet.has_client(cid):
             raise UnknownClientError(f"update from unknown client {cid!r}")
     raw = {cid: float(weights[cid]) if weights else 1.0 for cid in ids}
     total = sum(raw.values())
     if not total > 0:
         raise MalformedUpdateError(f"client weights must sum to > 0, got {raw}")
     generated = hypernet.generate_batch(ids)  # key → (b, ...), keeps autograd
-    outputs, grads, norms = [], [], {cid: 0.0 for cid in ids}
+    outputs: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    norms = {cid: 0.0 for cid in ids}
     for key, theta in generated.items():
-        directions = []
+        directions: list[torch.Tensor] = []
         for n, cid in enumerate(ids):
             reference = sent[cid][key] if sent is not None else theta[n].detach()
             delta = reference.to(theta) - returned[cid][key].to(theta)  # θᵢ − θ̃ᵢ

@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch import nn
 
@@ -186,8 +187,9 @@ def discover_targets(peft_model: nn.Module, adapter_name: str = "default") -> Ta
             raise ConfigError(f"{name}: DoRA adapters are not supported (use_dora=False)")
         if getattr(module, "lora_bias", {}).get(adapter_name, False):
             raise ConfigError(f"{name}: lora_bias=True is not supported")
-        a = module.lora_A[adapter_name].weight
-        b = module.lora_B[adapter_name].weight
+        layer_module: Any = module  # a peft LoraLayer (peft's attributes are not typed)
+        a = layer_module.lora_A[adapter_name].weight
+        b = layer_module.lora_B[adapter_name].weight
         match = _LAYER_INDEX.search(name)
         layer = int(match.group(1)) if match else 0
         module_type = name[match.end():] if match else name.rsplit(".", 1)[-1]

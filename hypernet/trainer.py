@@ -10,72 +10,32 @@ Two modes share one optimizer setup:
 
 Shared weights (φ) and client embeddings have separate optimizers, and every client
 embedding is its own parameter, so :meth:`remove_client` deletes a client's embedding
-*and* its optimizer state completely.
+*and* its optimizer state completely. :meth:`HypernetTrainer.state_dict` gives the whole
+training state as flat named tensors (layout in :mod:`hypernet.trainer_state`), so nothing
+outside this package reaches into the optimizers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from hypernet import trainer_state
+from hypernet.client_training import evaluate_loss
+from hypernet.config import TrainerConfig
 from hypernet.data import ClientData, sample_batch
 from hypernet.errors import ConfigError
 from hypernet.functional import causal_lm_loss
-from hypernet.hyperlora import HyperLoRA
-from hypernet.local import evaluate_loss
+from hypernet.generators import Generator
 from hypernet.pfedhn import pfedhn_backward
 
-__all__ = ["TrainerConfig", "HypernetTrainer"]
+__all__ = ["HypernetTrainer"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    """Optimisation of the hypernetwork.
-
-    Attributes
-    ----------
-    lr: learning rate of the shared weights (Adam 1e-3 worked end to end; 3e-3 diverged).
-    embedding_lr: learning rate of client embeddings (default: ``lr``).
-    optimizer: ``"adam"`` or ``"sgd"`` (pFedHN used SGD 1e-2, momentum 0.9).
-    momentum: SGD momentum.
-    base_lr: if set, the per-target *base adapters* get their own plain SGD step with this
-        learning rate instead of joining the shared optimizer. With ``base_lr=1`` and the
-        pFedHN rule, the base moves by the clients' mean update — exactly a FedAvg step — and
-        the rest of the hypernetwork learns each client's deviation from it.
-    grad_clip: max global grad norm of the shared weights per step (``None``: off).
-    batch_size: blocks per client per end-to-end step.
-    clients_per_step: clients sampled per end-to-end step.
-    seed: seeds client and batch sampling.
-    """
-
-    lr: float = 1e-3
-    embedding_lr: float | None = None
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    base_lr: float | None = None
-    grad_clip: float | None = 50.0
-    batch_size: int = 8
-    clients_per_step: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"TrainerConfig.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        for name in ("lr", "batch_size", "clients_per_step"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"TrainerConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("embedding_lr", "base_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"TrainerConfig.{name} must be > 0 or None, got {value!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"TrainerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
 
 
 class HypernetTrainer:
@@ -91,7 +51,7 @@ class HypernetTrainer:
         Optimisation settings.
     """
 
-    def __init__(self, hypernet: HyperLoRA, peft_model: nn.Module, config: TrainerConfig | None = None) -> None:
+    def __init__(self, hypernet: Generator, peft_model: nn.Module, config: TrainerConfig | None = None) -> None:
         self.hypernet = hypernet
         self.model = peft_model
         self.config = cfg = config or TrainerConfig()
@@ -101,12 +61,12 @@ class HypernetTrainer:
         rest = [p for p in hypernet.shared_parameters() if all(p is not b for b in base)]
         self.shared_optimizer = self._make_optimizer(rest, cfg.lr)
         self.base_optimizer = torch.optim.SGD([{"params": base}], lr=cfg.base_lr or 0.0) if base else None
-        self.client_optimizer = self._make_optimizer(list(hypernet.clients.parameters()), cfg.embedding_lr or cfg.lr)
+        self.client_optimizer = self._make_optimizer(hypernet.client_parameters(), cfg.embedding_lr or cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step_count = 0
 
     def _make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        groups = [{"params": params}]  # one explicit group, so it may start empty (no clients yet)
+        groups: list[dict[str, Any]] = [{"params": params}]  # one explicit group: may start empty (no clients)
         if self.config.optimizer == "adam":
             return torch.optim.Adam(groups, lr=lr)
         return torch.optim.SGD(groups, lr=lr, momentum=self.config.momentum)
@@ -119,7 +79,7 @@ class HypernetTrainer:
 
     def remove_client(self, client_id: str) -> torch.Tensor:
         """Delete a client's embedding and its optimizer state; return the removed embedding."""
-        param = self.hypernet.clients.parameter(client_id)
+        param = self.hypernet.client_parameter(client_id)
         group = self.client_optimizer.param_groups[0]
         group["params"] = [p for p in group["params"] if p is not param]
         self.client_optimizer.state.pop(param, None)
@@ -130,7 +90,7 @@ class HypernetTrainer:
 
     def client_optimizer_state(self, client_id: str) -> dict[str, torch.Tensor]:
         """The optimizer's tensors for one client (empty before its first step)."""
-        param = self.hypernet.clients.parameter(client_id)
+        param = self.hypernet.client_parameter(client_id)
         return {k: v for k, v in self.client_optimizer.state.get(param, {}).items() if isinstance(v, torch.Tensor)}
 
     # ----------------------------------------------------------- end to end
@@ -139,14 +99,14 @@ class HypernetTrainer:
         self.model.train()
         device = next(self.hypernet.parameters()).device
         adapters = self.hypernet.generate_batch(list(client_ids))  # key → (b, ...)
-        losses = []
+        losses: list[torch.Tensor] = []
         for n, cid in enumerate(client_ids):
             batch = sample_batch(data[cid].train, self.config.batch_size, self.generator).to(device)
             adapter = {k: v[n] for k, v in adapters.items()}
             losses.append(causal_lm_loss(self.model, adapter, batch))
         loss = torch.stack(losses).mean()
         self._zero_grad()
-        loss.backward()
+        torch.autograd.backward(loss)
         self._step()
         return loss.item()
 
@@ -163,11 +123,11 @@ class HypernetTrainer:
         clients) on steps where it was evaluated. ``callback(step, row)`` lets a caller draw
         progress (the library itself only logs).
         """
-        ids = [cid for cid in data if cid in self.hypernet.clients]
+        ids = [cid for cid in data if self.hypernet.has_client(cid)]
         if not ids:
             raise ConfigError("none of the data's clients is registered in the hypernetwork")
         k = min(self.config.clients_per_step, len(ids))
-        history = []
+        history: list[dict[str, float]] = []
         for _ in range(steps):
             pick = torch.randperm(len(ids), generator=self.generator)[:k].tolist()
             row: dict[str, float] = {"step": self.step_count + 1, "loss": self.train_step(data, [ids[i] for i in pick])}
@@ -183,8 +143,8 @@ class HypernetTrainer:
     @torch.no_grad()
     def evaluate(self, data: Mapping[str, ClientData], client_ids: Sequence[str] | None = None) -> dict[str, float]:
         """Validation loss of each client's own generated adapter."""
-        ids = list(client_ids) if client_ids is not None else [c for c in data if c in self.hypernet.clients]
-        adapters = self.hypernet.generate(ids) if ids else {}
+        ids = list(client_ids) if client_ids is not None else [c for c in data if self.hypernet.has_client(c)]
+        adapters = self.hypernet.generate_many(ids)
         return {cid: evaluate_loss(self.model, adapters[cid], data[cid].val) for cid in ids}
 
     # ---------------------------------------------------------------- pFedHN
@@ -216,5 +176,59 @@ class HypernetTrainer:
         self.client_optimizer.step()  # params without .grad (unsampled clients) are skipped
         self.step_count += 1
 
-    def config_dict(self) -> dict:
-        return asdict(self.config)
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    # ----------------------------------------------------------------- state
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"shared": self.shared_optimizer, "client": self.client_optimizer}
+        if self.base_optimizer is not None:
+            optimizers["base"] = self.base_optimizer
+        return optimizers
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The training state as flat named CPU tensors: every optimizer's state, the step
+        count and the sampling RNG (key layout in :mod:`hypernet.trainer_state`).
+
+        The generator's own weights are not included (save them with
+        :func:`hypernet.save_hypernet`). Client entries are keyed ``client/<client id>/...``;
+        drop one client's with :meth:`remove_client_state`.
+        """
+        names = {id(p): n for n, p in self.hypernet.named_parameters()}
+        client_of = {id(self.hypernet.client_parameter(c)): c for c in self.hypernet.client_ids}
+        state = trainer_state.optimizer_state_tensors(self._optimizers(), names, client_of)
+        state[trainer_state.STEP_COUNT_KEY] = torch.tensor(self.step_count, dtype=torch.int64)
+        state[trainer_state.SAMPLER_STATE_KEY] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state_dict` into this trainer (built on the same generator).
+
+        Entries of clients the generator no longer holds are ignored, so a forgotten
+        client's state is never restored. A state without the ``trainer/`` entries (an
+        optimizer-only file) leaves the step count and the sampling RNG as they are.
+
+        Raises
+        ------
+        CorruptFileError
+            An entry names a parameter the generator does not have.
+        CheckpointMismatchError
+            An entry's shape differs from its parameter's.
+        """
+        clients = {c: self.hypernet.client_parameter(c) for c in self.hypernet.client_ids}
+        optimizers: dict[str, torch.optim.Optimizer | None] = {**self._optimizers()}
+        trainer_state.load_optimizer_state(optimizers, dict(self.hypernet.named_parameters()), clients, state)
+        if trainer_state.STEP_COUNT_KEY in state:
+            self.step_count = int(state[trainer_state.STEP_COUNT_KEY])
+        if trainer_state.SAMPLER_STATE_KEY in state:
+            self.generator.set_state(state[trainer_state.SAMPLER_STATE_KEY].clone())
+
+    @staticmethod
+    def remove_client_state(state: Mapping[str, torch.Tensor], client_id: str) -> dict[str, torch.Tensor]:
+        """``state`` (from :meth:`state_dict` or a file) without ``client_id``'s entries."""
+        return trainer_state.remove_client_state(state, client_id)
+
+    @staticmethod
+    def clients_in_state(keys: Iterable[str]) -> set[str]:
+        """Client ids with entries among ``keys`` of a :meth:`state_dict`."""
+        return trainer_state.clients_in_state(keys)

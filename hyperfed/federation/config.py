@@ -43,6 +43,8 @@ class FederationConfig:
     Attributes
     ----------
     method: a name from the method registry (:data:`hyperfed.federation.METHODS`).
+    generator: the hypernetwork of a HyperLoRA run: an architecture tag of
+        :data:`hypernet.GENERATORS`.
     rounds: federated rounds.
     sample_rate: each client's independent probability of taking part in a round.
     lora_rank: LoRA rank of the adapters.
@@ -53,6 +55,7 @@ class FederationConfig:
     """
 
     method: str = "hyperlora"
+    generator: str = "hyperlora"
     rounds: int = 15
     sample_rate: float = 1.0
     lora_rank: int = 8
@@ -66,6 +69,10 @@ class FederationConfig:
 
         if self.method not in METHODS:
             raise ConfigError(f"FederationConfig.method must be one of {list(METHODS)}, got {self.method!r}")
+        from hypernet import GENERATORS
+
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"FederationConfig.generator must be one of {list(GENERATORS)}, got {self.generator!r}")
         if not 0.0 < self.sample_rate <= 1.0:
             raise ConfigError(f"FederationConfig.sample_rate must be in (0, 1], got {self.sample_rate!r}")
         for name in ("rounds", "lora_rank"):

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from hyperfed.federation.config import FederationConfig
-from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, discover_targets, validate_adapter
+from hypernet import HyperLoRA, HypernetTrainer, TargetSpec, discover_targets, generator_class, validate_adapter
+from hypernet.client_training import get_adapter
 from hypernet.errors import MalformedUpdateError
-from hypernet.local import get_adapter
 
 __all__ = [
     "Reply",
@@ -186,7 +186,7 @@ class HyperLoRAServer(AdapterServer):
     @torch.no_grad()
     def adapters_for(self, client_ids: Sequence[str]) -> dict[str, Adapter]:
         """Many clients' adapters with one batched generation."""
-        return {cid: {k: v.detach().clone() for k, v in a.items()} for cid, a in self.hypernet.generate(list(client_ids)).items()}
+        return {cid: {k: v.detach().clone() for k, v in a.items()} for cid, a in self.hypernet.generate_many(client_ids).items()}
 
     def configure_round(self, round_: int, client_ids: Sequence[str]) -> dict[str, Adapter]:
         self.register(client_ids)
@@ -245,10 +245,9 @@ class LocalOnlyServer(AdapterServer):
 
 
 def make_hyperlora_server(peft_model: nn.Module, config: FederationConfig, hypernet: HyperLoRA | None = None) -> HyperLoRAServer:
-    """HyperLoRA on ``peft_model``'s LoRA targets (or around an existing ``hypernet``)."""
-    from hypernet import HyperLoRAConfig
-
-    hypernet = hypernet or HyperLoRA.from_peft_model(peft_model, HyperLoRAConfig(seed=config.seed))
+    """A hypernetwork (``config.generator``, a tag of :data:`hypernet.GENERATORS`) on
+    ``peft_model``'s LoRA targets, or around an existing ``hypernet``."""
+    hypernet = hypernet or generator_class(config.generator).from_peft_model(peft_model, {"seed": config.seed})
     return HyperLoRAServer(hypernet, peft_model, config)
 
 

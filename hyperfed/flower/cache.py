@@ -15,7 +15,7 @@ from torch import nn
 
 from hyperfed.base_model import BaseModelConfig, load_or_build_base_model
 from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 __all__ = ["cached_corpus", "cached_client_model", "load_base_model", "build_peft_model"]
 

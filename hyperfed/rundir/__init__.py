@@ -19,8 +19,6 @@ from hyperfed.rundir.layout import (
     client_file_name,
     client_from_file_name,
     load_optimizer_file,
-    optimizer_tensors,
-    restore_optimizer,
 )
 
 __all__ = [
@@ -28,7 +26,5 @@ __all__ = [
     "OPTIMIZER_FILE",
     "client_file_name",
     "client_from_file_name",
-    "optimizer_tensors",
-    "restore_optimizer",
     "load_optimizer_file",
 ]

@@ -18,14 +18,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from hypernet import HyperLoRA, HyperLoRAConfig, TargetSpec, adapter_hash
-from hypernet.io import HYPERNET_WEIGHTS, read_meta
+from hypernet import Generator, HypernetTrainer, TargetSpec, adapter_hash
+from hypernet.io import HYPERNET_WEIGHTS, checkpoint_architecture, read_meta
 
 from hyperfed.errors import CorruptFileError
 from hyperfed.ledger.commitment import commit_embedding
@@ -42,18 +42,14 @@ __all__ = [
 ]
 
 
-def _client_param_ids(hypernet: HyperLoRA) -> set[int]:
-    return {id(p) for p in hypernet.clients.parameters()}
-
-
-def shared_state(hypernet: HyperLoRA) -> dict[str, torch.Tensor]:
+def shared_state(hypernet: Generator) -> dict[str, torch.Tensor]:
     """The hypernetwork's state dict without client embeddings (CPU, contiguous)."""
-    clients = _client_param_ids(hypernet)
+    clients = {n for cid in hypernet.client_ids for n in hypernet.embedding_tensor_names(cid)}
     return {name: t.detach().to("cpu").contiguous()
-            for name, t in hypernet.state_dict(keep_vars=True).items() if id(t) not in clients}
+            for name, t in hypernet.state_dict().items() if name not in clients}
 
 
-def shared_weights_hash(hypernet: HyperLoRA) -> str:
+def shared_weights_hash(hypernet: Generator) -> str:
     """Hex sha256 of the shared weights: :func:`hypernet.adapter_hash` of :func:`shared_state`.
 
     Canonical (sorted keys, dtype, shape, little-endian bytes), so the same weights give the
@@ -104,28 +100,14 @@ class CheckpointTensors:
         return adapter_hash(self.shared)
 
 
-_SKELETONS: dict[str, HyperLoRA] = {}
-
-
-def _skeleton(meta: Mapping[str, Any]) -> HyperLoRA:
-    """An untrained HyperLoRA of the checkpoint's architecture: it names the tensors."""
-    key = json.dumps([meta["spec"], meta["config"]], sort_keys=True)
-    if key not in _SKELETONS:
-        spec = TargetSpec.from_json(json.dumps(meta["spec"]))
-        with torch.no_grad():
-            _SKELETONS.clear()  # keep one: audits read one architecture at a time
-            _SKELETONS[key] = HyperLoRA(spec, HyperLoRAConfig.from_dict(meta["config"]))
-    return _SKELETONS[key]
-
-
-def _embedding_names(skeleton: HyperLoRA, client_ids: Iterable[str]) -> dict[str, str]:
-    """State-dict name of each client's embedding, by the hypernetwork's own naming."""
-    for cid in client_ids:
-        if cid not in skeleton.clients:
-            with torch.no_grad():
-                skeleton.add_client(cid, torch.zeros(skeleton.config.client_dim))
-    names = {id(p): n for n, p in skeleton.named_parameters()}
-    return {cid: names[id(skeleton.clients.parameter(cid))] for cid in client_ids}
+def _embedding_name(generator: type[Generator], client_id: str) -> str:
+    """The one tensor holding ``client_id``'s embedding (what its commitment is over)."""
+    names = generator.embedding_tensor_names(client_id)
+    if len(names) != 1:
+        raise CorruptFileError(
+            f"generator {generator.architecture!r} keeps {len(names)} tensors per client; "
+            "embedding commitments need exactly one")
+    return names[0]
 
 
 def read_checkpoint_tensors(folder: str | os.PathLike,
@@ -154,16 +136,15 @@ def read_checkpoint_tensors(folder: str | os.PathLike,
         raise CorruptFileError(f"{weights} is missing") from None
     except SafetensorError as exc:
         raise CorruptFileError(f"{weights} is not a valid safetensors file ({exc})") from None
-    try:
-        skeleton = _skeleton(meta)
+    try:  # names come from the architecture alone: no model is built
+        generator = checkpoint_architecture(meta)
+        spec = TargetSpec.from_json(json.dumps(meta["spec"]))
+        shared_names = set(generator.shared_tensor_names(spec, meta["config"]))
         listed = [str(c) for c in meta["client_ids"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(
-            f"{folder / 'hypernet.json'} does not describe a HyperLoRA ({exc})") from None
-    names = _embedding_names(skeleton, dict.fromkeys([*listed, *also_look_for]))
-    clients = _client_param_ids(skeleton)
-    shared_names = {n for n, t in skeleton.state_dict(keep_vars=True).items()
-                    if id(t) not in clients}
+            f"{folder / 'hypernet.json'} does not describe a known generator ({exc})") from None
+    names = {cid: _embedding_name(generator, cid) for cid in dict.fromkeys([*listed, *also_look_for])}
     return CheckpointTensors(
         folder=folder,
         listed_clients=tuple(listed),
@@ -177,8 +158,8 @@ def read_checkpoint_tensors(folder: str | os.PathLike,
 def optimizer_clients(folder: str | os.PathLike) -> set[str]:
     """Client ids with optimizer state in a checkpoint's ``optimizer.safetensors``.
 
-    Entries are named ``client/<client id>/<state key>`` (see ``hyperfed.rundir``); an
-    absent file has none.
+    Entries are named ``client/<client id>/<state key>`` (see ``hypernet.trainer_state``);
+    an absent file has none.
     """
     path = Path(folder) / OPTIMIZER_FILE
     if not path.exists():
@@ -188,4 +169,4 @@ def optimizer_clients(folder: str | os.PathLike) -> set[str]:
             keys = list(handle.keys())
     except SafetensorError as exc:
         raise CorruptFileError(f"{path} is not a valid safetensors file ({exc})") from None
-    return {k[len("client/"):].rsplit("/", 1)[0] for k in keys if k.startswith("client/")}
+    return HypernetTrainer.clients_in_state(keys)

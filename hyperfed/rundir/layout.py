@@ -35,7 +35,7 @@ from hypernet.atomic import atomic_write_bytes, atomic_write_text
 from hypernet.errors import CorruptFileError
 from hypernet.trainer import HypernetTrainer
 
-__all__ = ["RunDirectory", "client_file_name", "client_from_file_name", "optimizer_tensors", "restore_optimizer", "load_optimizer_file"]
+__all__ = ["RunDirectory", "client_file_name", "client_from_file_name", "load_optimizer_file"]
 
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -126,11 +126,12 @@ class RunDirectory:
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _ROUND_DIR.match(p.name)))
 
     def save_checkpoint(self, round_: int, hypernet: HyperLoRA, trainer: HypernetTrainer | None = None) -> Path:
-        """Save the hypernetwork (and the trainer's optimizer state) after ``round_``."""
+        """Save the hypernetwork (and the trainer's :meth:`~hypernet.HypernetTrainer.state_dict`,
+        as ``optimizer.safetensors``) after ``round_``."""
         folder = self.checkpoint_dir(round_)
         save_hypernet(hypernet, folder, extra={"round": round_})
         if trainer is not None:
-            atomic_write_bytes(folder / OPTIMIZER_FILE, save(optimizer_tensors(trainer)))
+            atomic_write_bytes(folder / OPTIMIZER_FILE, save(trainer.state_dict()))
         return folder
 
     def load_checkpoint(self, round_: int, spec: TargetSpec | None = None) -> HyperLoRA:
@@ -163,50 +164,9 @@ class RunDirectory:
         return sorted(client_from_file_name(p.name[: -len(".safetensors")]) for p in folder.glob("*.safetensors"))
 
 
-def optimizer_tensors(trainer: HypernetTrainer) -> dict[str, torch.Tensor]:
-    """The trainer's optimizer state as named tensors; client entries are keyed by client id,
-    so one client's state can be found and removed from a file without touching others."""
-    out: dict[str, torch.Tensor] = {}
-    names = {id(p): n for n, p in trainer.hypernet.named_parameters()}
-    client_of = {id(trainer.hypernet.clients.parameter(c)): c for c in trainer.hypernet.client_ids}
-    optimizers = {"shared": trainer.shared_optimizer, "client": trainer.client_optimizer}
-    if trainer.base_optimizer is not None:
-        optimizers["base"] = trainer.base_optimizer
-    for group_name, optimizer in optimizers.items():
-        for param, state in optimizer.state.items():
-            owner = f"client/{client_of[id(param)]}" if id(param) in client_of else f"{group_name}/{names.get(id(param), '?')}"
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    out[f"{owner}/{key}"] = value.detach().to("cpu").contiguous()
-    return out
-
-
-def restore_optimizer(trainer: HypernetTrainer, tensors: dict[str, torch.Tensor]) -> None:
-    """Load state written by :func:`optimizer_tensors` back into ``trainer``'s optimizers.
-
-    Entries of clients the hypernetwork no longer holds are ignored (a forgotten client's
-    state is never restored).
-    """
-    named = dict(trainer.hypernet.named_parameters())
-    optimizers = {"shared": trainer.shared_optimizer, "client": trainer.client_optimizer, "base": trainer.base_optimizer}
-    for key, value in tensors.items():
-        owner, state_key = key.rsplit("/", 1)
-        group, name = owner.split("/", 1)
-        optimizer = optimizers.get(group)
-        if optimizer is None:
-            continue
-        if group == "client":
-            if name not in trainer.hypernet.clients:
-                continue
-            param = trainer.hypernet.clients.parameter(name)
-        else:
-            param = named.get(name)
-            if param is None:
-                raise CorruptFileError(f"optimizer state for unknown parameter {name!r}")
-        optimizer.state[param][state_key] = value.clone()
-
-
 def load_optimizer_file(folder: Path) -> dict[str, torch.Tensor]:
+    """The trainer state saved beside a checkpoint (``{}`` if there is none); restore it with
+    :meth:`hypernet.HypernetTrainer.load_state_dict`."""
     path = Path(folder) / OPTIMIZER_FILE
     try:
         return load_file(path)

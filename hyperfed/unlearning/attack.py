@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hyperfed.unlearning.logits import eval_mode
-from hypernet.clients import ClientEmbeddings
+from hypernet.embeddings import ClientEmbeddings
 from hypernet.data import sample_batch
 from hypernet.errors import ConfigError
 from hypernet.functional import causal_lm_loss

@@ -39,7 +39,7 @@ from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientErro
 from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
 from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
-from hypernet import HyperLoRA, load_hypernet, save_hypernet
+from hypernet import HyperLoRA, HypernetTrainer, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes
 from hypernet.io import read_meta
 
@@ -211,13 +211,12 @@ def _purge_checkpoint(folder: Path, client_id: str) -> None:
     """Rewrite one checkpoint folder without the client's embedding and optimizer state."""
     meta = read_meta(folder)
     optimizer = load_optimizer_file(folder)
-    prefix = f"client/{client_id}/"
     if client_id in meta["client_ids"]:
         hypernet = load_hypernet(folder)
         hypernet.remove_client(client_id)
         save_hypernet(hypernet, folder, extra=meta.get("extra", {}))
-    if any(k.startswith(prefix) for k in optimizer):
-        kept = {k: v for k, v in optimizer.items() if not k.startswith(prefix)}
+    kept = HypernetTrainer.remove_client_state(optimizer, client_id)
+    if len(kept) != len(optimizer):
         atomic_write_bytes(folder / OPTIMIZER_FILE, save(kept))
 
 
@@ -234,7 +233,7 @@ def _purge_adapters(rd: RunDirectory, client_id: str) -> None:
 def _regenerate(rd: RunDirectory, client_id: str, hypernet: HyperLoRA) -> None:
     """Regenerate every remaining client's adapter from the post-forget hypernetwork."""
     with torch.no_grad():
-        adapters = hypernet.generate(hypernet.client_ids) if hypernet.client_ids else {}
+        adapters = hypernet.generate_many(hypernet.client_ids)
     regenerated = rd.regenerated(client_id)
     hashes = {cid: regenerated.save_adapter(0, cid, adapter) for cid, adapter in adapters.items()}
     rd.write_json(rd.forget_dir(client_id) / "adapter_hashes.json", hashes)

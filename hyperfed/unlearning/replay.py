@@ -15,9 +15,9 @@ from torch import nn
 from hyperfed.config import RunConfig
 from hyperfed.data.corpus import FederatedCorpus
 from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
-from hyperfed.rundir import RunDirectory, load_optimizer_file, restore_optimizer
+from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hypernet.errors import ConfigError
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 __all__ = ["replay_without", "load_experiment", "exact_model_step"]
 
@@ -47,7 +47,7 @@ def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_roun
     clients = {cid: data for cid, data in corpus.clients.items() if cid in hypernet.clients}
     peft_model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
     server = make_server("hyperlora", peft_model, fed, hypernet=hypernet)
-    restore_optimizer(server.trainer, load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
+    server.trainer.load_state_dict(load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
     rounds = list(range(first_round, last_round + 1))
     log.info("replaying rounds %d..%d without %r", first_round, last_round, client_id)
     run_rounds(server, peft_model, clients, fed, first_round=first_round, last_round=last_round)
@@ -61,10 +61,10 @@ def exact_model_step(rd: RunDirectory, journal: dict[str, Any]) -> None:
 
     from hypernet import save_hypernet
     from hypernet.atomic import atomic_write_bytes
-    from hyperfed.rundir import OPTIMIZER_FILE, optimizer_tensors
+    from hyperfed.rundir import OPTIMIZER_FILE
 
     client_id, round_ = journal["client_id"], journal["round"]
     replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)
     journal["replayed_rounds"] = rounds
     save_hypernet(replayed.hypernet, rd.checkpoint_dir(round_), extra={"round": round_, "exact_forget": client_id})
-    atomic_write_bytes(rd.checkpoint_dir(round_) / OPTIMIZER_FILE, save(optimizer_tensors(replayed.trainer)))
+    atomic_write_bytes(rd.checkpoint_dir(round_) / OPTIMIZER_FILE, save(replayed.trainer.state_dict()))

@@ -42,7 +42,7 @@ from hyperfed.unlearning.forget import forget_client
 from hyperfed.unlearning.membership import block_losses, membership_auc
 from hyperfed.unlearning.replay import load_experiment
 from hypernet import HyperLoRA, evaluate_loss
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 __all__ = ["VerificationRow", "VerificationReport", "forget_and_verify", "render_report", "plot_report"]
 
@@ -100,7 +100,7 @@ class _Measure:
         retained = None
         if hypernet is not None:
             with torch.no_grad():
-                adapters = hypernet.generate([c for c in self.others if c in hypernet.clients])
+                adapters = hypernet.generate_many([c for c in self.others if c in hypernet.clients])
             losses = [evaluate_loss(self.model, a, self.others[c].val) for c, a in adapters.items()]
             retained = sum(losses) / len(losses)
         forgotten = evaluate_loss(self.model, adapter, self.data.val)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hypernet import ClientData
-from hypernet.models import add_lora, tiny_gpt2, tiny_llama, tiny_qwen2
+from hypernet.base_models import add_lora, tiny_gpt2, tiny_llama, tiny_qwen2
 
 # (name, builder, LoRA target modules): one behaviour runs across every architecture.
 ARCHITECTURES = [

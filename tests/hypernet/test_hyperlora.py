@@ -50,7 +50,7 @@ def test_base_a_matches_peft_default_init_scale(llama_model):
 def test_batch_generation_equals_single(llama_model):
     hn = HyperLoRA.from_peft_model(llama_model, client_ids=["a", "b", "c"])
     with torch.no_grad():
-        many = hn.generate(["c", "a"])
+        many = hn.generate_many(["c", "a"])
         for cid in ("a", "c"):
             single = hn.generate(cid)
             for key in single:
@@ -92,7 +92,7 @@ def test_client_embedding_is_a_function_of_seed_and_id(llama_model):
 
 def test_ids_with_dots_and_unicode_are_fine(llama_model):
     hn = HyperLoRA.from_peft_model(llama_model, client_ids=["org.team/alice", "böb"])
-    assert set(hn.generate(["org.team/alice", "böb"])) == {"org.team/alice", "böb"}
+    assert set(hn.generate_many(["org.team/alice", "böb"])) == {"org.team/alice", "böb"}
     with pytest.raises(TypeError):
         hn.add_client("")
 
@@ -126,3 +126,26 @@ def test_dtype_and_device_follow_the_module(llama_model):
     hn.add_client("b")
     assert hn.clients.parameter("b").dtype == torch.float64
     assert all(v.dtype == torch.float64 for v in hn.generate("b").values())
+
+
+def test_generate_returns_one_adapter_and_generate_many_a_dict_of_them(llama_model):
+    hn = HyperLoRA.from_peft_model(llama_model, client_ids=["a", "b"])
+    with torch.no_grad():
+        one = hn.generate("a")
+        many = hn.generate_many(["b", "a"])
+    assert set(one) == set(hn.spec.state_dict_shapes())
+    assert all(isinstance(v, torch.Tensor) for v in one.values())
+    assert list(many) == ["b", "a"]
+    assert all(set(adapter) == set(one) for adapter in many.values())
+    for k in one:  # batched matmuls may round differently from a batch of one
+        torch.testing.assert_close(many["a"][k], one[k], rtol=0, atol=1e-6)
+    assert hn.generate_many([]) == {}
+
+
+@pytest.mark.parametrize("wrong", [["a"], ("a", "b")])
+def test_generate_refuses_many_ids_and_points_at_generate_many(llama_model, wrong):
+    hn = HyperLoRA.from_peft_model(llama_model, client_ids=["a", "b"])
+    with pytest.raises(TypeError, match="generate_many"):
+        hn.generate(wrong)
+    with pytest.raises(TypeError, match=r"generate\(client_id\)"):
+        hn.generate_many("a")

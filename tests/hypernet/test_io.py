@@ -17,8 +17,8 @@ from hypernet import (
     load_hypernet,
     save_hypernet,
 )
+from hypernet.base_models import add_lora, tiny_llama
 from hypernet.io import HYPERNET_META, HYPERNET_WEIGHTS
-from hypernet.models import add_lora, tiny_llama
 
 
 def _trained(model, ids=("a", "b")):

@@ -2,8 +2,13 @@ import pytest
 from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
-from hypernet import CheckpointMismatchError, NoLoraTargetsError, TargetSpec, discover_targets
-from hypernet.models import add_lora, tiny_gpt2, tiny_llama
+from hypernet import (
+    CheckpointMismatchError,
+    NoLoraTargetsError,
+    TargetSpec,
+    discover_targets,
+)
+from hypernet.base_models import add_lora, tiny_gpt2, tiny_llama
 
 
 def test_spec_matches_peft_state_dict(arch_model):

@@ -33,7 +33,7 @@ def test_generated_adapters_are_personalised(llama_model, toy_data):
     trainer = _trainer(llama_model, toy_data)
     trainer.fit(toy_data, steps=80)
     with torch.no_grad():
-        adapters = trainer.hypernet.generate(list(toy_data))
+        adapters = trainer.hypernet.generate_many(list(toy_data))
     own = {c: evaluate_loss(llama_model, adapters[c], toy_data[c].val) for c in toy_data}
     ids = list(toy_data)
     swapped = {c: evaluate_loss(llama_model, adapters[ids[(i + 1) % len(ids)]], toy_data[c].val) for i, c in enumerate(ids)}

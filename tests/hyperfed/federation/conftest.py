@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hyperfed.data.corpus import CorpusConfig, build_corpus
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 from hypernet import ClientData, load_hypernet, save_hypernet
 from hypernet.io import read_meta
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 CLIENTS = ("alice", "bob", "org/carol")  # one id with a "/" on purpose
 ROUNDS = 2

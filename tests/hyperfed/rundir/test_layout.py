@@ -4,9 +4,9 @@ import torch
 
 from hypernet import LocalTrainConfig
 from hyperfed.federation import FederationConfig, make_server, run_rounds
-from hyperfed.rundir import RunDirectory, client_file_name, client_from_file_name, load_optimizer_file, optimizer_tensors, restore_optimizer
+from hyperfed.rundir import RunDirectory, client_file_name, client_from_file_name, load_optimizer_file
 from hypernet import ClientData
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 
 def _clients():
@@ -27,7 +27,7 @@ def test_checkpoint_with_optimizer_state_resumes_bitwise(tmp_path):
     rd.save_checkpoint(2, first.hypernet, first.trainer)
     assert rd.checkpoint_rounds() == [2]
     resumed = make_server("hyperlora", copy.deepcopy(model), config, hypernet=rd.load_checkpoint(2))
-    restore_optimizer(resumed.trainer, load_optimizer_file(rd.checkpoint_dir(2)))
+    resumed.trainer.load_state_dict(load_optimizer_file(rd.checkpoint_dir(2)))
     run_rounds(resumed, resumed.trainer.model, clients, config, first_round=3, last_round=4)
     a, b = straight.hypernet.state_dict(), resumed.hypernet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -38,7 +38,7 @@ def test_optimizer_tensors_are_keyed_by_client_id(tmp_path):
     config = FederationConfig(rounds=2, local=LocalTrainConfig(steps=1, batch_size=2))
     server = make_server("hyperlora", model, config)
     run_rounds(server, model, _clients(), config)
-    keys = optimizer_tensors(server.trainer)
+    keys = server.trainer.state_dict()
     assert {"client/a/1/exp_avg", "client/b/exp_avg_sq"} <= set(keys)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from hyperfed.unlearning import adapter_from_embedding, embedding_recovery_attack
 from hypernet import ClientData, ConfigError, HyperLoRA, HypernetTrainer, TrainerConfig, evaluate_loss
-from hypernet.models import add_lora, tiny_llama
+from hypernet.base_models import add_lora, tiny_llama
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,8 +23,8 @@ from hyperfed.unlearning import (
     secret_log_perplexity,
 )
 from hypernet import ClientData, ConfigError, LocalTrainConfig, causal_lm_loss, to_blocks, train_local_adapter
-from hypernet.local import get_adapter
-from hypernet.models import add_lora, tiny_llama
+from hypernet.client_training import get_adapter
+from hypernet.base_models import add_lora, tiny_llama
 
 CANDIDATES = 200  # exposure saturates at log2(201) ≈ 7.65 bits
 

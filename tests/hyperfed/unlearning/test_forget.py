@@ -26,7 +26,7 @@ from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hyperfed.unlearning.forget import FORGET_STEPS, JOURNAL, forget_client, forgotten_clients, recover_pending_forget
 from hyperfed.unlearning.replay import load_experiment
 from hypernet.io import read_meta
-from hypernet.models import add_lora
+from hypernet.base_models import add_lora
 
 CONFIG = RunConfig(
     federation=FederationConfig(rounds=4, sample_rate=0.6, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2, seed=1),
@@ -72,7 +72,7 @@ def test_delete_removes_every_trace_and_keeps_other_adapters(run):
     before = run.load_checkpoint(4)
     embeddings = [read_checkpoint_embedding(run, r, victim) for r in run.checkpoint_rounds()]
     with torch.no_grad():
-        others_before = before.generate([c for c in before.client_ids if c != victim])
+        others_before = before.generate_many([c for c in before.client_ids if c != victim])
 
     result = forget_client(run.root, victim, "delete")
 
@@ -88,7 +88,7 @@ def test_delete_removes_every_trace_and_keeps_other_adapters(run):
     assert victim not in run.metrics_path.read_text()
     after = run.load_checkpoint(4)
     with torch.no_grad():
-        for cid, adapter in after.generate(after.client_ids).items():
+        for cid, adapter in after.generate_many(after.client_ids).items():
             assert all(torch.equal(adapter[k], others_before[cid][k]) for k in adapter)
     with Ledger.from_url(str(run.ledger_path)) as ledger:
         assert [e.client_id for e in ledger.forget_events()] == [victim]

@@ -6,7 +6,8 @@ hub is reachable; with ``HF_HUB_OFFLINE=1`` only local paths load.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,20 +95,21 @@ def add_lora(
     model: nn.Module,
     rank: int = 8,
     target_modules: Sequence[str] | str | None = None,
-    alpha: float | None = None,
+    alpha: int | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """Wrap ``model`` with a peft LoRA adapter named ``default`` (dropout 0)."""
     from peft import LoraConfig, get_peft_model
 
-    if target_modules is None:
-        target_modules = DEFAULT_TARGETS.get(model.config.model_type, "all-linear")
+    hf_model: Any = model  # a transformers PreTrainedModel (its config is untyped)
+    model_type: str = hf_model.config.model_type
+    targets: Sequence[str] | str = DEFAULT_TARGETS.get(model_type, "all-linear") if target_modules is None else target_modules
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else 2 * rank,
-        target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
+        target_modules=targets if isinstance(targets, str) else list(targets),
         lora_dropout=0.0,
-        fan_in_fan_out=model.config.model_type == "gpt2",
+        fan_in_fan_out=model_type == "gpt2",
     )
     return _seeded(lambda: get_peft_model(model, config), seed)
 
@@ -116,10 +118,13 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> nn.
     """Load a real causal LM (a local directory, or a hub name when the hub is reachable)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    model: nn.Module = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    return model
 
 
-def _seeded(build, seed: int):  # noqa: ANN001, ANN202
+def _seeded(build: Callable[[], Any], seed: int) -> nn.Module:
+    """``build()`` with the global torch RNG seeded, leaving the caller's RNG untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build()
+        model: nn.Module = build()
+    return model

@@ -1,4 +1,4 @@
-"""Plain peft LoRA training of one adapter on one client's data.
+"""Client training: plain peft LoRA training of one adapter on one client's data.
 
 This is what a federated client runs on the adapter the server generated for it, and what
 the FedAvg-LoRA and local-only baselines run. The adapter is *copied* into the model with
@@ -8,47 +8,20 @@ the FedAvg-LoRA and local-only baselines run. The adapter is *copied* into the m
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from hypernet.config import LocalTrainConfig
 from hypernet.data import sample_batch
-from hypernet.errors import CheckpointMismatchError, ConfigError
+from hypernet.errors import CheckpointMismatchError
 from hypernet.functional import causal_lm_loss
 
-__all__ = ["LocalTrainConfig", "train_local_adapter", "evaluate_loss", "get_adapter", "set_adapter"]
+__all__ = ["train_local_adapter", "evaluate_loss", "get_adapter", "set_adapter"]
 
 Adapter = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LocalTrainConfig:
-    """Local fine-tuning of one LoRA adapter.
-
-    Attributes
-    ----------
-    steps: optimizer steps per call.
-    lr: learning rate.
-    batch_size: blocks per step.
-    optimizer: ``"adam"`` or ``"sgd"``.
-    seed: seeds batch sampling, so a client's local run is reproducible.
-    """
-
-    steps: int = 10
-    lr: float = 3e-3
-    batch_size: int = 8
-    optimizer: str = "adam"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size <= 0:
-            raise ConfigError(f"LocalTrainConfig needs steps >= 0 and batch_size > 0, got {self}")
-        if not self.lr > 0:
-            raise ConfigError(f"LocalTrainConfig.lr must be > 0, got {self.lr!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"LocalTrainConfig.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
 
 def get_adapter(peft_model: nn.Module) -> Adapter:
@@ -72,12 +45,14 @@ def train_local_adapter(
     peft_model: nn.Module,
     adapter: Mapping[str, torch.Tensor],
     train_blocks: torch.Tensor,
-    config: LocalTrainConfig = LocalTrainConfig(),
+    config: LocalTrainConfig | None = None,
 ) -> tuple[Adapter, float]:
     """Fine-tune ``adapter`` on ``train_blocks``; return the new adapter and the mean loss.
 
-    Only LoRA weights are trained; the base model stays frozen.
+    Only LoRA weights are trained; the base model stays frozen. ``config`` defaults to
+    :class:`~hypernet.config.LocalTrainConfig` ``()``.
     """
+    config = config or LocalTrainConfig()
     set_adapter(peft_model, adapter)
     params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     for p in params:
@@ -86,12 +61,12 @@ def train_local_adapter(
     gen = torch.Generator().manual_seed(config.seed)
     device = params[0].device
     peft_model.train()
-    losses = []
+    losses: list[float] = []
     for _ in range(config.steps):
         batch = sample_batch(train_blocks, config.batch_size, gen).to(device)
         loss = causal_lm_loss(peft_model, None, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         opt.step()
         losses.append(loss.item())
     return get_adapter(peft_model), (sum(losses) / len(losses) if losses else float("nan"))
@@ -106,12 +81,13 @@ def evaluate_loss(
 ) -> float:
     """Mean next-token loss over all ``blocks`` with ``adapter`` (``None``: the base model)."""
     peft_model.eval()
+    peft: Any = peft_model  # for peft's untyped disable_adapter()
     device = next(peft_model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, blocks.shape[0], batch_size):
         batch = blocks[start : start + batch_size].to(device)
         if adapter is None:
-            with peft_model.disable_adapter():
+            with peft.disable_adapter():
                 loss = causal_lm_loss(peft_model, None, batch)
         else:
             loss = causal_lm_loss(peft_model, adapter, batch)

@@ -16,7 +16,7 @@ from torch import nn
 
 from hypernet.errors import DuplicateClientError, UnknownClientError
 
-__all__ = ["ClientEmbeddings", "client_seed"]
+__all__ = ["ClientEmbeddings", "client_seed", "embedding_parameter_name"]
 
 
 def client_seed(seed: int, client_id: str) -> int:
@@ -25,13 +25,20 @@ def client_seed(seed: int, client_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _param_name(client_id: str) -> str:
-    # ParameterDict names cannot contain '.', and user ids can; a hash is safe and fixed.
+def embedding_parameter_name(client_id: str) -> str:
+    """Name of ``client_id``'s parameter inside :attr:`ClientEmbeddings.vectors`.
+
+    ``ParameterDict`` names cannot contain ``'.'`` and user ids can, so the name is a fixed
+    hash of the id: the same in every run, on every machine, with or without a model.
+    """
     return "c" + hashlib.sha256(client_id.encode()).hexdigest()[:24]
 
 
 class ClientEmbeddings(nn.Module):
     """An ordered set of per-client embedding vectors."""
+
+    vectors: nn.ParameterDict
+    _probe: torch.Tensor
 
     def __init__(self, dim: int, init_std: float, seed: int) -> None:
         super().__init__()
@@ -68,7 +75,7 @@ class ClientEmbeddings(nn.Module):
         if tuple(vector.shape) != (self.dim,):
             raise ValueError(f"embedding for {client_id!r} must have shape ({self.dim},), got {tuple(vector.shape)}")
         param = nn.Parameter(vector.detach().to(device=ref.device, dtype=ref.dtype).clone())
-        name = _param_name(client_id)
+        name = embedding_parameter_name(client_id)
         self.vectors[name] = param
         self._names[client_id] = name
         return param
@@ -76,13 +83,15 @@ class ClientEmbeddings(nn.Module):
     def remove(self, client_id: str) -> nn.Parameter:
         """Unregister ``client_id`` and return its (now detached from the module) parameter."""
         name = self._name(client_id)
-        param = self.vectors[name]
+        param: nn.Parameter = self.vectors[name]
         del self.vectors[name]
         del self._names[client_id]
         return param
 
     def parameter(self, client_id: str) -> nn.Parameter:
-        return self.vectors[self._name(client_id)]
+        """The embedding of ``client_id`` (:class:`UnknownClientError` if not registered)."""
+        param: nn.Parameter = self.vectors[self._name(client_id)]
+        return param
 
     def stack(self, client_ids: Sequence[str]) -> torch.Tensor:
         """Embeddings of ``client_ids`` as one tensor ``(b, client_dim)`` that keeps autograd."""
