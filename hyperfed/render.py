@@ -59,8 +59,8 @@ def terminal_logging(verbose: bool = False, flower: bool = False) -> Iterator[No
     """Log to stderr, each record once, through ``tqdm.write`` so a line never tears a bar.
 
     One handler on the root logger; WARNING and above by default, and with ``verbose``
-    INFO for :data:`VERBOSE_LOGGERS`. Library progress bars of Hugging Face (loading and
-    writing weights) are switched off.
+    INFO for :data:`VERBOSE_LOGGERS`. Hugging Face's own progress bars (loading and writing
+    weights of the tiny base model) are switched off, for the rest of the process.
 
     Flower installs a coloured console handler on its ``flwr`` logger when it is imported,
     and its records also propagate to the root logger, so under any root handler every
@@ -68,7 +68,7 @@ def terminal_logging(verbose: bool = False, flower: bool = False) -> Iterator[No
     is imported now and its console handler taken off for the duration: its records come
     through our handler only, once, and INFO only with ``verbose``.
 
-    Everything changed is put back on exit, so the CLI's ``main`` can run several times in
+    Everything else changed is put back on exit, so the CLI's ``main`` can run several times in
     one process (tests) without stacking handlers.
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
