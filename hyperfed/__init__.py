@@ -8,6 +8,7 @@ from hyperfed.errors import (
     LedgerError,
     LedgerUnavailableError,
     MalformedUpdateError,
+    MissingExtraError,
     TamperDetectedError,
     UnknownClientError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "LedgerConflictError",
     "ContractViolationError",
     "TamperDetectedError",
+    "MissingExtraError",
 ]
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from hyperfed.render import format_table, progress
+from hyperfed.render import format_table, progress, terminal_logging
 from hypernet.errors import HyperFedError
 
 __all__ = ["main"]
@@ -37,15 +36,20 @@ def _run_comparison(config, out: str, overwrite: bool = False) -> int:  # noqa: 
 
     bars: dict[str, object] = {}
 
+    def bar_for(key: str, total: int, desc: str):  # noqa: ANN202  (one bar per key, made once)
+        if key not in bars:
+            bars[key] = progress(total, desc)
+        return bars[key]
+
     def on_pretrain(step: int, loss: float) -> None:
-        bar = bars.setdefault("pretrain", progress(config.base_model.steps, "pretraining base model (once, cached)"))
+        bar = bar_for("pretrain", config.base_model.steps, "pretraining base model (once, cached)")
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
         if step == config.base_model.steps:
             bar.close()
 
     def on_round(method: str, outcome) -> None:  # noqa: ANN001
-        bar = bars.setdefault(method, progress(config.federation.rounds, f"{method_label(method):>11} rounds"))
+        bar = bar_for(method, config.federation.rounds, f"{method_label(method):>11} rounds")
         bar.update(1)
         bar.set_postfix(train_loss=f"{outcome.train_loss:.3f}")
         if outcome.round == config.federation.rounds:
@@ -139,44 +143,50 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+_VERBOSE_HELP = "also show INFO logs of hyperfed and Flower (default: warnings and errors only)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hyperfed.unlearning.modes import FORGET_MODES  # the registry: light, no torch
 
     parser = argparse.ArgumentParser(prog="hyperfed", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
+    # -v also after the command (`hyperfed demo -v`); SUPPRESS keeps a `hyperfed -v demo`.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
 
-    quick = sub.add_parser("quickstart", help="train a HyperLoRA end to end on 4 clients and export an adapter")
+    quick = sub.add_parser("quickstart", parents=[verbose], help="train a HyperLoRA end to end on 4 clients and export an adapter")
     quick.add_argument("--out", default="runs/quickstart", help="output directory")
     quick.add_argument("--steps", type=int, default=150)
     quick.set_defaults(func=_cmd_quickstart)
 
-    demo = sub.add_parser("demo", help="federated HyperLoRA vs FedAvg-LoRA vs local-only on the offline corpus")
+    demo = sub.add_parser("demo", parents=[verbose], help="federated HyperLoRA vs FedAvg-LoRA vs local-only on the offline corpus")
     demo.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
     demo.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     demo.add_argument("--no-forget", action="store_true", help="stop after the comparison")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_demo, flower=True)
 
-    train = sub.add_parser("train", help="run the comparison from a TOML/JSON config file")
+    train = sub.add_parser("train", parents=[verbose], help="run the comparison from a TOML/JSON config file")
     train.add_argument("config", help="config file with the sections of hyperfed.config.RunConfig")
     train.add_argument("--out", default="runs/train", help="run directory (must not hold a run yet)")
     train.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")
-    train.set_defaults(func=_cmd_train)
-    audit = sub.add_parser("audit", help="recompute every hash of a run and check it against the ledger")
+    train.set_defaults(func=_cmd_train, flower=True)
+    audit = sub.add_parser("audit", parents=[verbose], help="recompute every hash of a run and check it against the ledger")
     audit.add_argument("run_dir")
     audit.add_argument("--ledger", default=None, help="ledger URL (default: the run's own)")
     audit.add_argument("--json", default=None, help="also write the report as JSON here")
     audit.add_argument("--all", action="store_true", help="list every check, not only failures")
     audit.set_defaults(func=_cmd_audit)
 
-    forget = sub.add_parser("forget", help="forget a client of a run (delete its embedding and every trace)")
+    forget = sub.add_parser("forget", parents=[verbose], help="forget a client of a run (delete its embedding and every trace)")
     forget.add_argument("run_dir")
     forget.add_argument("client_id")
     forget.add_argument("--mode", choices=list(FORGET_MODES), default="delete",
                         help="; ".join(f"{name}: {mode.summary}" for name, mode in FORGET_MODES.items()))
     forget.add_argument("--verify", action="store_true", help="measure the forget against retraining (simulation runs)")
     forget.add_argument("--compare", nargs="*", choices=list(FORGET_MODES), help="with --verify: also run these modes on a copy")
-    forget.set_defaults(func=_cmd_forget)
+    forget.set_defaults(func=_cmd_forget, flower=True)
     return parser
 
 
@@ -185,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        with terminal_logging(verbose=args.verbose, flower=getattr(args, "flower", False)):
+            return args.func(args)
     except KeyboardInterrupt:
         return 130
     except HyperFedError as exc:  # a typed, explained failure: no traceback

@@ -32,6 +32,7 @@ __all__ = [
     "LedgerConflictError",
     "ContractViolationError",
     "TamperDetectedError",
+    "MissingExtraError",
 ]
 
 
@@ -57,3 +58,8 @@ class ContractViolationError(LedgerError):
 
 class TamperDetectedError(LedgerError):
     """Stored ledger data or a run file does not match its hash chain or recorded hash."""
+
+
+class MissingExtraError(HyperFedError, ImportError):
+    """A feature needs packages of an optional extra that is not installed; the message
+    names the ``pip install 'hyperfed[extra]'`` that fixes it."""

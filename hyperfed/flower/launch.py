@@ -143,7 +143,12 @@ def run_flwr_simulation(
     ------
     FlowerRunError
         If the SuperLink does not start, the run fails or times out, or writes no metrics.
+    MissingExtraError
+        If Ray is not installed (``pip install 'hyperfed[simulation]'``).
     """
+    from hyperfed.extras import require_extra
+
+    require_extra("simulation", "ray", feature="`flwr run` on the Simulation Engine")
     _, run_dir = _prepare(run_config, run_dir, num_supernodes)
     federation_config = {
         "num-supernodes": num_supernodes,

@@ -115,12 +115,17 @@ def on_finish(server: AdapterServer, strategy: AdapterStrategy, run_dir: str | P
 def _show_logs_with_flower() -> None:
     """In a ServerApp process, print our INFO logs where Flower prints its own (``flwr run
     --stream`` shows them). Only the Flower entry point calls this; the library never
-    configures logging."""
+    configures logging.
+
+    Once per process, and only when Flower's handlers are in place (under ``hyperfed`` the
+    CLI has taken Flower's console handler off and shows both itself). Our records then stop
+    at Flower's handlers instead of also reaching a root handler: each line prints once."""
     ours, flowers = logging.getLogger("hyperfed"), logging.getLogger("flwr")
     if not ours.handlers and flowers.handlers:
         for handler in flowers.handlers:
             ours.addHandler(handler)
         ours.setLevel(logging.INFO)
+        ours.propagate = False
 
 
 def build_server_app(defaults: Mapping[str, RunConfigValue] | None = None, finish: FinishHook | None = on_finish) -> ServerApp:

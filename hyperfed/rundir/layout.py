@@ -23,7 +23,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import torch
@@ -33,7 +33,9 @@ from safetensors.torch import load_file, save
 from hypernet import HyperLoRA, TargetSpec, adapter_hash, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes, atomic_write_text
 from hypernet.errors import CorruptFileError
-from hypernet.trainer import HypernetTrainer
+
+if TYPE_CHECKING:  # only for annotations: the trainer pulls peft, an audit needs neither
+    from hypernet.trainer import HypernetTrainer
 
 __all__ = ["RunDirectory", "client_file_name", "client_from_file_name", "load_optimizer_file"]
 

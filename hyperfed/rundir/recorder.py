@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
-from hypernet import HyperLoRA, HypernetTrainer
+from hypernet import HyperLoRA
+
+if TYPE_CHECKING:  # only for annotations: the trainer pulls peft
+    from hypernet import HypernetTrainer
 
 from hyperfed.errors import ConfigError, ContractViolationError, ForgottenClientError, LedgerError
 from hyperfed.ledger.client import Ledger

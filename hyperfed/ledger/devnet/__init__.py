@@ -11,6 +11,10 @@ Fabric network (Docker) is available.
 * :mod:`hyperfed.ledger.devnet.pki` — a throw-away CA and identities (never for production).
 """
 
+from hyperfed.extras import require_extra
+
+require_extra("fabric", "fabric_protos", "grpc", "cryptography", feature="the local Fabric Gateway devnet")
+
 from hyperfed.ledger.devnet.server import FaultPlan, GatewayStats, LocalGatewayServer, ServerTls, connect_local_gateway
 
 __all__ = ["LocalGatewayServer", "connect_local_gateway", "ServerTls", "FaultPlan", "GatewayStats"]

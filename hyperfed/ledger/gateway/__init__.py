@@ -15,6 +15,10 @@ A signature-checking Gateway endpoint on loopback, for tests and local developme
 apart from this production client in :mod:`hyperfed.ledger.devnet`.
 """
 
+from hyperfed.extras import require_extra
+
+require_extra("fabric", "fabric_protos", "grpc", "cryptography", feature="the Fabric Gateway client")
+
 from .client import CommitStatus, GatewayBackend, PreparedTransaction, gateway_backend_from_url
 from .config import URL_SCHEME, GatewayConfig, GatewayTimeouts, TlsConfig
 from .errors import LedgerAccessDeniedError, TransactionInvalidError, TransactionOutcomeUnknownError
