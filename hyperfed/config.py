@@ -37,6 +37,7 @@ from typing import Any
 from hyperfed.base_model import BaseModelConfig
 from hyperfed.data.corpus import CorpusConfig
 from hyperfed.federation.config import FederationConfig
+from hyperfed.ledger.records import DEFAULT_WRITER_MSP
 from hypernet.errors import ConfigError
 
 __all__ = ["RunConfig", "EvaluationConfig", "LedgerSettings", "RunConfigValue", "ENGINES", "DEFAULT_WRITER_MSP"]
@@ -44,7 +45,6 @@ __all__ = ["RunConfig", "EvaluationConfig", "LedgerSettings", "RunConfigValue", 
 RunConfigValue = bool | int | float | str
 
 ENGINES = ("flower", "loop")
-DEFAULT_WRITER_MSP = "HyperFedMSP"
 
 #: Section field name -> the prefix of its keys in a flat Flower run config.
 _PREFIXES = {

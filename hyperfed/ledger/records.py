@@ -15,6 +15,7 @@ from hyperfed.ledger.commitment import verify_membership
 
 __all__ = [
     "LedgerInitRecord",
+    "DEFAULT_WRITER_MSP",
     "ClientRecord",
     "CheckpointRecord",
     "GenerationRecord",
@@ -46,6 +47,10 @@ def violation_code(error: BaseException) -> str | None:
     """The contract's refusal code in an error message (``"unknown-client"``…), if any."""
     match = _CODE.search(str(error))
     return match.group(1) if match else None
+
+
+#: The MSP that writes a run's records unless the run config names another.
+DEFAULT_WRITER_MSP = "HyperFedMSP"
 
 
 @dataclass(frozen=True)

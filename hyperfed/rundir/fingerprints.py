@@ -24,8 +24,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from hypernet import Generator, HypernetTrainer, TargetSpec, adapter_hash
+from hypernet import Generator, TargetSpec, adapter_hash
 from hypernet.io import HYPERNET_WEIGHTS, checkpoint_architecture, read_meta
+from hypernet.trainer_state import clients_in_state
 
 from hyperfed.errors import CorruptFileError
 from hyperfed.ledger.commitment import commit_embedding
@@ -169,4 +170,4 @@ def optimizer_clients(folder: str | os.PathLike) -> set[str]:
             keys = list(handle.keys())
     except SafetensorError as exc:
         raise CorruptFileError(f"{path} is not a valid safetensors file ({exc})") from None
-    return HypernetTrainer.clients_in_state(keys)
+    return clients_in_state(keys)

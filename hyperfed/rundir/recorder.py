@@ -44,7 +44,7 @@ from hyperfed.rundir.fingerprints import (
     shared_weights_hash,
 )
 from hyperfed.ledger.outbox import FlushReport, OutboxEntry
-from hyperfed.ledger.records import Receipt, violation_code
+from hyperfed.ledger.records import DEFAULT_WRITER_MSP, Receipt, violation_code
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import RunDirectory
 
@@ -53,7 +53,6 @@ __all__ = ["RunRecorder", "shared_weights_hash", "DEFAULT_WRITER_MSP", "LEDGER_U
 
 log = logging.getLogger(__name__)
 
-from hyperfed.config import DEFAULT_WRITER_MSP  # noqa: E402  (one definition, in the run config)
 LEDGER_URL_KEY = "url"  # run.json: {"ledger": {"url": ...}} names a non-default ledger
 
 
