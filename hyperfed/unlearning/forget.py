@@ -39,9 +39,10 @@ from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientErro
 from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
 from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
-from hypernet import HyperLoRA, HypernetTrainer, load_hypernet, save_hypernet
+from hypernet import HyperLoRA, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes
 from hypernet.io import read_meta
+from hypernet.trainer_state import remove_client_state
 
 if TYPE_CHECKING:
     from hyperfed.federation import HyperLoRAServer
@@ -215,7 +216,7 @@ def _purge_checkpoint(folder: Path, client_id: str) -> None:
         hypernet = load_hypernet(folder)
         hypernet.remove_client(client_id)
         save_hypernet(hypernet, folder, extra=meta.get("extra", {}))
-    kept = HypernetTrainer.remove_client_state(optimizer, client_id)
+    kept = remove_client_state(optimizer, client_id)
     if len(kept) != len(optimizer):
         atomic_write_bytes(folder / OPTIMIZER_FILE, save(kept))
 
