@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
-# Both create .venv (if missing) and install the project into it first.
+# Both create .venv (if missing) and install the project into it first; `make test`
+# runs `make lint` before the tests.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export MPLBACKEND = Agg
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo lint test test-fast bench clean
 
 install: $(STAMP)
 
@@ -25,7 +26,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(VENV)/bin/hyperfed demo
 
-test: install
+# ruff (lint + format check) and mypy (strict for hypernet/, see pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: install

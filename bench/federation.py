@@ -16,21 +16,24 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hypernet import LocalTrainConfig
+from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.base_model import BaseModelConfig, load_or_build_base_model  # noqa: E402
-from hyperfed.data.corpus import CorpusConfig, build_corpus  # noqa: E402
+from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus  # noqa: E402
 from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds  # noqa: E402
 from hyperfed.federation.client_side import local_round  # noqa: E402
-from hyperfed.federation.servers import FedAvgLoRAServer, HyperLoRAServer  # noqa: E402
-from bench.results_io import machine_info, write_result  # noqa: E402
+from hyperfed.federation.servers import AdapterServer, FedAvgLoRAServer, HyperLoRAServer  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
-from hypernet import ClientData  # noqa: E402
+from hypernet import (
+    ClientData,  # noqa: E402
+    LocalTrainConfig,
+)
 from hypernet.base_models import add_lora  # noqa: E402
 
 
@@ -43,26 +46,32 @@ def synthetic_clients(n: int, blocks: torch.Tensor, per_client: int = 16) -> dic
     return out
 
 
-def tensor_bytes(tensors) -> int:  # noqa: ANN001
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def server_bytes(server) -> int:  # noqa: ANN001
+def server_bytes(server: AdapterServer) -> int:
     if isinstance(server, HyperLoRAServer):
-        state = [v for k, v in server.trainer.state_dict().items() if not k.startswith("trainer/")]  # optimizer state only
+        state = [
+            v for k, v in server.trainer.state_dict().items() if not k.startswith("trainer/")
+        ]  # optimizer state only
         return tensor_bytes(server.hypernet.parameters()) + tensor_bytes(state)
     if isinstance(server, FedAvgLoRAServer):
         return tensor_bytes(server.global_adapter.values())
     return 0
 
 
-def bench_rounds(base, corpus, clients_counts, local_steps: int, rounds: int) -> list[dict]:  # noqa: ANN001
+def bench_rounds(
+    base: torch.nn.Module, corpus: FederatedCorpus, clients_counts: Sequence[int], local_steps: int, rounds: int
+) -> list[dict]:
     blocks = torch.cat([d.train for d in corpus.clients.values()])
     rows = []
     for n in clients_counts:
         clients = synthetic_clients(n, blocks)
         for method in ("hyperlora", "fedavg"):
-            config = FederationConfig(method=method, rounds=rounds, local=LocalTrainConfig(steps=local_steps, batch_size=4))
+            config = FederationConfig(
+                method=method, rounds=rounds, local=LocalTrainConfig(steps=local_steps, batch_size=4)
+            )
             model = add_lora(copy.deepcopy(base), rank=config.lora_rank)
             server = make_server(method, model, config)
             server.register(list(clients))
@@ -90,7 +99,7 @@ def bench_rounds(base, corpus, clients_counts, local_steps: int, rounds: int) ->
     return rows
 
 
-def bench_sweep(base, sizes, rounds: int, local_steps: int) -> list[dict]:  # noqa: ANN001
+def bench_sweep(base: torch.nn.Module, sizes: Sequence[float], rounds: int, local_steps: int) -> list[dict]:
     rows = []
     for kib in sizes:
         corpus = build_corpus(CorpusConfig(domains=("code", "docs"), clients_per_domain=4, train_kib=kib, val_kib=4))
@@ -119,15 +128,23 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
 
     if args.quick:
-        base_cfg = BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64)
+        base_cfg = BaseModelConfig(
+            hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64
+        )
         counts, rounds, steps, sizes, sweep_rounds = (4, 8), 1, 1, (2,), 1
     else:
         base_cfg, counts, rounds, steps, sizes, sweep_rounds = BaseModelConfig(), (8, 64), 3, 2, (4, 16, 64), 10
     base = load_or_build_base_model(base_cfg)
-    corpus = build_corpus(CorpusConfig(domains=("code",), clients_per_domain=4, train_kib=16, val_kib=2, block_size=base_cfg.block_size))
+    corpus = build_corpus(
+        CorpusConfig(domains=("code",), clients_per_domain=4, train_kib=16, val_kib=2, block_size=base_cfg.block_size)
+    )
     result: dict = {"machine": machine_info()}
     result["rounds"] = bench_rounds(base, corpus, counts, steps, rounds)
-    print(format_table(result["rounds"], title=f"Round cost ({steps} local steps per client, batch 4×{base_cfg.block_size} bytes)"))
+    print(
+        format_table(
+            result["rounds"], title=f"Round cost ({steps} local steps per client, batch 4×{base_cfg.block_size} bytes)"
+        )
+    )
     print("\nData-per-client sweep (mean held-out loss, nats/byte; 8 clients: 4 code + 4 docs):")
     result["sweep"] = bench_sweep(base, sizes, sweep_rounds, 10 if not args.quick else 1)
     print(format_table(result["sweep"], title="\nSweep summary"))

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hypernet import ClientData, HyperLoRA, HyperLoRAConfig, HypernetTrainer, LoraTarget, TargetSpec, TrainerConfig  # noqa: E402
-from hypernet.data import sample_batch  # noqa: E402
 from hypernet.base_models import add_lora, tiny_llama  # noqa: E402
+from hypernet.data import sample_batch  # noqa: E402
 
 
 def demo_model():
@@ -56,7 +56,7 @@ def bench_generation(spec: TargetSpec, config: HyperLoRAConfig, repeats: int) ->
     for n in (1, 100):
         ids = hn.client_ids[:n]
         with torch.no_grad():
-            seconds = median_seconds(lambda: hn.generate_batch(ids), max(3, repeats // (10 if n == 100 else 1)))
+            seconds = median_seconds(lambda ids=ids: hn.generate_batch(ids), max(3, repeats // (10 if n == 100 else 1)))
         rows.append({"clients": n, "ms_total": seconds * 1e3, "ms_per_client": seconds * 1e3 / n})
     return rows
 
@@ -67,7 +67,9 @@ def bench_parameters(spec: TargetSpec, config: HyperLoRAConfig) -> list[dict]:
     for n in (10, 100, 1000):
         hyper = shared + n * config.client_dim
         separate = n * spec.adapter_numel
-        rows.append({"clients": n, "hypernet_params": hyper, "separate_lora_params": separate, "ratio": separate / hyper})
+        rows.append(
+            {"clients": n, "hypernet_params": hyper, "separate_lora_params": separate, "ratio": separate / hyper}
+        )
     return rows
 
 
@@ -88,7 +90,11 @@ def bench_step(repeats: int) -> dict:
         opt.step()
 
     hyper_model = demo_model()
-    trainer = HypernetTrainer(HyperLoRA.from_peft_model(hyper_model, client_ids=["a"]), hyper_model, TrainerConfig(batch_size=8, clients_per_step=1))
+    trainer = HypernetTrainer(
+        HyperLoRA.from_peft_model(hyper_model, client_ids=["a"]),
+        hyper_model,
+        TrainerConfig(batch_size=8, clients_per_step=1),
+    )
     data = {"a": ClientData(train=blocks, val=blocks[:4])}
 
     def hyper_step():
@@ -124,8 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
             "generation": bench_generation(spec, config, args.repeats),
             "parameters": bench_parameters(spec, config),
         }
-        print(format_table(result[name]["generation"], title=f"\n[{name}] generation latency (adapter = {spec.adapter_numel:,} params)"))
-        print(format_table(result[name]["parameters"], title=f"\n[{name}] hypernetwork vs N separate LoRAs (parameters)"))
+        print(
+            format_table(
+                result[name]["generation"],
+                title=f"\n[{name}] generation latency (adapter = {spec.adapter_numel:,} params)",
+            )
+        )
+        print(
+            format_table(result[name]["parameters"], title=f"\n[{name}] hypernetwork vs N separate LoRAs (parameters)")
+        )
     result["train_step"] = bench_step(args.repeats)
     print(format_table([result["train_step"]], title="\n[demo] one training step, batch 8×128 bytes, 1 client"))
     write_result(args.out, result)

@@ -25,8 +25,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,8 +35,7 @@ from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.ledger import EmbeddedLedger, Ledger, sha256_hex  # noqa: E402
 from hyperfed.ledger.base import LedgerBackend  # noqa: E402
 
-__all__ = ["measure_backend", "sqlite_baseline", "bench_embedded", "bench_gateway",
-           "bench_recorder", "main"]
+__all__ = ["measure_backend", "sqlite_baseline", "bench_embedded", "bench_gateway", "bench_recorder", "main"]
 
 
 def _timed(calls: list[Callable[[], Any]]) -> list[float]:
@@ -50,15 +50,16 @@ def _timed(calls: list[Callable[[], Any]]) -> list[float]:
 def _row(backend: str, operation: str, times: list[float], unit: str = "tx") -> dict[str, Any]:
     ordered = sorted(times)
     return {
-        "backend": backend, "operation": operation, "n": len(times),
+        "backend": backend,
+        "operation": operation,
+        "n": len(times),
         f"{unit}_per_s": len(times) / sum(times),
         "ms_p50": statistics.median(times) * 1e3,
         "ms_p95": ordered[max(0, round(0.95 * len(ordered)) - 1)] * 1e3,
     }
 
 
-def measure_backend(name: str, backend: LedgerBackend, *, n: int, clients: int,
-                    rounds: int) -> list[dict[str, Any]]:
+def measure_backend(name: str, backend: LedgerBackend, *, n: int, clients: int, rounds: int) -> list[dict[str, Any]]:
     """The same workload on any backend, through the typed :class:`Ledger` API.
 
     Parameters
@@ -74,14 +75,29 @@ def measure_backend(name: str, backend: LedgerBackend, *, n: int, clients: int,
     """
     ledger = Ledger(backend)
     commitments = {f"client-{i:06d}": sha256_hex(f"c{i}".encode()) for i in range(n)}
-    rows = [_row(name, "register_client", _timed(
-        [lambda c=c, v=v: ledger.register_client(c, v) for c, v in commitments.items()]))]
+    rows = [
+        _row(
+            name,
+            "register_client",
+            _timed([lambda c=c, v=v: ledger.register_client(c, v) for c, v in commitments.items()]),
+        )
+    ]
     ledger.record_checkpoint(0, sha256_hex(b"w0"), commitments)
-    rows.append(_row(name, "record_generation", _timed(
-        [lambda c=c: ledger.record_generation(1, c, sha256_hex(c.encode()), sha256_hex(b"w0"))
-         for c in commitments])))
-    rows.append(_row(name, "get_client (query)", _timed(
-        [lambda c=c: ledger.get_client(c) for c in commitments]), unit="query"))
+    rows.append(
+        _row(
+            name,
+            "record_generation",
+            _timed(
+                [
+                    lambda c=c: ledger.record_generation(1, c, sha256_hex(c.encode()), sha256_hex(b"w0"))
+                    for c in commitments
+                ]
+            ),
+        )
+    )
+    rows.append(
+        _row(name, "get_client (query)", _timed([lambda c=c: ledger.get_client(c) for c in commitments]), unit="query")
+    )
 
     cohort = list(commitments)[:clients]
 
@@ -94,10 +110,16 @@ def measure_backend(name: str, backend: LedgerBackend, *, n: int, clients: int,
 
     ledger.record_checkpoint(1, sha256_hex(b"w1"), {c: commitments[c] for c in cohort})
     times = _timed([lambda r=r: one_round(r) for r in range(2, 2 + rounds)])
-    rows.append({"backend": name, "operation": f"federated round ({clients} generations + "
-                 "1 checkpoint)", "n": rounds, "ms_per_round": statistics.mean(times) * 1e3,
-                 "ms_p95": sorted(times)[max(0, round(0.95 * rounds) - 1)] * 1e3,
-                 "tx_per_round": clients + 1})
+    rows.append(
+        {
+            "backend": name,
+            "operation": f"federated round ({clients} generations + 1 checkpoint)",
+            "n": rounds,
+            "ms_per_round": statistics.mean(times) * 1e3,
+            "ms_p95": sorted(times)[max(0, round(0.95 * rounds) - 1)] * 1e3,
+            "tx_per_round": clients + 1,
+        }
+    )
     return rows
 
 
@@ -114,8 +136,7 @@ def sqlite_baseline(workdir: Path, *, n: int) -> dict[str, Any]:
         conn.execute("COMMIT")
 
     try:
-        return _row("sqlite baseline", "one fsync'd INSERT", _timed(
-            [lambda i=i: insert(i) for i in range(n)]))
+        return _row("sqlite baseline", "one fsync'd INSERT", _timed([lambda i=i: insert(i) for i in range(n)]))
     finally:
         conn.close()
 
@@ -134,8 +155,14 @@ def bench_embedded(workdir: Path, *, n: int, clients: int, rounds: int) -> list[
         seconds = time.perf_counter() - start
     if not report.ok:
         raise RuntimeError(str(report))
-    rows.append({"backend": "embedded", "operation": "verify()", "n": report.blocks,
-                 "ms_per_1k_blocks": seconds * 1e3 * 1000 / report.blocks})
+    rows.append(
+        {
+            "backend": "embedded",
+            "operation": "verify()",
+            "n": report.blocks,
+            "ms_per_1k_blocks": seconds * 1e3 * 1000 / report.blocks,
+        }
+    )
     return rows
 
 
@@ -152,12 +179,22 @@ def bench_gateway(workdir: Path, *, n: int, clients: int, rounds: int) -> list[d
     result = run_gateway_bench(n)
     name = "gateway (loopback)"
     return [
-        {"backend": name, "operation": "register_client", "n": n,
-         "tx_per_s": result["submit_tx_per_s"], "ms_p50": result["submit_ms_p50"],
-         "ms_p95": result["submit_ms_p95"]},
-        {"backend": name, "operation": "get_client (query)", "n": n,
-         "query_per_s": result["evaluate_tx_per_s"], "ms_p50": result["evaluate_ms_p50"],
-         "ms_p95": result["evaluate_ms_p95"]},
+        {
+            "backend": name,
+            "operation": "register_client",
+            "n": n,
+            "tx_per_s": result["submit_tx_per_s"],
+            "ms_p50": result["submit_ms_p50"],
+            "ms_p95": result["submit_ms_p95"],
+        },
+        {
+            "backend": name,
+            "operation": "get_client (query)",
+            "n": n,
+            "query_per_s": result["evaluate_tx_per_s"],
+            "ms_p50": result["evaluate_ms_p50"],
+            "ms_p95": result["evaluate_ms_p95"],
+        },
     ]
 
 
@@ -173,9 +210,9 @@ def bench_recorder(workdir: Path, *, clients: int, rounds: int, **_: Any) -> lis
     """
     import torch
 
+    from hyperfed.rundir import RunDirectory
     from hyperfed.rundir.audit import audit_run
     from hyperfed.rundir.recorder import RunRecorder
-    from hyperfed.rundir import RunDirectory
     from hypernet import HyperLoRA
     from hypernet.base_models import add_lora, tiny_llama
 
@@ -222,21 +259,29 @@ def bench_recorder(workdir: Path, *, clients: int, rounds: int, **_: Any) -> lis
     name, what = "recorder (embedded)", f"{clients} adapters + 1 ckpt"
 
     def row(operation: str, times: list[float]) -> dict[str, Any]:
-        return {"backend": name, "operation": operation, "n": rounds,
-                "ms_per_round": statistics.mean(times) * 1e3,
-                "ms_p95": sorted(times)[max(0, round(0.95 * rounds) - 1)] * 1e3}
+        return {
+            "backend": name,
+            "operation": operation,
+            "n": rounds,
+            "ms_per_round": statistics.mean(times) * 1e3,
+            "ms_p95": sorted(times)[max(0, round(0.95 * rounds) - 1)] * 1e3,
+        }
 
     return [
         row(f"round, files only ({what})", baseline),
         dict(row(f"round, recorded ({what})", timed), tx_per_round=clients + 1),
-        {"backend": name, "operation": f"audit_run ({clients} clients)", "n": rounds + 1,
-         "ms_per_checkpoint": audit_s * 1e3 / (rounds + 1), "findings": len(report.findings)},
+        {
+            "backend": name,
+            "operation": f"audit_run ({clients} clients)",
+            "n": rounds + 1,
+            "ms_per_checkpoint": audit_s * 1e3 / (rounds + 1),
+            "findings": len(report.findings),
+        },
     ]
 
 
 def _format(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'backend':<20} {'operation':<45} {'n':>6} {'rate / cost':>22} {'p50 ms':>8} "
-             f"{'p95 ms':>8}"]
+    lines = [f"{'backend':<20} {'operation':<45} {'n':>6} {'rate / cost':>22} {'p50 ms':>8} {'p95 ms':>8}"]
     for r in rows:
         if "tx_per_s" in r:
             rate = f"{r['tx_per_s']:.0f} tx/s"
@@ -250,8 +295,7 @@ def _format(rows: list[dict[str, Any]]) -> str:
             rate = f"{r['ms_per_1k_blocks']:.1f} ms/1k blocks"
         p50 = f"{r['ms_p50']:.2f}" if "ms_p50" in r else ""
         p95 = f"{r['ms_p95']:.2f}" if "ms_p95" in r else ""
-        lines.append(f"{r['backend']:<20} {r['operation']:<45} {r['n']:>6} {rate:>22} "
-                     f"{p50:>8} {p95:>8}")
+        lines.append(f"{r['backend']:<20} {r['operation']:<45} {r['n']:>6} {rate:>22} {p50:>8} {p95:>8}")
     return "\n".join(lines)
 
 
@@ -262,8 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds to time")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ledger.json"))
     parser.add_argument("--skip-gateway", action="store_true")
-    parser.add_argument("--skip-recorder", action="store_true",
-                        help="skip the RunRecorder round (needs torch, transformers, peft)")
+    parser.add_argument(
+        "--skip-recorder", action="store_true", help="skip the RunRecorder round (needs torch, transformers, peft)"
+    )
     args = parser.parse_args(argv)
     if args.n < args.clients or args.clients < 1 or args.rounds < 1:
         parser.error("need 1 <= clients <= n and rounds >= 1")
@@ -275,7 +320,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.skip_recorder:
             rows += bench_recorder(Path(tmp), **sizes)
     result = {
-        "benchmark": "ledger", "settings": sizes, "rows": rows,
+        "benchmark": "ledger",
+        "settings": sizes,
+        "rows": rows,
         "machine": machine_info(processor=platform.processor(), sqlite=sqlite3.sqlite_version),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -25,8 +25,8 @@ if __name__ == "__main__":  # run as a script: keep bench/*.py from shadowing th
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 from hyperfed.ledger.devnet import LocalGatewayServer, ServerTls
-from hyperfed.ledger.gateway import GatewayBackend, TlsConfig
 from hyperfed.ledger.devnet.pki import new_ca, new_identity
+from hyperfed.ledger.gateway import GatewayBackend, TlsConfig
 
 __all__ = ["run_gateway_bench"]
 
@@ -70,18 +70,19 @@ def run_gateway_bench(n: int = 200, *, tls: bool = False) -> dict:
         client_tls = TlsConfig(tls_ca.cert_pem, server_name="localhost")
     with tempfile.TemporaryDirectory(prefix="hyperfed-gw-bench-") as tmp:
         server = LocalGatewayServer(
-            Path(tmp) / "ledger.db", msp_roots={_MSP: [org_ca.cert_pem]}, writer_msp=_MSP,
+            Path(tmp) / "ledger.db",
+            msp_roots={_MSP: [org_ca.cert_pem]},
+            writer_msp=_MSP,
             tls=server_tls,
         ).start()
         try:
-            with GatewayBackend(server.endpoint, channel="hyperfed", chaincode="hyperfed",
-                                identity=identity, tls=client_tls) as backend:
+            with GatewayBackend(
+                server.endpoint, channel="hyperfed", chaincode="hyperfed", identity=identity, tls=client_tls
+            ) as backend:
                 backend.evaluate("get_config")  # warm up the channel
                 commitment = "ab" * 32
                 ids = [f"client-{i:06d}" for i in range(n)]
-                submit = _timed(
-                    (lambda c=c: backend.submit("register_client", c, commitment)) for c in ids
-                )
+                submit = _timed((lambda c=c: backend.submit("register_client", c, commitment)) for c in ids)
                 evaluate = _timed((lambda c=c: backend.evaluate("get_client", c)) for c in ids)
         finally:
             server.stop()

@@ -13,7 +13,11 @@ __all__ = ["machine_info", "write_result"]
 
 def machine_info(**extra: Any) -> dict[str, Any]:
     """Platform, Python, CPU count, torch version and threads (plus ``extra``)."""
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
     try:
         import torch
 

@@ -24,26 +24,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hypernet import LocalTrainConfig
+from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.base_model import BaseModelConfig  # noqa: E402
-from hyperfed.data.corpus import CorpusConfig  # noqa: E402
 from hyperfed.config import EvaluationConfig, RunConfig
+from hyperfed.data.corpus import CorpusConfig  # noqa: E402
 from hyperfed.experiment import run_experiment  # noqa: E402
 from hyperfed.federation import FederationConfig, make_server, run_rounds  # noqa: E402
-from hyperfed.rundir.recorder import RunRecorder  # noqa: E402
-from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hyperfed.rundir import RunDirectory  # noqa: E402
+from hyperfed.rundir.recorder import RunRecorder  # noqa: E402
 from hyperfed.unlearning import forget_client  # noqa: E402
 from hyperfed.unlearning.report import forget_and_verify  # noqa: E402
-from hypernet import ClientData  # noqa: E402
+from hypernet import (
+    ClientData,  # noqa: E402
+    LocalTrainConfig,
+)
 from hypernet.base_models import add_lora, tiny_llama  # noqa: E402
 
 
 def recorded_run(root: Path, n_clients: int, rounds: int) -> tuple[dict, FederationConfig, torch.nn.Module]:
     g = torch.Generator().manual_seed(0)
-    clients = {f"client-{i:04d}": ClientData(torch.randint(0, 256, (8, 32), generator=g), torch.randint(0, 256, (2, 32), generator=g)) for i in range(n_clients)}
-    config = FederationConfig(rounds=rounds, sample_rate=min(1.0, 20 / n_clients), local=LocalTrainConfig(steps=2, batch_size=4), lora_rank=4)
+    clients = {
+        f"client-{i:04d}": ClientData(
+            torch.randint(0, 256, (8, 32), generator=g), torch.randint(0, 256, (2, 32), generator=g)
+        )
+        for i in range(n_clients)
+    }
+    config = FederationConfig(
+        rounds=rounds, sample_rate=min(1.0, 20 / n_clients), local=LocalTrainConfig(steps=2, batch_size=4), lora_rank=4
+    )
     model = add_lora(tiny_llama(hidden_size=64, num_layers=2), rank=4)
     server = make_server("hyperlora", copy.deepcopy(model), config)
     server.register(sorted(clients))
@@ -66,7 +75,14 @@ def bench_latency(sizes: tuple[int, ...], rounds: int) -> list[dict]:
             retrain = make_server("hyperlora", copy.deepcopy(model), config)
             run_rounds(retrain, retrain.trainer.model, {c: d for c, d in clients.items() if c != victim}, config)
             retrain_s = time.perf_counter() - start
-        rows.append({"clients": n, "forget_delete_s": result.seconds, "retrain_s": retrain_s, "speedup": retrain_s / result.seconds})
+        rows.append(
+            {
+                "clients": n,
+                "forget_delete_s": result.seconds,
+                "retrain_s": retrain_s,
+                "speedup": retrain_s / result.seconds,
+            }
+        )
         print(format_table([rows[-1]]), flush=True)
     return rows
 
@@ -75,20 +91,47 @@ def bench_efficacy(quick: bool) -> list[dict]:
     if quick:
         config = RunConfig(
             federation=FederationConfig(rounds=2, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2),
-            corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=64,
-                                canary_client="code/asyncio", canary_count=2, canary_copies=4),
-            base_model=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64),
-            methods=("hyperlora",), evaluation=EvaluationConfig(every=2))
+            corpus=CorpusConfig(
+                domains=("code", "docs"),
+                clients_per_domain=2,
+                train_kib=2,
+                val_kib=1,
+                block_size=64,
+                canary_client="code/asyncio",
+                canary_count=2,
+                canary_copies=4,
+            ),
+            base_model=BaseModelConfig(
+                hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64
+            ),
+            methods=("hyperlora",),
+            evaluation=EvaluationConfig(every=2),
+        )
         victim, candidates, attack = "code/asyncio", 50, 5
     else:
         config = RunConfig(corpus=CorpusConfig(canary_client="code/email"), methods=("hyperlora",))
         victim, candidates, attack = "code/email", 1000, 100
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(Path(tmp) / "run", config)
-        report = forget_and_verify(Path(tmp) / "run", victim, "delete", compare_modes=("exact",), num_candidates=candidates, attack_steps=attack)
-    rows = [{"system": r.name, "exposure_bits": r.exposure_bits, "mia_auc": r.mia_auc, "client_loss": r.forgotten_loss,
-             "retained_loss": r.retained_loss if r.retained_loss is not None else "", "seconds": r.seconds if r.seconds is not None else ""}
-            for r in report.rows]
+        report = forget_and_verify(
+            Path(tmp) / "run",
+            victim,
+            "delete",
+            compare_modes=("exact",),
+            num_candidates=candidates,
+            attack_steps=attack,
+        )
+    rows = [
+        {
+            "system": r.name,
+            "exposure_bits": r.exposure_bits,
+            "mia_auc": r.mia_auc,
+            "client_loss": r.forgotten_loss,
+            "retained_loss": r.retained_loss if r.retained_loss is not None else "",
+            "seconds": r.seconds if r.seconds is not None else "",
+        }
+        for r in report.rows
+    ]
     return rows
 
 

@@ -39,16 +39,16 @@ import os
 import signal
 import sys
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
+from fabric_chaincode_python.fabric_shim.stub import ChaincodeStub
+from fabric_protos.peer import chaincode_pb2, chaincode_shim_pb2, chaincode_shim_pb2_grpc, proposal_response_pb2
 
 from chaincode.fabric_compat import ContractChaincode  # first: tames the shim's logging
-from fabric_chaincode_python.fabric_shim.stub import ChaincodeStub
-from fabric_protos.peer import chaincode_pb2, chaincode_shim_pb2, chaincode_shim_pb2_grpc
-from fabric_protos.peer import proposal_response_pb2
 
 __all__ = ["PeerError", "CcaasTls", "ChaincodeServer", "build_chaincode", "serve", "main"]
 
@@ -126,8 +126,7 @@ class _PeerSession:
         elif self._state == "ready" and msg.type in (Msg.RESPONSE, Msg.ERROR):
             future = self._waiting.pop((msg.channel_id, msg.txid), None)
             if future is None or future.done():
-                logger.warning("unexpected %s for transaction %s",
-                               Msg.Type.Name(msg.type), msg.txid)
+                logger.warning("unexpected %s for transaction %s", Msg.Type.Name(msg.type), msg.txid)
             else:
                 future.set_result(msg)
         elif self._state == "ready" and msg.type in (Msg.TRANSACTION, Msg.INIT):
@@ -136,13 +135,14 @@ class _PeerSession:
             key = (msg.channel_id, msg.txid)
             task.add_done_callback(lambda done: self._finished(done, key))
         else:
-            reason = (f"[{msg.txid}] chaincode cannot handle message"
-                      f" ({Msg.Type.Name(msg.type)}) while in state: {self._state}")
+            reason = (
+                f"[{msg.txid}] chaincode cannot handle message"
+                f" ({Msg.Type.Name(msg.type)}) while in state: {self._state}"
+            )
             logger.error(reason)
-            await self.send(Msg(type=Msg.ERROR, payload=reason.encode(),
-                                txid=msg.txid, channel_id=msg.channel_id))
+            await self.send(Msg(type=Msg.ERROR, payload=reason.encode(), txid=msg.txid, channel_id=msg.channel_id))
 
-    def _finished(self, task: "asyncio.Task[None]", key: tuple[str, str]) -> None:
+    def _finished(self, task: asyncio.Task[None], key: tuple[str, str]) -> None:
         self._tasks.discard(task)
         self._tx_locks.pop(key, None)
 
@@ -161,9 +161,7 @@ class _PeerSession:
             await self.send(reply)
             return
         if response is None or not response.status:
-            response = proposal_response_pb2.Response(
-                status=500, message="the chaincode returned no response"
-            )
+            response = proposal_response_pb2.Response(status=500, message="the chaincode returned no response")
         reply.type, reply.payload = Msg.COMPLETED, response.SerializeToString()
         events = stub.get_events()
         if events:  # Fabric keeps one event per transaction: the last one set
@@ -176,29 +174,22 @@ class _PeerSession:
         async with self._tx_locks[key]:  # one outstanding request per transaction
             future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
             self._waiting[key] = future
-            await self.send(Msg(type=kind, payload=request.SerializeToString(),
-                                txid=tx_id, channel_id=channel_id))
+            await self.send(Msg(type=kind, payload=request.SerializeToString(), txid=tx_id, channel_id=channel_id))
             reply = await future
         if reply.type == Msg.ERROR:
             reason = reply.payload.decode(errors="replace")
             raise PeerError(f"peer refused {Msg.Type.Name(kind)}: {reason}")
         return reply
 
-    async def handle_get_state(
-        self, collection: str, key: str, channel_id: str, tx_id: str
-    ) -> bytes:
+    async def handle_get_state(self, collection: str, key: str, channel_id: str, tx_id: str) -> bytes:
         request = chaincode_shim_pb2.GetState(key=key, collection=collection)
         return (await self._ask(Msg.GET_STATE, request, channel_id, tx_id)).payload
 
-    async def handle_put_state(
-        self, collection: str, key: str, value: bytes, channel_id: str, tx_id: str
-    ) -> Msg:
+    async def handle_put_state(self, collection: str, key: str, value: bytes, channel_id: str, tx_id: str) -> Msg:
         request = chaincode_shim_pb2.PutState(key=key, value=value, collection=collection)
         return await self._ask(Msg.PUT_STATE, request, channel_id, tx_id)
 
-    async def handle_delete_state(
-        self, collection: str, key: str, channel_id: str, tx_id: str
-    ) -> Msg:
+    async def handle_delete_state(self, collection: str, key: str, channel_id: str, tx_id: str) -> Msg:
         request = chaincode_shim_pb2.DelState(key=key, collection=collection)
         return await self._ask(Msg.DEL_STATE, request, channel_id, tx_id)
 
@@ -212,18 +203,22 @@ class _PeerSession:
         metadata: bytes | None = None,
     ) -> Msg:
         request = chaincode_shim_pb2.GetStateByRange(
-            startKey=start_key or "", endKey=end_key or "",
-            collection=collection, metadata=metadata or b"",
+            startKey=start_key or "",
+            endKey=end_key or "",
+            collection=collection,
+            metadata=metadata or b"",
         )
         return await self._ask(Msg.GET_STATE_BY_RANGE, request, channel_id, tx_id)
 
     async def handle_get_query_result(
-        self, collection: str, query: str, channel_id: str, tx_id: str,
+        self,
+        collection: str,
+        query: str,
+        channel_id: str,
+        tx_id: str,
         metadata: bytes | None = None,
     ) -> Msg:
-        request = chaincode_shim_pb2.GetQueryResult(
-            query=query, collection=collection, metadata=metadata or b""
-        )
+        request = chaincode_shim_pb2.GetQueryResult(query=query, collection=collection, metadata=metadata or b"")
         return await self._ask(Msg.GET_QUERY_RESULT, request, channel_id, tx_id)
 
     async def handle_get_history_for_key(self, key: str, channel_id: str, tx_id: str) -> Msg:
@@ -238,9 +233,7 @@ class _PeerSession:
         request = chaincode_shim_pb2.QueryStateClose(id=query_id)
         return await self._ask(Msg.QUERY_STATE_CLOSE, request, channel_id, tx_id)
 
-    async def handle_invoke_chaincode(
-        self, chaincode_name: str, args: list[Any], channel_id: str, tx_id: str
-    ) -> Msg:
+    async def handle_invoke_chaincode(self, chaincode_name: str, args: list[Any], channel_id: str, tx_id: str) -> Msg:
         encoded = [a.encode() if isinstance(a, str) else a for a in args]
         spec = chaincode_pb2.ChaincodeSpec(
             chaincode_id=chaincode_pb2.ChaincodeID(name=chaincode_name),
@@ -331,9 +324,7 @@ def _tls_from_env(env: dict[str, str]) -> CcaasTls | None:
         key = Path(env["CHAINCODE_TLS_KEY"]).read_bytes()
         cert = Path(env["CHAINCODE_TLS_CERT"]).read_bytes()
     except KeyError as exc:
-        raise ValueError(
-            f"CHAINCODE_TLS_DISABLED=false needs {exc.args[0]} (a PEM file path)"
-        ) from exc
+        raise ValueError(f"CHAINCODE_TLS_DISABLED=false needs {exc.args[0]} (a PEM file path)") from exc
     ca_path = env.get("CHAINCODE_CLIENT_CA_CERT")
     return CcaasTls(key, cert, Path(ca_path).read_bytes() if ca_path else None)
 
@@ -343,9 +334,7 @@ async def serve(env: dict[str, str] | None = None) -> None:
     env = dict(os.environ if env is None else env)
     address, ccid = env.get("CHAINCODE_SERVER_ADDRESS"), env.get("CHAINCODE_ID")
     if not address or not ccid:
-        raise ValueError(
-            "set CHAINCODE_SERVER_ADDRESS (e.g. 0.0.0.0:9999) and CHAINCODE_ID (the package id)"
-        )
+        raise ValueError("set CHAINCODE_SERVER_ADDRESS (e.g. 0.0.0.0:9999) and CHAINCODE_ID (the package id)")
     server = ChaincodeServer(ccid=ccid, address=address, tls=_tls_from_env(env))
     await server.start()
     stop = asyncio.Event()
@@ -364,8 +353,9 @@ async def serve(env: dict[str, str] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``python -m chaincode.ccaas``); returns the exit status."""
-    logging.basicConfig(level=os.environ.get("CHAINCODE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("CHAINCODE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         asyncio.run(serve())
     except ValueError as exc:

@@ -32,6 +32,7 @@ Invariants (each refusal raises ``ContractError`` whose text starts with ``[code
 from __future__ import annotations
 
 import json
+
 from chaincode.fabric_compat import Contract, TransactionContextInterface
 from chaincode.merkle import keyed_inclusion_proof, keyed_merkle_root
 from chaincode.records import (
@@ -73,12 +74,25 @@ from chaincode.state import (
 __all__ = ["HyperFedContract", "SUBMIT_TRANSACTIONS", "EVALUATE_TRANSACTIONS"]
 
 SUBMIT_TRANSACTIONS = (
-    "init_ledger", "register_client", "record_checkpoint", "record_generation", "record_forget",
+    "init_ledger",
+    "register_client",
+    "record_checkpoint",
+    "record_generation",
+    "record_forget",
 )
 EVALUATE_TRANSACTIONS = (
-    "get_config", "get_client", "list_clients", "get_client_history", "get_round",
-    "get_checkpoint", "get_latest_checkpoint", "list_checkpoints", "list_generations",
-    "list_forgets", "get_membership_proof", "get_checkpoint_commitments",
+    "get_config",
+    "get_client",
+    "list_clients",
+    "get_client_history",
+    "get_round",
+    "get_checkpoint",
+    "get_latest_checkpoint",
+    "list_checkpoints",
+    "list_generations",
+    "list_forgets",
+    "get_membership_proof",
+    "get_checkpoint_commitments",
 )
 
 
@@ -100,22 +114,19 @@ class HyperFedContract(Contract):
         if config is not None:
             if config["writer_msp"] == writer_msp:
                 return answer(config, replayed=True)
-            raise ContractError(
-                "already-configured", f"the writer is already {config['writer_msp']!r}"
-            )
+            raise ContractError("already-configured", f"the writer is already {config['writer_msp']!r}")
         caller = ctx.get_client_identity().get_mspid()
         if caller != writer_msp:
-            raise ContractError(
-                "not-writer", f"init_ledger must be sent by {writer_msp!r} itself, not {caller!r}"
-            )
-        config = {"writer_msp": writer_msp, "tx_id": stub.get_txid(),
-                  "timestamp": timestamp_iso(stub.get_tx_timestamp())}
+            raise ContractError("not-writer", f"init_ledger must be sent by {writer_msp!r} itself, not {caller!r}")
+        config = {
+            "writer_msp": writer_msp,
+            "tx_id": stub.get_txid(),
+            "timestamp": timestamp_iso(stub.get_tx_timestamp()),
+        }
         await put_record(stub, "config", CONFIG_KEY, config)
         return answer(config)
 
-    async def register_client(
-        self, ctx: TransactionContextInterface, client_id: str, commitment: str
-    ) -> str:
+    async def register_client(self, ctx: TransactionContextInterface, client_id: str, commitment: str) -> str:
         """Register a client with the salted commitment to its embedding."""
         stub, tx = await writer_tx(ctx)
         check_client_id(client_id)
@@ -129,17 +140,25 @@ class HyperFedContract(Contract):
                 )
             if existing["commitment"] == commitment:
                 return answer(existing, replayed=True)
-            raise ContractError(
-                "duplicate-client", f"client {client_id!r} is registered with another commitment"
-            )
-        record = {"client_id": client_id, "commitment": commitment, "status": "active",
-                  "registered_tx": tx["tx_id"], "registered_at": tx["timestamp"],
-                  "forgotten_round": None, "forgotten_tx": None, "forgotten_at": None}
+            raise ContractError("duplicate-client", f"client {client_id!r} is registered with another commitment")
+        record = {
+            "client_id": client_id,
+            "commitment": commitment,
+            "status": "active",
+            "registered_tx": tx["tx_id"],
+            "registered_at": tx["timestamp"],
+            "forgotten_round": None,
+            "forgotten_tx": None,
+            "forgotten_at": None,
+        }
         await put_record(stub, "client", client_key(client_id), record)
         return answer(record)
 
     async def record_checkpoint(
-        self, ctx: TransactionContextInterface, round_no: int, weights_hash: str,
+        self,
+        ctx: TransactionContextInterface,
+        round_no: int,
+        weights_hash: str,
         commitments: str,
     ) -> str:
         """Record round ``round_no``'s shared-weights hash and its embeddings' commitments.
@@ -151,9 +170,15 @@ class HyperFedContract(Contract):
         check_round(round_no)
         check_digest("weights_hash", weights_hash)
         leaves = check_commitments("commitments", commitments)
-        fact = {"round": round_no, "version": 0, "weights_hash": weights_hash,
-                "merkle_root": keyed_merkle_root(leaves), "client_ids": list(leaves),
-                "kind": "train", "forgotten_client": None}
+        fact = {
+            "round": round_no,
+            "version": 0,
+            "weights_hash": weights_hash,
+            "merkle_root": keyed_merkle_root(leaves),
+            "client_ids": list(leaves),
+            "kind": "train",
+            "forgotten_client": None,
+        }
         head = await get_record(stub, "head", HEAD_KEY)
         if head is not None and round_no <= head["round"]:
             existing = await get_record(stub, "checkpoint", checkpoint_key(round_no, 0))
@@ -170,8 +195,12 @@ class HyperFedContract(Contract):
         return answer(record)
 
     async def record_generation(
-        self, ctx: TransactionContextInterface, round_no: int, client_id: str,
-        adapter_hash: str, checkpoint_hash: str,
+        self,
+        ctx: TransactionContextInterface,
+        round_no: int,
+        client_id: str,
+        adapter_hash: str,
+        checkpoint_hash: str,
     ) -> str:
         """Record the hash of the adapter generated for a client in a round."""
         stub, tx = await writer_tx(ctx)
@@ -181,7 +210,8 @@ class HyperFedContract(Contract):
         check_digest("checkpoint_hash", checkpoint_hash)
         existing = await get_record(stub, "generation", generation_key(round_no, client_id))
         if existing is not None and (existing["adapter_hash"], existing["checkpoint_hash"]) == (
-            adapter_hash, checkpoint_hash
+            adapter_hash,
+            checkpoint_hash,
         ):
             return answer(existing, replayed=True)
         await live_client(stub, client_id)
@@ -195,27 +225,39 @@ class HyperFedContract(Contract):
         if round_no < source["round"]:
             raise ContractError(
                 "round-order",
-                f"a round-{round_no} adapter cannot come from a checkpoint first recorded "
-                f"at round {source['round']}",
+                f"a round-{round_no} adapter cannot come from a checkpoint first recorded at round {source['round']}",
             )
         if existing is not None and (source["round"], source["version"]) <= (
-            existing["checkpoint_round"], existing["checkpoint_version"]
+            existing["checkpoint_round"],
+            existing["checkpoint_version"],
         ):
             raise ContractError(
                 "duplicate-generation",
                 f"client {client_id!r} already has a round-{round_no} adapter; it can only be "
                 "replaced by one regenerated from a later checkpoint",
             )
-        record = {"round": round_no, "client_id": client_id, "adapter_hash": adapter_hash,
-                  "checkpoint_hash": checkpoint_hash, "checkpoint_round": source["round"],
-                  "checkpoint_version": source["version"], **tx}
+        record = {
+            "round": round_no,
+            "client_id": client_id,
+            "adapter_hash": adapter_hash,
+            "checkpoint_hash": checkpoint_hash,
+            "checkpoint_round": source["round"],
+            "checkpoint_version": source["version"],
+            **tx,
+        }
         await put_record(stub, "generation", generation_key(round_no, client_id), record)
         await put_record(stub, "generation", client_generation_key(client_id, round_no), record)
         return answer(record)
 
     async def record_forget(
-        self, ctx: TransactionContextInterface, client_id: str, round_no: int,
-        weights_hash: str, commitments: str, adapters_root: str, mode: str,
+        self,
+        ctx: TransactionContextInterface,
+        client_id: str,
+        round_no: int,
+        weights_hash: str,
+        commitments: str,
+        adapters_root: str,
+        mode: str,
     ) -> str:
         """Forget a client: final, with the new checkpoint and regenerated adapters' root.
 
@@ -231,36 +273,48 @@ class HyperFedContract(Contract):
         leaves = check_commitments("commitments", commitments)
         if client_id in leaves:
             raise ContractError("bad-argument", "commitments lists the forgotten client")
-        fact = {"client_id": client_id, "round": round_no, "weights_hash": weights_hash,
-                "merkle_root": keyed_merkle_root(leaves), "adapters_root": adapters_root,
-                "mode": mode, "remaining_client_ids": list(leaves)}
+        fact = {
+            "client_id": client_id,
+            "round": round_no,
+            "weights_hash": weights_hash,
+            "merkle_root": keyed_merkle_root(leaves),
+            "adapters_root": adapters_root,
+            "mode": mode,
+            "remaining_client_ids": list(leaves),
+        }
         existing = await get_record(stub, "forget", forget_key(client_id))
         if existing is not None:
             if all(existing[k] == v for k, v in fact.items()):
                 return answer(existing, replayed=True)
             raise ContractError(
                 "forgotten-client",
-                f"client {client_id!r} was already forgotten at round {existing['round']}; "
-                "forget is final",
+                f"client {client_id!r} was already forgotten at round {existing['round']}; forget is final",
             )
         client = await live_client(stub, client_id)
         head = await get_record(stub, "head", HEAD_KEY)
         if head is not None and round_no < head["round"]:
             raise ContractError(
                 "round-order",
-                f"a forget at round {round_no} would go back before the latest checkpoint "
-                f"(round {head['round']})",
+                f"a forget at round {round_no} would go back before the latest checkpoint (round {head['round']})",
             )
         version = head["version"] + 1 if head is not None and head["round"] == round_no else 0
         if version > MAX_VERSION:
             raise ContractError("round-order", f"round {round_no} has too many checkpoint versions")
         await commitments_root(stub, leaves)  # the remaining clients are registered and live
-        ckpt = {"round": round_no, "version": version, "weights_hash": weights_hash,
-                "merkle_root": fact["merkle_root"], "client_ids": list(leaves),
-                "kind": "forget", "forgotten_client": client_id, **tx}
+        ckpt = {
+            "round": round_no,
+            "version": version,
+            "weights_hash": weights_hash,
+            "merkle_root": fact["merkle_root"],
+            "client_ids": list(leaves),
+            "kind": "forget",
+            "forgotten_client": client_id,
+            **tx,
+        }
         record = dict(fact, version=version, **tx)
-        client = dict(client, status="forgotten", forgotten_round=round_no,
-                      forgotten_tx=tx["tx_id"], forgotten_at=tx["timestamp"])
+        client = dict(
+            client, status="forgotten", forgotten_round=round_no, forgotten_tx=tx["tx_id"], forgotten_at=tx["timestamp"]
+        )
         await put_record(stub, "client", client_key(client_id), client)
         await put_record(stub, "forget", forget_key(client_id), record)
         await store_checkpoint(stub, ckpt, leaves)
@@ -292,31 +346,33 @@ class HyperFedContract(Contract):
         client = json.loads(await self.get_client(ctx, client_id))
         key, changes = client_key(client_id), []
         async for mod in await stub.get_history_for_key(key):
-            changes.append({
-                "tx_id": mod.tx_id, "timestamp": timestamp_iso(mod.timestamp),
-                "is_delete": bool(mod.is_delete),
-                "value": None if mod.is_delete else decode("client", key, mod.value),
-            })
+            changes.append(
+                {
+                    "tx_id": mod.tx_id,
+                    "timestamp": timestamp_iso(mod.timestamp),
+                    "is_delete": bool(mod.is_delete),
+                    "value": None if mod.is_delete else decode("client", key, mod.value),
+                }
+            )
         indexed = await scan_records(stub, "generation", client_generation_prefix(client_id))
         # the prefix of "a" also covers a client named "a/b": keep this client's only
         generations = [g for g in indexed if g["client_id"] == client_id]
         forget = await get_record(stub, "forget", forget_key(client_id))
-        return dump({"client": client, "changes": changes, "generations": generations,
-                      "forget": forget})
+        return dump({"client": client, "changes": changes, "generations": generations, "forget": forget})
 
     async def get_round(self, ctx: TransactionContextInterface, round_no: int) -> str:
         """A round's checkpoints (all versions) and generations."""
         stub = ctx.get_stub()
         check_round(round_no)
-        return dump({
-            "round": round_no,
-            "checkpoints": await scan_records(stub, "checkpoint", checkpoint_prefix(round_no)),
-            "generations": await scan_records(stub, "generation", generation_prefix(round_no)),
-        })
+        return dump(
+            {
+                "round": round_no,
+                "checkpoints": await scan_records(stub, "checkpoint", checkpoint_prefix(round_no)),
+                "generations": await scan_records(stub, "generation", generation_prefix(round_no)),
+            }
+        )
 
-    async def get_checkpoint(
-        self, ctx: TransactionContextInterface, round_no: int, version: int
-    ) -> str:
+    async def get_checkpoint(self, ctx: TransactionContextInterface, round_no: int, version: int) -> str:
         """Checkpoint ``(round, version)``; ``version = -1`` means the round's latest."""
         stub = ctx.get_stub()
         check_round(round_no)
@@ -328,9 +384,7 @@ class HyperFedContract(Contract):
         else:
             raise ContractError("bad-argument", f"version must be -1 or in [0, {MAX_VERSION}]")
         if ckpt is None:
-            raise ContractError(
-                "unknown-checkpoint", f"no checkpoint at round {round_no} version {version}"
-            )
+            raise ContractError("unknown-checkpoint", f"no checkpoint at round {round_no} version {version}")
         return dump(ckpt)
 
     async def get_latest_checkpoint(self, ctx: TransactionContextInterface) -> str:
@@ -367,15 +421,28 @@ class HyperFedContract(Contract):
             )
         commitments = await checkpoint_leaves(stub, ckpt)
         index, path = keyed_inclusion_proof(commitments, client_id)
-        return dump({"client_id": client_id, "commitment": commitments[client_id],
-                      "round": ckpt["round"], "version": ckpt["version"], "index": index,
-                      "size": len(commitments), "path": path, "root": ckpt["merkle_root"]})
+        return dump(
+            {
+                "client_id": client_id,
+                "commitment": commitments[client_id],
+                "round": ckpt["round"],
+                "version": ckpt["version"],
+                "index": index,
+                "size": len(commitments),
+                "path": path,
+                "root": ckpt["merkle_root"],
+            }
+        )
 
-    async def get_checkpoint_commitments(
-        self, ctx: TransactionContextInterface, round_no: int, version: int
-    ) -> str:
+    async def get_checkpoint_commitments(self, ctx: TransactionContextInterface, round_no: int, version: int) -> str:
         """Every ``{client id: commitment}`` leaf of a checkpoint, checked against its root."""
         ckpt = json.loads(await self.get_checkpoint(ctx, round_no, version))
         commitments = await checkpoint_leaves(ctx.get_stub(), ckpt)
-        return dump({"round": ckpt["round"], "version": ckpt["version"],
-                      "merkle_root": ckpt["merkle_root"], "commitments": commitments})
+        return dump(
+            {
+                "round": ckpt["round"],
+                "version": ckpt["version"],
+                "merkle_root": ckpt["merkle_root"],
+                "commitments": commitments,
+            }
+        )

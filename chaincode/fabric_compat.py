@@ -48,9 +48,7 @@ class _DropShimRecords(logging.Filter):
         return not from_shim or record.levelno >= logging.ERROR
 
 
-def quiet_fabric_logging(
-    root_handlers: list[logging.Handler] | None = None, root_level: int | None = None
-) -> None:
+def quiet_fabric_logging(root_handlers: list[logging.Handler] | None = None, root_level: int | None = None) -> None:
     """Undo what importing ``fabric_chaincode_python`` did to logging. Idempotent.
 
     Parameters

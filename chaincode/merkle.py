@@ -20,7 +20,7 @@ Keyed sets (client id -> hex digest) are hashed in sorted key order with
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "EMPTY_ROOT",
@@ -96,9 +96,7 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[str]:
     return [h.hex() for h in _path(index, [leaf_hash(leaf) for leaf in leaves])]
 
 
-def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[str], root: str
-) -> bool:
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[str], root: str) -> bool:
     """Check an audit path (RFC 9162 §2.1.3.2). Never raises on malformed input."""
     if not 0 <= index < size:
         return False

@@ -139,9 +139,7 @@ def prefix_end(prefix: str) -> str:
 def check_client_id(client_id: str) -> str:
     """A client id is 1-256 printable characters without surrounding spaces."""
     if not isinstance(client_id, str) or not 0 < len(client_id) <= 256:
-        raise ContractError(
-            "bad-argument", f"client id must be 1-256 characters, got {client_id!r}"
-        )
+        raise ContractError("bad-argument", f"client id must be 1-256 characters, got {client_id!r}")
     if client_id != client_id.strip() or not client_id.isprintable():
         raise ContractError(
             "bad-argument",
@@ -153,9 +151,7 @@ def check_client_id(client_id: str) -> str:
 def check_digest(name: str, value: str) -> str:
     """Hashes, commitments and roots are 64 lowercase hex characters (sha256)."""
     if not isinstance(value, str) or not _DIGEST.fullmatch(value):
-        raise ContractError(
-            "bad-argument", f"{name} must be 64 lowercase hex characters (sha256), got {value!r}"
-        )
+        raise ContractError("bad-argument", f"{name} must be 64 lowercase hex characters (sha256), got {value!r}")
     return value
 
 
@@ -163,18 +159,14 @@ def check_round(round_no: int) -> int:
     """Rounds are integers in ``[0, MAX_ROUND]`` (keys pad them to 10 digits)."""
     is_int = isinstance(round_no, int) and not isinstance(round_no, bool)
     if not is_int or not 0 <= round_no <= MAX_ROUND:
-        raise ContractError(
-            "bad-argument", f"round must be an integer in [0, {MAX_ROUND}], got {round_no!r}"
-        )
+        raise ContractError("bad-argument", f"round must be an integer in [0, {MAX_ROUND}], got {round_no!r}")
     return round_no
 
 
 def check_mode(mode: str) -> str:
     """A forget mode is a short lowercase token (``delete``, ``exact``…)."""
     if not isinstance(mode, str) or not _MODE.fullmatch(mode):
-        raise ContractError(
-            "bad-argument", f"forget mode must match [a-z][a-z0-9_-]{{0,31}}, got {mode!r}"
-        )
+        raise ContractError("bad-argument", f"forget mode must match [a-z][a-z0-9_-]{{0,31}}, got {mode!r}")
     return mode
 
 
@@ -203,13 +195,10 @@ def check_commitments(name: str, text: str) -> dict[str, str]:
     try:
         value = json.loads(text) if isinstance(text, (str, bytes)) else text
     except ValueError:
-        raise ContractError(
-            "bad-argument", f"{name} must be a JSON object {{client id: commitment}}"
-        ) from None
+        raise ContractError("bad-argument", f"{name} must be a JSON object {{client id: commitment}}") from None
     if not isinstance(value, dict):
         raise ContractError(
-            "bad-argument", f"{name} must be a JSON object {{client id: commitment}}, "
-            f"got {type(value).__name__}"
+            "bad-argument", f"{name} must be a JSON object {{client id: commitment}}, got {type(value).__name__}"
         )
     return {check_client_id(c): check_digest(f"{name}[{c!r}]", value[c]) for c in sorted(value)}
 

@@ -19,10 +19,10 @@ from chaincode.records import (
     check_client_id,
     checkpoint_key,
     client_key,
-    leaf_key,
-    leaf_prefix,
     decode,
     encode,
+    leaf_key,
+    leaf_prefix,
     prefix_end,
     timestamp_iso,
     weights_key,
@@ -40,7 +40,6 @@ __all__ = [
     "store_checkpoint",
     "checkpoint_leaves",
 ]
-
 
 
 async def get_record(stub: Any, record_type: str, key: str) -> dict[str, Any] | None:
@@ -76,14 +75,10 @@ async def writer_tx(ctx: Any) -> tuple[Any, dict[str, str]]:
     stub = ctx.get_stub()
     config = await get_record(stub, "config", CONFIG_KEY)
     if config is None:
-        raise ContractError(
-            "not-configured", "the ledger has no writer yet: submit init_ledger(writer_msp) first"
-        )
+        raise ContractError("not-configured", "the ledger has no writer yet: submit init_ledger(writer_msp) first")
     msp = ctx.get_client_identity().get_mspid()
     if msp != config["writer_msp"]:
-        raise ContractError(
-            "not-writer", f"MSP {msp!r} may not write; only {config['writer_msp']!r} may"
-        )
+        raise ContractError("not-writer", f"MSP {msp!r} may not write; only {config['writer_msp']!r} may")
     return stub, {"tx_id": stub.get_txid(), "timestamp": timestamp_iso(stub.get_tx_timestamp())}
 
 
@@ -95,8 +90,7 @@ async def live_client(stub: Any, client_id: str) -> dict[str, Any]:
     if client["status"] != "active":
         raise ContractError(
             "forgotten-client",
-            f"client {client_id!r} was forgotten at round {client['forgotten_round']}; "
-            "forgetting is final",
+            f"client {client_id!r} was forgotten at round {client['forgotten_round']}; forgetting is final",
         )
     return client
 
@@ -124,8 +118,7 @@ async def store_checkpoint(stub: Any, ckpt: dict[str, Any], commitments: dict[st
     round_no, version = ckpt["round"], ckpt["version"]
     await put_record(stub, "checkpoint", checkpoint_key(round_no, version), ckpt)
     for client_id, commitment in commitments.items():
-        leaf = {"client_id": client_id, "commitment": commitment, "round": round_no,
-                "version": version}
+        leaf = {"client_id": client_id, "commitment": commitment, "round": round_no, "version": version}
         await put_record(stub, "leaf", leaf_key(round_no, version, client_id), leaf)
     await put_record(stub, "head", HEAD_KEY, {"round": ckpt["round"], "version": ckpt["version"]})
     await _index_weights(stub, ckpt)
@@ -138,13 +131,10 @@ async def checkpoint_leaves(stub: Any, ckpt: dict[str, Any]) -> dict[str, str]:
     clients or do not hash to its Merkle root.
     """
     prefix = leaf_prefix(ckpt["round"], ckpt["version"])
-    leaves = {leaf["client_id"]: leaf["commitment"]
-              for leaf in await scan_records(stub, "leaf", prefix)}
+    leaves = {leaf["client_id"]: leaf["commitment"] for leaf in await scan_records(stub, "leaf", prefix)}
     where = f"checkpoint ({ckpt['round']}, {ckpt['version']})"
     if sorted(leaves) != list(ckpt["client_ids"]):
         raise ContractError("corrupt-state", f"the stored leaves of {where} are not its clients")
     if keyed_merkle_root(leaves) != ckpt["merkle_root"]:
-        raise ContractError(
-            "corrupt-state", f"the stored leaves of {where} do not hash to its merkle_root"
-        )
+        raise ContractError("corrupt-state", f"the stored leaves of {where} do not hash to its merkle_root")
     return leaves

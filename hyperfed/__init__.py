@@ -1,5 +1,7 @@
 """hyperfed: federation (Flower), unlearning, ledger and audit around the ``hypernet`` generator."""
 
+from typing import Any
+
 from hyperfed.errors import (
     ContractViolationError,
     ForgottenClientError,
@@ -39,7 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):  # noqa: ANN202  (lazy: `import hyperfed` stays light)
+def __getattr__(name: str) -> Any:  # lazy: `import hyperfed` stays light
     if name in _LAZY:
         import importlib
 

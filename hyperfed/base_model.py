@@ -23,9 +23,9 @@ from torch import nn
 from hyperfed.data.corpus import FederatedCorpus, pretrain_blocks, pretraining_text
 from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet.atomic import atomic_directory
+from hypernet.base_models import load_causal_lm, tiny_llama
 from hypernet.data import sample_batch
 from hypernet.errors import ConfigError
-from hypernet.base_models import load_causal_lm, tiny_llama
 
 __all__ = ["BaseModelConfig", "cache_dir", "load_or_build_base_model", "pretrain_base_model"]
 

@@ -6,9 +6,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hyperfed.render import format_table, progress, terminal_logging
 from hypernet.errors import HyperFedError
+
+if TYPE_CHECKING:  # the CLI stays light: these load only when a command needs them
+    from tqdm import tqdm
+
+    from hyperfed.config import RunConfig
+    from hyperfed.federation import RoundOutcome
 
 __all__ = ["main"]
 
@@ -17,8 +24,17 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from hyperfed.quickstart import run_quickstart
 
     with progress(args.steps, "training HyperLoRA") as bar:
-        result = run_quickstart(args.out, steps=args.steps, callback=lambda step, row: (bar.update(1), bar.set_postfix(loss=f"{row['loss']:.3f}")))
-    print(format_table(result["rows"], title="Validation loss (nats/byte) per client: base model vs its own vs another client's adapter"))
+        result = run_quickstart(
+            args.out,
+            steps=args.steps,
+            callback=lambda step, row: (bar.update(1), bar.set_postfix(loss=f"{row['loss']:.3f}")),
+        )
+    print(
+        format_table(
+            result["rows"],
+            title="Validation loss (nats/byte) per client: base model vs its own vs another client's adapter",
+        )
+    )
     exp = result["export"]
     print(
         f"\nExported {exp['client']}'s adapter to {exp['path']} (sha256 {exp['adapter_sha256'][:16]}…); "
@@ -26,17 +42,19 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     )
     print(f"Hypernetwork checkpoint: {result['checkpoint']} ({result['shared_parameters']:,} shared parameters)")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "quickstart.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+    (Path(args.out) / "quickstart.json").write_text(
+        json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1)
+    )
     return 0
 
 
-def _run_comparison(config, out: str, overwrite: bool = False) -> int:  # noqa: ANN001
+def _run_comparison(config: RunConfig, out: str, overwrite: bool = False) -> int:
     from hyperfed.experiment import run_experiment, summary_rows
     from hyperfed.federation.methods import method_label
 
-    bars: dict[str, object] = {}
+    bars: dict[str, tqdm] = {}
 
-    def bar_for(key: str, total: int, desc: str):  # noqa: ANN202  (one bar per key, made once)
+    def bar_for(key: str, total: int, desc: str) -> tqdm:  # one bar per key, made once
         if key not in bars:
             bars[key] = progress(total, desc)
         return bars[key]
@@ -48,7 +66,7 @@ def _run_comparison(config, out: str, overwrite: bool = False) -> int:  # noqa: 
         if step == config.base_model.steps:
             bar.close()
 
-    def on_round(method: str, outcome) -> None:  # noqa: ANN001
+    def on_round(method: str, outcome: RoundOutcome) -> None:
         bar = bar_for(method, config.federation.rounds, f"{method_label(method):>11} rounds")
         bar.update(1)
         bar.set_postfix(train_loss=f"{outcome.train_loss:.3f}")
@@ -62,13 +80,20 @@ def _run_comparison(config, out: str, overwrite: bool = False) -> int:  # noqa: 
             bar.close()
     rows = summary_rows(result)
     print()
-    print(format_table(rows, title="Validation loss per client (nats/byte, lower is better), same budget for every method"))
+    print(
+        format_table(
+            rows, title="Validation loss per client (nats/byte, lower is better), same budget for every method"
+        )
+    )
     methods = list(result.final)
     if "hyperlora" in methods:
         for other in (m for m in methods if m != "hyperlora"):
             wins = sum(result.final["hyperlora"][c] < result.final[other][c] for c in result.base)
             diff = result.mean(other) - result.mean("hyperlora")
-            print(f"HyperLoRA vs {method_label(other)}: better on {wins}/{len(result.base)} clients, mean lower by {diff:+.4f}")
+            print(
+                f"HyperLoRA vs {method_label(other)}: better on {wins}/{len(result.base)} clients, "
+                f"mean lower by {diff:+.4f}"
+            )
     rejected = sum(len(r) for rounds in result.rejected.values() for r in rounds.values())
     print(f"Rejected client replies: {rejected}")
     print("Time: " + ", ".join(f"{method_label(m)} {s:.0f} s" for m, s in result.seconds.items()))
@@ -156,12 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
 
-    quick = sub.add_parser("quickstart", parents=[verbose], help="train a HyperLoRA end to end on 4 clients and export an adapter")
+    quick = sub.add_parser(
+        "quickstart", parents=[verbose], help="train a HyperLoRA end to end on 4 clients and export an adapter"
+    )
     quick.add_argument("--out", default="runs/quickstart", help="output directory")
     quick.add_argument("--steps", type=int, default=150)
     quick.set_defaults(func=_cmd_quickstart)
 
-    demo = sub.add_parser("demo", parents=[verbose], help="federated HyperLoRA vs FedAvg-LoRA vs local-only on the offline corpus")
+    demo = sub.add_parser(
+        "demo", parents=[verbose], help="federated HyperLoRA vs FedAvg-LoRA vs local-only on the offline corpus"
+    )
     demo.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
     demo.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     demo.add_argument("--no-forget", action="store_true", help="stop after the comparison")
@@ -172,20 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/train", help="run directory (must not hold a run yet)")
     train.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")
     train.set_defaults(func=_cmd_train, flower=True)
-    audit = sub.add_parser("audit", parents=[verbose], help="recompute every hash of a run and check it against the ledger")
+    audit = sub.add_parser(
+        "audit", parents=[verbose], help="recompute every hash of a run and check it against the ledger"
+    )
     audit.add_argument("run_dir")
     audit.add_argument("--ledger", default=None, help="ledger URL (default: the run's own)")
     audit.add_argument("--json", default=None, help="also write the report as JSON here")
     audit.add_argument("--all", action="store_true", help="list every check, not only failures")
     audit.set_defaults(func=_cmd_audit)
 
-    forget = sub.add_parser("forget", parents=[verbose], help="forget a client of a run (delete its embedding and every trace)")
+    forget = sub.add_parser(
+        "forget", parents=[verbose], help="forget a client of a run (delete its embedding and every trace)"
+    )
     forget.add_argument("run_dir")
     forget.add_argument("client_id")
-    forget.add_argument("--mode", choices=list(FORGET_MODES), default="delete",
-                        help="; ".join(f"{name}: {mode.summary}" for name, mode in FORGET_MODES.items()))
+    forget.add_argument(
+        "--mode",
+        choices=list(FORGET_MODES),
+        default="delete",
+        help="; ".join(f"{name}: {mode.summary}" for name, mode in FORGET_MODES.items()),
+    )
     forget.add_argument("--verify", action="store_true", help="measure the forget against retraining (simulation runs)")
-    forget.add_argument("--compare", nargs="*", choices=list(FORGET_MODES), help="with --verify: also run these modes on a copy")
+    forget.add_argument(
+        "--compare", nargs="*", choices=list(FORGET_MODES), help="with --verify: also run these modes on a copy"
+    )
     forget.set_defaults(func=_cmd_forget, flower=True)
     return parser
 

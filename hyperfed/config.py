@@ -28,11 +28,12 @@ is ``None`` is left out until it is set.
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from hyperfed.base_model import BaseModelConfig
 from hyperfed.data.corpus import CorpusConfig
@@ -128,7 +129,7 @@ class RunConfig:
         if not self.round_timeout > 0:
             raise ConfigError(f"RunConfig.round_timeout must be > 0 seconds, got {self.round_timeout!r}")
 
-    def with_method(self, method: str) -> "RunConfig":
+    def with_method(self, method: str) -> RunConfig:
         """The same run training ``method``."""
         return replace(self, federation=replace(self.federation, method=method))
 
@@ -138,13 +139,13 @@ class RunConfig:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are an
         error that names them (a typo would otherwise run silently with a default)."""
         return _build(cls(), data, "")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "RunConfig":
+    def from_file(cls, path: str | Path) -> RunConfig:
         """Read a TOML or JSON file with the sections of :meth:`to_dict`."""
         path = Path(path)
         try:
@@ -171,7 +172,7 @@ class RunConfig:
         return frozenset(out)
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> "RunConfig":
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Read a (possibly partial) flat run config; missing keys take their defaults.
 
         Raises
@@ -211,7 +212,11 @@ def _coerce(default: Any, value: Any) -> Any:
     """A run-config value in the type of the field's default (TOML and Flower give ``1``
     for ``1.0``, and strings for tuples)."""
     if isinstance(default, tuple):
-        return tuple(part.strip() for part in str(value).split(",") if part.strip()) if isinstance(value, str) else tuple(value)
+        return (
+            tuple(part.strip() for part in str(value).split(",") if part.strip())
+            if isinstance(value, str)
+            else tuple(value)
+        )
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

@@ -27,12 +27,13 @@ from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOut
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.recorder import RunRecorder
 from hypernet import evaluate_loss
-from hypernet.errors import ConfigError
 from hypernet.base_models import add_lora
+from hypernet.errors import ConfigError
 
 __all__ = ["RunConfig", "ExperimentResult", "run_experiment", "summary_rows"]
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class ExperimentResult:
@@ -126,8 +127,12 @@ def run_method(
     return server, final, curve, rejected
 
 
-def _run_flower(server: AdapterServer, config: RunConfig, after_round: Callable[[RoundOutcome], None],
-                curve: list[tuple[int, float]]) -> dict[str, float]:
+def _run_flower(
+    server: AdapterServer,
+    config: RunConfig,
+    after_round: Callable[[RoundOutcome], None],
+    curve: list[tuple[int, float]],
+) -> dict[str, float]:
     """Train through Flower (in-process grid, real ServerApp strategy and ClientApps);
     curves and final losses come from the clients' own federated evaluation."""
     from hyperfed.flower import run_inprocess
@@ -140,7 +145,7 @@ def _run_flower(server: AdapterServer, config: RunConfig, after_round: Callable[
 
 def run_experiment(
     run_dir: str | Path,
-    config: RunConfig = RunConfig(),
+    config: RunConfig | None = None,
     on_round: Callable[[str, RoundOutcome], None] | None = None,
     on_pretrain: Callable[[int, float], None] | None = None,
     overwrite: bool = False,
@@ -150,6 +155,7 @@ def run_experiment(
     A directory that already holds a run is refused (its ledger and forget log would mix
     with the new run's) unless ``overwrite``, which deletes it first.
     """
+    config = config or RunConfig()
     rd = RunDirectory(run_dir)
     if rd.config_path.exists():
         if not overwrite:
@@ -164,7 +170,9 @@ def run_experiment(
     final, curves, seconds, rejected, servers = {}, {}, {}, {}, {}
     for method in config.methods:
         start = time.perf_counter()
-        server, final[method], curves[method], rejected[method] = run_method(method, base_model, corpus, config, on_round, rd)
+        server, final[method], curves[method], rejected[method] = run_method(
+            method, base_model, corpus, config, on_round, rd
+        )
         seconds[method] = time.perf_counter() - start
         servers[method] = server
         log.info("%s: mean val loss %.4f in %.1f s", method, _mean(final[method]), seconds[method])
@@ -184,7 +192,7 @@ def plot_curves(result: ExperimentResult, path: Path) -> Path:
     fig = Figure(figsize=(12, 4.5))
     left, right = fig.subplots(1, 2)
     for method, curve in result.curves.items():
-        rounds, losses = zip(*curve)
+        rounds, losses = zip(*curve, strict=True)
         left.plot(rounds, losses, marker="o", label=method_label(method))
     left.axhline(sum(result.base.values()) / len(result.base), color="grey", ls="--", label="base model")
     left.set(xlabel="round", ylabel="mean validation loss (nats/byte)", title="Learning curves (same budget)")
@@ -192,9 +200,16 @@ def plot_curves(result: ExperimentResult, path: Path) -> Path:
     clients = list(result.base)
     width = 0.8 / (len(result.final) + 1)
     xs = range(len(clients))
-    right.bar([x - 0.4 + width / 2 for x in xs], [result.base[c] for c in clients], width, label="base", color="lightgrey")
+    right.bar(
+        [x - 0.4 + width / 2 for x in xs], [result.base[c] for c in clients], width, label="base", color="lightgrey"
+    )
     for i, (method, losses) in enumerate(result.final.items(), start=1):
-        right.bar([x - 0.4 + width / 2 + i * width for x in xs], [losses[c] for c in clients], width, label=method_label(method))
+        right.bar(
+            [x - 0.4 + width / 2 + i * width for x in xs],
+            [losses[c] for c in clients],
+            width,
+            label=method_label(method),
+        )
     right.set_xticks(list(xs), clients, rotation=45, ha="right", fontsize=7)
     right.set(ylabel="validation loss (nats/byte)", title="Per client, after training")
     lo = min(min(v.values()) for v in result.final.values())

@@ -61,7 +61,9 @@ def run_quickstart(
     data = stdlib_client_data(families)
     model = add_lora(tiny_llama(vocab_size=ByteTokenizer.vocab_size, hidden_size=64, num_layers=2, seed=seed), rank=8)
     hypernet = HyperLoRA.from_peft_model(model, HyperLoRAConfig(seed=seed), client_ids=list(data))
-    trainer = HypernetTrainer(hypernet, model, TrainerConfig(lr=3e-3, batch_size=8, clients_per_step=len(data), seed=seed))
+    trainer = HypernetTrainer(
+        hypernet, model, TrainerConfig(lr=3e-3, batch_size=8, clients_per_step=len(data), seed=seed)
+    )
     log.info("hypernetwork: %d shared parameters, %d targets", hypernet.num_shared_parameters(), len(hypernet.spec))
     history = trainer.fit(data, steps=steps, callback=callback)
 
@@ -87,7 +89,9 @@ def run_quickstart(
     x = data[ids[0]].val[:2]
     with torch.no_grad():
         reloaded = PeftModel.from_pretrained(copy.deepcopy(model).unload(), export_dir).eval()
-        max_diff = float((reloaded(input_ids=x).logits - functional_forward(model, adapters[ids[0]], input_ids=x).logits).abs().max())
+        max_diff = float(
+            (reloaded(input_ids=x).logits - functional_forward(model, adapters[ids[0]], input_ids=x).logits).abs().max()
+        )
     save_hypernet(hypernet, out_dir / "hypernet", extra={"steps": steps})
     return {
         "rows": rows,

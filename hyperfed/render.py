@@ -8,7 +8,10 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # tqdm loads on first use
+    from tqdm import tqdm
 
 __all__ = ["format_table", "progress", "terminal_logging", "LOG_FORMAT"]
 
@@ -24,7 +27,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, title: str | None = None) -> str:
+def format_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, title: str | None = None
+) -> str:
     """A plain-text table with right-aligned numbers."""
     if not rows:
         return f"{title}\n(no rows)" if title else "(no rows)"
@@ -34,7 +39,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
 
     out = [title] if title else []
     out += [line(columns), line(["-" * w for w in widths])]
@@ -42,7 +47,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join(out)
 
 
-def progress(total: int, desc: str):  # noqa: ANN201
+def progress(total: int, desc: str) -> tqdm:
     """A tqdm progress bar on stderr (disabled when stderr is not a terminal and CI is set)."""
     from tqdm import tqdm
 

@@ -51,7 +51,9 @@ def tiny_llama(
     return _seeded(lambda: LlamaForCausalLM(config), seed)
 
 
-def tiny_gpt2(vocab_size: int = 260, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> nn.Module:
+def tiny_gpt2(
+    vocab_size: int = 260, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0
+) -> nn.Module:
     """A randomly initialised GPT-2 (``Conv1D`` layers, fused ``c_attn``)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -71,7 +73,12 @@ def tiny_gpt2(vocab_size: int = 260, hidden_size: int = 64, num_layers: int = 2,
 
 
 def tiny_qwen2(
-    vocab_size: int = 260, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2, seed: int = 0
+    vocab_size: int = 260,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    seed: int = 0,
 ) -> nn.Module:
     """A randomly initialised Qwen2 (GQA, biased q/k/v projections)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -103,7 +110,9 @@ def add_lora(
 
     hf_model: Any = model  # a transformers PreTrainedModel (its config is untyped)
     model_type: str = hf_model.config.model_type
-    targets: Sequence[str] | str = DEFAULT_TARGETS.get(model_type, "all-linear") if target_modules is None else target_modules
+    targets: Sequence[str] | str = (
+        DEFAULT_TARGETS.get(model_type, "all-linear") if target_modules is None else target_modules
+    )
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else 2 * rank,

@@ -57,7 +57,9 @@ def train_local_adapter(
     params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=config.lr) if config.optimizer == "adam" else torch.optim.SGD(params, lr=config.lr)
+    opt = (
+        torch.optim.Adam(params, lr=config.lr) if config.optimizer == "adam" else torch.optim.SGD(params, lr=config.lr)
+    )
     gen = torch.Generator().manual_seed(config.seed)
     device = params[0].device
     peft_model.train()

@@ -102,8 +102,7 @@ class ClientEmbeddings(nn.Module):
             return self._names[client_id]
         except KeyError:
             raise UnknownClientError(
-                f"unknown client {client_id!r}; registered: {self.ids[:5]}"
-                + ("..." if len(self) > 5 else "")
+                f"unknown client {client_id!r}; registered: {self.ids[:5]}" + ("..." if len(self) > 5 else "")
             ) from None
 
     def _reference_tensor(self) -> torch.Tensor:

@@ -19,7 +19,14 @@ from hypernet.errors import ConfigError
 from hypernet.hyperlora import HyperLoRA
 from hypernet.targets import TargetSpec
 
-__all__ = ["Generator", "SupportsToDict", "GENERATORS", "DEFAULT_ARCHITECTURE", "generator_class", "embedding_tensor_names"]
+__all__ = [
+    "Generator",
+    "SupportsToDict",
+    "GENERATORS",
+    "DEFAULT_ARCHITECTURE",
+    "generator_class",
+    "embedding_tensor_names",
+]
 
 Adapter = dict[str, torch.Tensor]
 

@@ -59,9 +59,7 @@ class _TargetGroup(nn.Module):
         self.register_buffer("layer_index", torch.tensor([t.layer for t in targets]), persistent=False)
         self.head = nn.Linear(cfg.hidden_dim, self.chunk_size)
         self.base = nn.Parameter(torch.zeros(len(targets), self.numel))  # (l, d)
-        self.chunk_embedding = (
-            nn.Parameter(torch.randn(self.num_chunks, cfg.chunk_dim)) if cfg.chunk_size else None
-        )
+        self.chunk_embedding = nn.Parameter(torch.randn(self.num_chunks, cfg.chunk_dim)) if cfg.chunk_size else None
         self._hyper_init(cfg.head_init_std)
 
     @torch.no_grad()
@@ -138,9 +136,7 @@ class HyperLoRA(nn.Module):
             for depth in range(cfg.trunk_depth):
                 layers += [nn.Linear(in_dim if depth == 0 else cfg.hidden_dim, cfg.hidden_dim), nn.GELU()]
             self.trunk = nn.Sequential(*layers)
-            self.groups = nn.ModuleList(
-                _TargetGroup(members, idx, cfg) for idx, members in enumerate(groups.values())
-            )
+            self.groups = nn.ModuleList(_TargetGroup(members, idx, cfg) for idx, members in enumerate(groups.values()))
         self.group_names = list(groups)
         self.lora_config: dict[str, Any] | None = None  # peft LoraConfig as JSON, for export
         self.clients = ClientEmbeddings(cfg.client_dim, cfg.client_init_std, cfg.seed)
@@ -241,7 +237,12 @@ class HyperLoRA(nn.Module):
             parts = [
                 _expand(emb[:, None, None, :], len(client_ids), n_layers, n_chunks),
                 _expand(self.layer_embedding(group.layer_index)[None, :, None, :], len(client_ids), n_layers, n_chunks),
-                _expand(self.type_embedding.weight[group.type_index][None, None, None, :], len(client_ids), n_layers, n_chunks),
+                _expand(
+                    self.type_embedding.weight[group.type_index][None, None, None, :],
+                    len(client_ids),
+                    n_layers,
+                    n_chunks,
+                ),
             ]
             if group.chunk_embedding is not None:
                 parts.append(_expand(group.chunk_embedding[None, None], len(client_ids), n_layers, n_chunks))
@@ -313,6 +314,6 @@ def _shared_tensor_names(spec: TargetSpec, config: HyperLoRAConfig) -> frozenset
     return frozenset(names)
 
 
-def _expand(t: torch.Tensor, b: int, l: int, n: int) -> torch.Tensor:
+def _expand(t: torch.Tensor, b: int, layers: int, n: int) -> torch.Tensor:
     """Broadcast a ``(1|b, 1|l, 1|n, f)`` tensor to ``(b, l, n, f)`` without copying."""
-    return t.expand(b, l, n, t.shape[-1])
+    return t.expand(b, layers, n, t.shape[-1])

@@ -133,10 +133,10 @@ class TargetSpec:
         return json.dumps([asdict(t) for t in self.targets])
 
     @classmethod
-    def from_json(cls, text: str) -> "TargetSpec":
+    def from_json(cls, text: str) -> TargetSpec:
         return cls(tuple(LoraTarget(**row) for row in json.loads(text)))
 
-    def check_compatible(self, other: "TargetSpec") -> None:
+    def check_compatible(self, other: TargetSpec) -> None:
         """Raise :class:`CheckpointMismatchError` naming the first differing target."""
         if self == other:
             return
@@ -192,7 +192,7 @@ def discover_targets(peft_model: nn.Module, adapter_name: str = "default") -> Ta
         b = layer_module.lora_B[adapter_name].weight
         match = _LAYER_INDEX.search(name)
         layer = int(match.group(1)) if match else 0
-        module_type = name[match.end():] if match else name.rsplit(".", 1)[-1]
+        module_type = name[match.end() :] if match else name.rsplit(".", 1)[-1]
         targets.append(
             LoraTarget(
                 key=name,
@@ -209,4 +209,3 @@ def discover_targets(peft_model: nn.Module, adapter_name: str = "default") -> Ta
             "peft.get_peft_model(model, LoraConfig(target_modules=[...])) first"
         )
     return TargetSpec(tuple(targets))
-

@@ -118,7 +118,7 @@ def client_of_key(key: str) -> str | None:
     """The client id a state key belongs to (``client/<id>/<state key>``), else ``None``."""
     if not key.startswith(CLIENT_PREFIX):
         return None
-    client_id, sep, _ = key[len(CLIENT_PREFIX):].rpartition("/")
+    client_id, sep, _ = key[len(CLIENT_PREFIX) :].rpartition("/")
     return client_id if sep else None
 
 

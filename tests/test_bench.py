@@ -14,8 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
     env = {"HYPERFED_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "bench/run_all.py", "--quick", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "BENCHMARKS.md")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "bench/run_all.py",
+            "--quick",
+            "--results",
+            str(tmp_path / "results"),
+            "--out",
+            str(tmp_path / "BENCHMARKS.md"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("hypernet", "federation", "unlearning", "ledger"):

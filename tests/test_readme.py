@@ -4,9 +4,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -47,6 +47,8 @@ def test_every_extending_example_is_checked():
 def test_extending_example_runs_as_pasted(title, tmp_path):
     env = {**os.environ, "HYPERFED_CACHE": str(tmp_path / "cache")}
     code = extending_examples()[title]
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert EXPECTED[title] in result.stdout

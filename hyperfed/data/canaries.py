@@ -19,7 +19,17 @@ from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet.data import ClientData
 from hypernet.errors import ConfigError
 
-__all__ = ["DEFAULT_ALPHABET", "Tokenizer", "CanaryFormat", "Canary", "make_canaries", "plant_canaries", "canary_mask", "encode_parts", "distinct_secrets"]
+__all__ = [
+    "DEFAULT_ALPHABET",
+    "Tokenizer",
+    "CanaryFormat",
+    "Canary",
+    "make_canaries",
+    "plant_canaries",
+    "canary_mask",
+    "encode_parts",
+    "distinct_secrets",
+]
 
 # 32 symbols (RFC 4648 base32, lower case): 5 bits per character, one byte each in UTF-8.
 DEFAULT_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
@@ -76,9 +86,7 @@ class Canary:
     def __post_init__(self) -> None:
         fmt = self.format
         if len(self.secret) != fmt.length or any(ch not in fmt.alphabet for ch in self.secret):
-            raise ConfigError(
-                f"canary secret {self.secret!r} must be {fmt.length} characters from {fmt.alphabet!r}"
-            )
+            raise ConfigError(f"canary secret {self.secret!r} must be {fmt.length} characters from {fmt.alphabet!r}")
 
     @property
     def text(self) -> str:

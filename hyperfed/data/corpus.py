@@ -62,11 +62,29 @@ def _legal(names: list[str]) -> list[_Source]:
 DOMAINS: dict[str, tuple[list[_Source], list[_Source]]] = {
     "code": (
         _code(["asyncio", "email", "xml", "unittest"]),
-        _code(["json", "http", "logging", "urllib", "concurrent", "importlib", "html", "xmlrpc", "wsgiref", "sqlite3", "zoneinfo", "tomllib"]),
+        _code(
+            [
+                "json",
+                "http",
+                "logging",
+                "urllib",
+                "concurrent",
+                "importlib",
+                "html",
+                "xmlrpc",
+                "wsgiref",
+                "sqlite3",
+                "zoneinfo",
+                "tomllib",
+            ]
+        ),
     ),
     # the reference docs cut into five runs (~73 KiB each): four clients, one for pretraining
     "docs": (_docs([0, 1, 2, 3]), _docs([4])),
-    "legal": (_legal(["GPL-3", "GFDL-1.3", "LGPL-2.1", "MPL-1.1"]), _legal(["Apache-2.0", "MPL-2.0", "Artistic", "BSD", "CC0-1.0"])),
+    "legal": (
+        _legal(["GPL-3", "GFDL-1.3", "LGPL-2.1", "MPL-1.1"]),
+        _legal(["Apache-2.0", "MPL-2.0", "Artistic", "BSD", "CC0-1.0"]),
+    ),
 }
 
 
@@ -169,7 +187,9 @@ def _plant(clients: dict[str, ClientData], config: CorpusConfig) -> None:
     if config.canary_client not in clients:
         raise ConfigError(f"CorpusConfig.canary_client {config.canary_client!r} is not a client: {sorted(clients)}")
     target = clients[config.canary_client]
-    clients[config.canary_client] = plant_canaries(target, corpus_canaries(config), config.canary_copies, config.canary_seed)
+    clients[config.canary_client] = plant_canaries(
+        target, corpus_canaries(config), config.canary_copies, config.canary_seed
+    )
 
 
 @functools.lru_cache(maxsize=8)

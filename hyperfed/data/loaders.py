@@ -21,7 +21,9 @@ from hypernet.errors import ConfigError
 __all__ = ["client_data_from_texts", "corpus_from_directory", "corpus_from_hf_dataset", "corpus_from_flwr_datasets"]
 
 
-def client_data_from_texts(texts: Mapping[str, str], block_size: int = 128, val_fraction: float = 0.2) -> dict[str, ClientData]:
+def client_data_from_texts(
+    texts: Mapping[str, str], block_size: int = 128, val_fraction: float = 0.2
+) -> dict[str, ClientData]:
     """Split each client's text: the first part trains, the last ``val_fraction`` validates."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -39,7 +41,9 @@ def client_data_from_texts(texts: Mapping[str, str], block_size: int = 128, val_
     return out
 
 
-def corpus_from_directory(path: str | Path, block_size: int = 128, val_fraction: float = 0.2, pattern: str = "*.txt") -> dict[str, ClientData]:
+def corpus_from_directory(
+    path: str | Path, block_size: int = 128, val_fraction: float = 0.2, pattern: str = "*.txt"
+) -> dict[str, ClientData]:
     """One client per entry of ``path``: a text file (its stem is the id) or a folder (its
     name is the id; its ``pattern`` files, sorted, are concatenated)."""
     root = Path(path)
@@ -77,7 +81,9 @@ def corpus_from_hf_dataset(
         try:
             texts[str(row[client_column])].append(str(row[text_column]))
         except KeyError as exc:
-            raise ConfigError(f"dataset rows need the columns {text_column!r} and {client_column!r}; missing {exc}") from None
+            raise ConfigError(
+                f"dataset rows need the columns {text_column!r} and {client_column!r}; missing {exc}"
+            ) from None
     return client_data_from_texts({c: "\n".join(t) for c, t in texts.items()}, block_size, val_fraction)
 
 

@@ -5,8 +5,8 @@ The Flower apps in :mod:`hyperfed.flower` are thin layers over these functions.
 
 from hyperfed.federation.client_side import evaluate_client, local_round
 from hyperfed.federation.config import FederationConfig
-from hyperfed.federation.methods import METHODS, Method, make_server, method_label
 from hyperfed.federation.loop import evaluate_all, run_rounds
+from hyperfed.federation.methods import METHODS, Method, make_server, method_label
 from hyperfed.federation.sampling import participates, poisson_sample
 from hyperfed.federation.servers import (
     AdapterServer,

@@ -31,7 +31,7 @@ class Method:
     summary: str
     factory: str
 
-    def make(self, peft_model: "nn.Module", config: "FederationConfig", **kwargs: object) -> "AdapterServer":
+    def make(self, peft_model: nn.Module, config: FederationConfig, **kwargs: object) -> AdapterServer:
         import importlib
 
         module, name = self.factory.split(":")
@@ -41,12 +41,19 @@ class Method:
 
 #: name -> method. Order is the order of result tables.
 METHODS: dict[str, Method] = {
-    "hyperlora": Method("HyperLoRA", "a hypernetwork generates each client's adapter (pFedHN update)",
-                        "hyperfed.federation.servers:make_hyperlora_server"),
-    "fedavg": Method("FedAvg-LoRA", "one shared adapter, averaged over the replies",
-                     "hyperfed.federation.servers:make_fedavg_server"),
-    "local": Method("local-only", "each client keeps its own adapter; nothing is shared",
-                    "hyperfed.federation.servers:make_local_server"),
+    "hyperlora": Method(
+        "HyperLoRA",
+        "a hypernetwork generates each client's adapter (pFedHN update)",
+        "hyperfed.federation.servers:make_hyperlora_server",
+    ),
+    "fedavg": Method(
+        "FedAvg-LoRA", "one shared adapter, averaged over the replies", "hyperfed.federation.servers:make_fedavg_server"
+    ),
+    "local": Method(
+        "local-only",
+        "each client keeps its own adapter; nothing is shared",
+        "hyperfed.federation.servers:make_local_server",
+    ),
 }
 
 
@@ -54,7 +61,7 @@ def method_label(name: str) -> str:
     return METHODS[name].label
 
 
-def make_server(method: str, peft_model: "nn.Module", config: "FederationConfig", **kwargs: object) -> "AdapterServer":
+def make_server(method: str, peft_model: nn.Module, config: FederationConfig, **kwargs: object) -> AdapterServer:
     """The server of ``method``; all start from the same peft LoRA initialisation.
 
     ``kwargs`` go to the method's factory (HyperLoRA: ``hypernet=`` an existing generator).

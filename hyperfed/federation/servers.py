@@ -104,7 +104,12 @@ def fedavg(adapters: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[flo
     total = float(sum(weights))
     if not adapters or total <= 0:
         raise MalformedUpdateError("fedavg needs at least one adapter and positive weights")
-    return {key: sum(a[key].double() * (w / total) for a, w in zip(adapters, weights)).to(adapters[0][key].dtype) for key in adapters[0]}
+    return {
+        key: sum(a[key].double() * (w / total) for a, w in zip(adapters, weights, strict=True)).to(
+            adapters[0][key].dtype
+        )
+        for key in adapters[0]
+    }
 
 
 def _mean_loss(replies: Mapping[str, Reply]) -> float:
@@ -150,7 +155,9 @@ class AdapterServer(ABC):
 
     def aggregate_round(self, round_: int, replies: Mapping[str, Reply]) -> RoundOutcome:
         accepted, rejected = screen_replies(self.spec, self.sent, replies, self.config.max_update_norm)
-        outcome = RoundOutcome(round_, sorted(accepted), rejected, train_loss=_mean_loss(accepted), sent=dict(self.sent))
+        outcome = RoundOutcome(
+            round_, sorted(accepted), rejected, train_loss=_mean_loss(accepted), sent=dict(self.sent)
+        )
         if accepted:
             outcome.update_norms = self._learn(accepted)
         return outcome
@@ -186,7 +193,10 @@ class HyperLoRAServer(AdapterServer):
     @torch.no_grad()
     def adapters_for(self, client_ids: Sequence[str]) -> dict[str, Adapter]:
         """Many clients' adapters with one batched generation."""
-        return {cid: {k: v.detach().clone() for k, v in a.items()} for cid, a in self.hypernet.generate_many(client_ids).items()}
+        return {
+            cid: {k: v.detach().clone() for k, v in a.items()}
+            for cid, a in self.hypernet.generate_many(client_ids).items()
+        }
 
     def configure_round(self, round_: int, client_ids: Sequence[str]) -> dict[str, Adapter]:
         self.register(client_ids)
@@ -244,7 +254,9 @@ class LocalOnlyServer(AdapterServer):
         return {}
 
 
-def make_hyperlora_server(peft_model: nn.Module, config: FederationConfig, hypernet: HyperLoRA | None = None) -> HyperLoRAServer:
+def make_hyperlora_server(
+    peft_model: nn.Module, config: FederationConfig, hypernet: HyperLoRA | None = None
+) -> HyperLoRAServer:
     """A hypernetwork (``config.generator``, a tag of :data:`hypernet.GENERATORS`) on
     ``peft_model``'s LoRA targets, or around an existing ``hypernet``."""
     hypernet = hypernet or generator_class(config.generator).from_peft_model(peft_model, {"seed": config.seed})

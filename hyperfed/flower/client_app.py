@@ -15,9 +15,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.federation import evaluate_client, local_round
 from hyperfed.flower import keys
-from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.flower.cache import cached_client_model, cached_corpus
 from hyperfed.flower.errors import ClientIdentityError, MalformedReplyError
 from hyperfed.flower.handshake import identity_reply, resolve_client_id

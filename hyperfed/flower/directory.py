@@ -28,7 +28,9 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while (connected := len(list(grid.get_node_ids()))) < min_nodes:
         if time.monotonic() >= deadline:
-            log.warning("only %d of %d nodes connected within %.0f s; going on with them", connected, min_nodes, timeout)
+            log.warning(
+                "only %d of %d nodes connected within %.0f s; going on with them", connected, min_nodes, timeout
+            )
             return connected
         log.info("waiting for nodes: %d of %d connected", connected, min_nodes)
         time.sleep(1.0)

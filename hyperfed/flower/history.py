@@ -57,5 +57,7 @@ class FlowerHistory:
             "clients": dict(self.clients),
             "sampled": {str(r): ids for r, ids in self.sampled.items()},
             "rounds": rounds,
-            "eval_losses": {str(r): {c: _finite_or_none(v) for c, v in losses.items()} for r, losses in self.eval_losses.items()},
+            "eval_losses": {
+                str(r): {c: _finite_or_none(v) for c, v in losses.items()} for r, losses in self.eval_losses.items()
+            },
         }

@@ -29,9 +29,9 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.federation import AdapterServer, RoundOutcome
 from hyperfed.flower import keys
-from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.flower.cache import cached_corpus
 from hyperfed.flower.client_app import app as default_client_app
 from hyperfed.flower.history import FlowerHistory
@@ -90,7 +90,7 @@ class InProcessGrid(Grid):
         self._run = Run.create_empty(run_id)
         self._apps: dict[int, ClientApp] = {}
         self._contexts: dict[int, Context] = {}
-        for index, (client_app, node_config) in enumerate(zip(apps, node_configs)):
+        for index, (client_app, node_config) in enumerate(zip(apps, node_configs, strict=True)):
             node = _node_id(run_id, index)
             self._apps[node] = client_app
             self._contexts[node] = Context(run_id, node, dict(node_config), RecordDict(), dict(run_config))
@@ -148,7 +148,9 @@ class InProcessGrid(Grid):
         except Exception as exc:  # a SuperNode turns any ClientApp exception into an error reply
             log.warning("the ClientApp of node %d raised %s: %s", node, type(exc).__name__, exc)
             log.debug("ClientApp traceback", exc_info=True)
-            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=received)
+            return Message(
+                Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=received
+            )
         if not isinstance(reply, Message) or reply.metadata.reply_to_message_id != message.metadata.message_id:
             reason = "the ClientApp did not return a reply to the message it received"
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=received)
@@ -208,7 +210,9 @@ def run_inprocess(
     config = RunConfig.from_run_config(run_config)
     if client_ids is None:
         ids = cached_corpus(config.corpus).client_ids
-        node_configs: list[UserConfig] = [{keys.PARTITION_ID: i, keys.NUM_PARTITIONS: len(ids)} for i in range(len(ids))]
+        node_configs: list[UserConfig] = [
+            {keys.PARTITION_ID: i, keys.NUM_PARTITIONS: len(ids)} for i in range(len(ids))
+        ]
     else:
         node_configs = [{keys.CLIENT_ID: cid} for cid in client_ids]
     config = RunConfig.from_run_config({**config.to_run_config(), "min-nodes": len(node_configs)})

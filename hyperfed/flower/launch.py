@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperfed.flower import keys
 from hyperfed.config import RunConfig, RunConfigValue
+from hyperfed.flower import keys
 from hyperfed.flower.cache import load_base_model
 from hyperfed.flower.errors import FlowerRunError
 from hyperfed.flower.processes import (
@@ -189,7 +189,9 @@ def run_loopback_deployment(
             log_path = run_dir / "logs" / f"supernode-{index}.log"
             node_home = run_dir / f"flwr-home-node-{index}"  # as on its own machine
             supernodes.append(
-                start_supernode(node_home, superlink.address, {keys.CLIENT_ID: client_id}, log_path, extra_env=_ONE_THREAD)
+                start_supernode(
+                    node_home, superlink.address, {keys.CLIENT_ID: client_id}, log_path, extra_env=_ONE_THREAD
+                )
             )
         return _execute(run_dir, superlink, timeout, None)
     finally:

@@ -141,7 +141,9 @@ def _wait_healthy(process: FlowerProcess, timeout: float) -> None:
     while time.monotonic() < deadline:
         if not process.alive():
             code = process.popen.returncode
-            raise FlowerRunError(f"{process.name} exited with code {code}; log {process.log_path}:\n{process.log_tail()}")
+            raise FlowerRunError(
+                f"{process.name} exited with code {code}; log {process.log_path}:\n{process.log_tail()}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1.0) as response:
                 if response.status == 200:
@@ -230,7 +232,9 @@ def write_connection(flwr_home: Path, name: str, address: str) -> Path:
     return path
 
 
-def _cli(args: list[str], env: Mapping[str, str], timeout: float, log_path: Path | None = None) -> subprocess.CompletedProcess:
+def _cli(
+    args: list[str], env: Mapping[str, str], timeout: float, log_path: Path | None = None
+) -> subprocess.CompletedProcess:
     argv = [_executable("flwr"), *args]
     try:
         if log_path is None:

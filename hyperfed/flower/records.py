@@ -138,5 +138,7 @@ def content_to_eval(content: RecordDict) -> tuple[float, int]:
     """
     metrics = content.metric_records.get(keys.METRICS)
     if metrics is None or keys.EVAL_LOSS not in metrics or keys.NUM_EXAMPLES not in metrics:
-        raise MalformedReplyError(f"an evaluate reply needs {keys.EVAL_LOSS!r} and {keys.NUM_EXAMPLES!r} in {keys.METRICS!r}")
+        raise MalformedReplyError(
+            f"an evaluate reply needs {keys.EVAL_LOSS!r} and {keys.NUM_EXAMPLES!r} in {keys.METRICS!r}"
+        )
     return float(metrics[keys.EVAL_LOSS]), int(metrics[keys.NUM_EXAMPLES])

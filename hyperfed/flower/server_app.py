@@ -33,8 +33,9 @@ METRICS_FILE = "metrics.json"
 FinishHook = Callable[[AdapterServer, AdapterStrategy, Path, RunConfig], Any]
 
 
-def build_strategy(config: RunConfig, server: AdapterServer | None = None,
-                   on_round: Callable[[RoundOutcome], None] | None = None) -> AdapterStrategy:
+def build_strategy(
+    config: RunConfig, server: AdapterServer | None = None, on_round: Callable[[RoundOutcome], None] | None = None
+) -> AdapterStrategy:
     """The strategy for ``config``, holding ``server`` or a fresh one from :func:`make_server`.
 
     A fresh server starts from the cached base model with LoRA of rank
@@ -43,11 +44,17 @@ def build_strategy(config: RunConfig, server: AdapterServer | None = None,
     if server is None:
         peft_model = build_peft_model(config.base_model, config.federation.lora_rank)
         server = make_server(config.federation.method, peft_model, config.federation)
-    return AdapterStrategy(server, min_nodes=config.min_nodes, evaluate_every=config.evaluation.every, on_round=on_round)
+    return AdapterStrategy(
+        server, min_nodes=config.min_nodes, evaluate_every=config.evaluation.every, on_round=on_round
+    )
 
 
-def run_server(grid: Grid, config: RunConfig, server: AdapterServer | None = None,
-               on_round: Callable[[RoundOutcome], None] | None = None) -> AdapterStrategy:
+def run_server(
+    grid: Grid,
+    config: RunConfig,
+    server: AdapterServer | None = None,
+    on_round: Callable[[RoundOutcome], None] | None = None,
+) -> AdapterStrategy:
     """Handshake and ``config.federation.rounds`` rounds on ``grid``; return the strategy.
 
     The trained server is ``strategy.server``; what happened is ``strategy.history``.
@@ -77,7 +84,9 @@ def run_recorded(grid: Grid, config: RunConfig) -> AdapterStrategy:
         return run_server(grid, config)
     from hyperfed.rundir.recorder import RunRecorder
 
-    server = make_server("hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation)
+    server = make_server(
+        "hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation
+    )
     with RunRecorder.open(run_dir, config.ledger.url or None, writer_msp=config.ledger.writer_msp) as recorder:
         recorder.record_checkpoint(0, server.hypernet, server.trainer)
         return run_server(grid, config, server, on_round=recorder.round_callback(server))
@@ -93,7 +102,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def on_finish(server: AdapterServer, strategy: AdapterStrategy, run_dir: str | Path, config: RunConfig | None = None) -> Path:
+def on_finish(
+    server: AdapterServer, strategy: AdapterStrategy, run_dir: str | Path, config: RunConfig | None = None
+) -> Path:
     """Write ``metrics.json`` into ``run_dir``: config, per-round outcomes, per-client eval.
 
     Returns
@@ -128,7 +139,9 @@ def _show_logs_with_flower() -> None:
         ours.propagate = False
 
 
-def build_server_app(defaults: Mapping[str, RunConfigValue] | None = None, finish: FinishHook | None = on_finish) -> ServerApp:
+def build_server_app(
+    defaults: Mapping[str, RunConfigValue] | None = None, finish: FinishHook | None = on_finish
+) -> ServerApp:
     """A ServerApp whose run config is ``defaults`` overridden by ``context.run_config``.
 
     ``finish(server, strategy, run_dir, config)`` runs after the last round when the run

@@ -99,7 +99,9 @@ class AdapterStrategy(FedAvg):
         return added
 
     # ---------------------------------------------------------------- training
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """One message per sampled client, each with that client's own adapter."""
         self._round_started[server_round] = time.perf_counter()
         self.identify_new_nodes(grid)
@@ -110,7 +112,9 @@ class AdapterStrategy(FedAvg):
         log.info("round %d: sampled %d of %d clients", server_round, len(sampled), len(ids))
         return self._messages(sent, MessageType.TRAIN, server_round, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen the replies, let the server learn from the accepted ones.
 
         Returns ``(arrays, metrics)``: ``arrays`` is the new shared adapter for FedAvg-LoRA
@@ -122,10 +126,14 @@ class AdapterStrategy(FedAvg):
         for message in replies:
             client_id = self.directory.client_of.get(message.metadata.src_node_id)
             if client_id not in sampled or client_id in received or client_id in rejected:
-                log.warning("round %d: ignoring an unexpected reply from node %d", server_round, message.metadata.src_node_id)
+                log.warning(
+                    "round %d: ignoring an unexpected reply from node %d", server_round, message.metadata.src_node_id
+                )
                 continue
             if message.has_error():
-                rejected[client_id] = f"the client reported an error (code {message.error.code}): {message.error.reason}"
+                rejected[client_id] = (
+                    f"the client reported an error (code {message.error.code}): {message.error.reason}"
+                )
                 continue
             try:
                 received[client_id] = content_to_reply(message.content)
@@ -142,7 +150,11 @@ class AdapterStrategy(FedAvg):
         self.history.rounds.append(dataclasses.replace(outcome, sent={}))  # the history keeps no weights
         started = self._round_started.pop(server_round, time.perf_counter())
         self.history.round_seconds[server_round] = time.perf_counter() - started
-        counts = {"num-sampled": len(sampled), "num-accepted": len(outcome.accepted), "num-rejected": len(outcome.rejected)}
+        counts = {
+            "num-sampled": len(sampled),
+            "num-accepted": len(outcome.accepted),
+            "num-rejected": len(outcome.rejected),
+        }
         metrics = MetricRecord(counts)
         if outcome.accepted:
             metrics[keys.TRAIN_LOSS] = float(outcome.train_loss)
@@ -152,7 +164,9 @@ class AdapterStrategy(FedAvg):
         return (None if published is None else adapter_to_record(published)), metrics
 
     # -------------------------------------------------------------- evaluation
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Every connected client gets the adapter the server would give it now."""
         last = server_round == self.num_rounds
         periodic = self.evaluate_every > 0 and server_round % self.evaluate_every == 0
@@ -163,7 +177,9 @@ class AdapterStrategy(FedAvg):
     def evaluation_messages(self, server_round: int, config: ConfigRecord, grid: Grid) -> list[Message]:
         self.identify_new_nodes(grid)
         ids = self.directory.connected(grid)
-        return self._messages(self.server.adapters_for(ids) if ids else {}, MessageType.EVALUATE, server_round, config, grid)
+        return self._messages(
+            self.server.adapters_for(ids) if ids else {}, MessageType.EVALUATE, server_round, config, grid
+        )
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Store each client's loss in ``history.eval_losses[server_round]``; return the mean."""
@@ -173,7 +189,9 @@ class AdapterStrategy(FedAvg):
             if client_id is None:
                 continue
             if message.has_error():
-                log.warning("client %r failed to evaluate in round %d: %s", client_id, server_round, message.error.reason)
+                log.warning(
+                    "client %r failed to evaluate in round %d: %s", client_id, server_round, message.error.reason
+                )
                 continue
             try:
                 losses[client_id] = content_to_eval(message.content)[0]
@@ -207,7 +225,9 @@ class AdapterStrategy(FedAvg):
         return messages
 
 
-def run_strategy(grid: Grid, strategy: AdapterStrategy, *, timeout: float = 3600.0, evaluate_before_training: bool = True) -> Result:
+def run_strategy(
+    grid: Grid, strategy: AdapterStrategy, *, timeout: float = 3600.0, evaluate_before_training: bool = True
+) -> Result:
     """Wait for the nodes, handshake, evaluate every client (round 0), run the rounds.
 
     Returns Flower's :class:`~flwr.serverapp.strategy.Result`; what happened is in
@@ -223,8 +243,15 @@ def run_strategy(grid: Grid, strategy: AdapterStrategy, *, timeout: float = 3600
     strategy.identify_new_nodes(grid)
     strategy.directory.require_clients()
     cfg = strategy.server.config
-    log.info("%s: method %s, %d rounds, Poisson sample rate %.2f, seed %d, %d clients", type(strategy).__name__,
-             strategy.server.method, cfg.rounds, cfg.sample_rate, cfg.seed, len(strategy.directory))
+    log.info(
+        "%s: method %s, %d rounds, Poisson sample rate %.2f, seed %d, %d clients",
+        type(strategy).__name__,
+        strategy.server.method,
+        cfg.rounds,
+        cfg.sample_rate,
+        cfg.seed,
+        len(strategy.directory),
+    )
     if evaluate_before_training:
         messages = strategy.evaluation_messages(0, ConfigRecord(), grid)
         strategy.aggregate_evaluate(0, grid.send_and_receive(messages, timeout=timeout))

@@ -43,18 +43,18 @@ class LedgerBackend(ABC):
         """``(number, hash)`` of the last block, for a run to anchor; ``None``: no local chain."""
         return None
 
-    def verify(self, *, expected_head: tuple[int, str] | None = None) -> "VerifyReport | None":
+    def verify(self, *, expected_head: tuple[int, str] | None = None) -> VerifyReport | None:
         """Verify the local chain (see :meth:`EmbeddedLedger.verify`); ``None``: no local chain."""
         return None
 
-    def blocks(self, start: int = 0) -> "list[Block]":
+    def blocks(self, start: int = 0) -> list[Block]:
         """Stored blocks from ``start`` on; empty when the backend keeps no local chain."""
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: most backends hold something to release)
         """Release connections and files. Safe to call twice."""
 
-    def __enter__(self) -> "LedgerBackend":
+    def __enter__(self) -> LedgerBackend:
         return self
 
     def __exit__(self, *exc: object) -> None:

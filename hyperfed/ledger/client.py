@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from hyperfed.errors import ContractViolationError, LedgerConflictError, UnknownClientError
 from hyperfed.ledger.backends import open_ledger
@@ -41,10 +42,10 @@ log = logging.getLogger(__name__)
 def _commitments(commitments: Mapping[str, str]) -> str:
     """Canonical JSON of ``{client id: commitment}`` (same record -> same outbox id)."""
     if not isinstance(commitments, Mapping):
-        raise TypeError("commitments must be a mapping {client id: commitment hex}, "
-                        f"not {type(commitments).__name__}")
-    return json.dumps({str(k): str(v) for k, v in commitments.items()}, sort_keys=True,
-                      separators=(",", ":"))
+        raise TypeError(
+            f"commitments must be a mapping {{client id: commitment hex}}, not {type(commitments).__name__}"
+        )
+    return json.dumps({str(k): str(v) for k, v in commitments.items()}, sort_keys=True, separators=(",", ":"))
 
 
 class Ledger:
@@ -62,8 +63,9 @@ class Ledger:
         every invariant and treats an identical stored record as a replay).
     """
 
-    def __init__(self, backend: LedgerBackend, *, outbox: Outbox | str | Path | None = None,
-                 conflict_retries: int = 3) -> None:
+    def __init__(
+        self, backend: LedgerBackend, *, outbox: Outbox | str | Path | None = None, conflict_retries: int = 3
+    ) -> None:
         self.backend = backend
         if outbox is not None and not isinstance(outbox, Outbox):
             outbox = Outbox(outbox, backend, conflict_retries=conflict_retries)
@@ -71,8 +73,7 @@ class Ledger:
         self.conflict_retries = conflict_retries
 
     @classmethod
-    def from_url(cls, url: str | Path, *, outbox: str | Path | None = None,
-                 **backend_options: Any) -> "Ledger":
+    def from_url(cls, url: str | Path, *, outbox: str | Path | None = None, **backend_options: Any) -> Ledger:
         """Open a backend with :func:`hyperfed.ledger.open_ledger` and wrap it."""
         return cls(open_ledger(url, **backend_options), outbox=outbox)
 
@@ -110,8 +111,7 @@ class Ledger:
         """
         return self._submit("register_client", client_id, commitment)
 
-    def record_checkpoint(self, round: int, weights_hash: str,
-                          commitments: Mapping[str, str]) -> Receipt:
+    def record_checkpoint(self, round: int, weights_hash: str, commitments: Mapping[str, str]) -> Receipt:
         """Record a round's shared-weights hash and its embeddings' commitments.
 
         Parameters
@@ -127,22 +127,25 @@ class Ledger:
             registered and not forgotten. The contract computes and stores the Merkle
             root (:func:`~hyperfed.ledger.commitment.commitments_root`) and the leaves.
         """
-        return self._submit("record_checkpoint", str(int(round)), weights_hash,
-                            _commitments(commitments))
+        return self._submit("record_checkpoint", str(int(round)), weights_hash, _commitments(commitments))
 
-    def record_generation(self, round: int, client_id: str, adapter_hash: str,
-                          checkpoint_hash: str) -> Receipt:
+    def record_generation(self, round: int, client_id: str, adapter_hash: str, checkpoint_hash: str) -> Receipt:
         """Record the hash of the adapter generated for ``client_id`` in ``round``.
 
         ``checkpoint_hash`` is the weights hash of a recorded checkpoint (record the
         initial weights as round 0 before the first round).
         """
-        return self._submit("record_generation", str(int(round)), client_id, adapter_hash,
-                            checkpoint_hash)
+        return self._submit("record_generation", str(int(round)), client_id, adapter_hash, checkpoint_hash)
 
-    def record_forget(self, client_id: str, round: int, new_checkpoint_hash: str,
-                      commitments: Mapping[str, str], adapters_root: str,
-                      mode: str) -> Receipt:
+    def record_forget(
+        self,
+        client_id: str,
+        round: int,
+        new_checkpoint_hash: str,
+        commitments: Mapping[str, str],
+        adapters_root: str,
+        mode: str,
+    ) -> Receipt:
         """Record that ``client_id`` was forgotten (final) and the resulting checkpoint.
 
         Parameters
@@ -159,8 +162,15 @@ class Ledger:
         mode
             How it was forgotten, e.g. ``"delete"`` or ``"exact"``.
         """
-        return self._submit("record_forget", client_id, str(int(round)), new_checkpoint_hash,
-                            _commitments(commitments), adapters_root, mode)
+        return self._submit(
+            "record_forget",
+            client_id,
+            str(int(round)),
+            new_checkpoint_hash,
+            _commitments(commitments),
+            adapters_root,
+            mode,
+        )
 
     def flush(self) -> FlushReport | None:
         """Send queued writes now (``None`` without an outbox)."""
@@ -225,8 +235,7 @@ class Ledger:
     def forget_events(self) -> list[ForgetRecord]:
         return [from_json(ForgetRecord, f) for f in self._query("list_forgets")]
 
-    def membership_proof(self, client_id: str, round: int,
-                         version: int | None = None) -> MembershipProof:
+    def membership_proof(self, client_id: str, round: int, version: int | None = None) -> MembershipProof:
         """Proof that the client's commitment is in checkpoint ``(round, version)``'s root."""
         v = -1 if version is None else int(version)
         data = self._query("get_membership_proof", client_id, str(int(round)), str(v))
@@ -249,7 +258,7 @@ class Ledger:
             self.outbox.close()
         self.backend.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc: object) -> None:

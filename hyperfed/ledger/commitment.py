@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-from chaincode.merkle import keyed_inclusion_proof, keyed_merkle_root, keyed_leaf, verify_inclusion
+from chaincode.merkle import keyed_inclusion_proof, keyed_leaf, keyed_merkle_root, verify_inclusion
 
 __all__ = [
     "SALT_BYTES",
@@ -102,8 +102,7 @@ def membership_proof(digests: Mapping[str, str], client_id: str) -> tuple[int, l
     return keyed_inclusion_proof(digests, client_id)
 
 
-def verify_membership(client_id: str, digest: str, index: int, size: int,
-                      path: list[str], root: str) -> bool:
+def verify_membership(client_id: str, digest: str, index: int, size: int, path: list[str], root: str) -> bool:
     """Check a keyed inclusion proof (for example one returned by the ledger)."""
     try:
         leaf = keyed_leaf(client_id, digest)

@@ -30,9 +30,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from hyperfed.errors import (
     ContractViolationError,
@@ -58,8 +58,7 @@ _SCHEMA = (
     " attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, sent_at REAL,"
     " payload BLOB, error TEXT)",
     # A rejected record may be queued again later (after the cause is fixed).
-    "CREATE UNIQUE INDEX IF NOT EXISTS outbox_live_record ON outbox(record_id)"
-    " WHERE status != 'rejected'",
+    "CREATE UNIQUE INDEX IF NOT EXISTS outbox_live_record ON outbox(record_id) WHERE status != 'rejected'",
 )
 
 
@@ -124,15 +123,15 @@ class Outbox:
         Immediate resends after an MVCC conflict before giving up for this flush.
     """
 
-    def __init__(self, path: str | Path, backend: LedgerBackend, *,
-                 conflict_retries: int = 3) -> None:
+    def __init__(self, path: str | Path, backend: LedgerBackend, *, conflict_retries: int = 3) -> None:
         self.path = Path(path)
         self.backend = backend
         self.conflict_retries = conflict_retries
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         for statement in _SCHEMA:
@@ -148,14 +147,23 @@ class Outbox:
     @staticmethod
     def _entry(row: tuple) -> OutboxEntry:
         seq, rid, function, args, status, attempts, created, sent, payload, error = row
-        return OutboxEntry(seq, rid, function, tuple(json.loads(args)), status, attempts,
-                           created, sent, None if payload is None else bytes(payload), error)
+        return OutboxEntry(
+            seq,
+            rid,
+            function,
+            tuple(json.loads(args)),
+            status,
+            attempts,
+            created,
+            sent,
+            None if payload is None else bytes(payload),
+            error,
+        )
 
     def _update(self, seq: int, **fields: object) -> None:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._lock:
-            self._db().execute(f"UPDATE outbox SET {assignments} WHERE seq = ?",
-                               (*fields.values(), seq))
+            self._db().execute(f"UPDATE outbox SET {assignments} WHERE seq = ?", (*fields.values(), seq))
 
     def enqueue(self, function: str, *args: str) -> int:
         """Store a record durably (or find the identical live one); return its ``seq``."""
@@ -164,13 +172,14 @@ class Outbox:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute("SELECT seq FROM outbox WHERE record_id = ? AND status !="
-                                   " 'rejected'", (rid,)).fetchone()
+                row = conn.execute(
+                    "SELECT seq FROM outbox WHERE record_id = ? AND status != 'rejected'", (rid,)
+                ).fetchone()
                 if row is None:
                     cur = conn.execute(
-                        "INSERT INTO outbox (record_id, function, args, created_at)"
-                        " VALUES (?, ?, ?, ?)",
-                        (rid, function, json.dumps([str(a) for a in args]), time.time()))
+                        "INSERT INTO outbox (record_id, function, args, created_at) VALUES (?, ?, ?, ?)",
+                        (rid, function, json.dumps([str(a) for a in args]), time.time()),
+                    )
                     row = (cur.lastrowid,)
                 conn.execute("COMMIT")
             except BaseException:
@@ -198,8 +207,7 @@ class Outbox:
 
     def pending_count(self) -> int:
         with self._lock:
-            return int(self._db().execute(
-                "SELECT COUNT(*) FROM outbox WHERE status = 'pending'").fetchone()[0])
+            return int(self._db().execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'").fetchone()[0])
 
     # --------------------------------------------------------------- delivery
 
@@ -239,8 +247,11 @@ class Outbox:
                 return FlushReport(0, (), self.pending_count(), "another process is flushing")
             while True:
                 with self._lock:
-                    row = self._db().execute("SELECT * FROM outbox WHERE status = 'pending'"
-                                             " ORDER BY seq LIMIT 1").fetchone()
+                    row = (
+                        self._db()
+                        .execute("SELECT * FROM outbox WHERE status = 'pending' ORDER BY seq LIMIT 1")
+                        .fetchone()
+                    )
                 if row is None:
                     break
                 entry = self._entry(row)
@@ -251,17 +262,16 @@ class Outbox:
                 except ContractViolationError as exc:
                     self._update(entry.seq, status="rejected", error=str(exc))
                     rejected.append(self.get(entry.seq))
-                    log.error("ledger refused queued %s (outbox #%d): %s",
-                              entry.function, entry.seq, exc)
+                    log.error("ledger refused queued %s (outbox #%d): %s", entry.function, entry.seq, exc)
                     continue
                 except (LedgerUnavailableError, LedgerConflictError, LedgerError) as exc:
                     self._update(entry.seq, error=str(exc))
                     error = f"{type(exc).__name__}: {exc}"
-                    log.warning("ledger write deferred (outbox #%d, %d waiting): %s",
-                                entry.seq, self.pending_count(), exc)
+                    log.warning(
+                        "ledger write deferred (outbox #%d, %d waiting): %s", entry.seq, self.pending_count(), exc
+                    )
                     break
-                self._update(entry.seq, status="sent", sent_at=time.time(), payload=payload,
-                             error=None)
+                self._update(entry.seq, status="sent", sent_at=time.time(), payload=payload, error=None)
                 sent += 1
         return FlushReport(sent, tuple(rejected), self.pending_count(), error)
 
@@ -292,7 +302,7 @@ class Outbox:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> "Outbox":
+    def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

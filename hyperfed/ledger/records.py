@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from hyperfed.ledger.commitment import verify_membership
 
@@ -149,10 +150,14 @@ class ClientHistory:
     forget: ForgetRecord | None
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ClientHistory":
+    def from_json(cls, data: Mapping[str, Any]) -> ClientHistory:
         changes = tuple(
-            ClientChange(c["tx_id"], c["timestamp"], bool(c["is_delete"]),
-                         None if c["value"] is None else from_json(ClientRecord, c["value"]))
+            ClientChange(
+                c["tx_id"],
+                c["timestamp"],
+                bool(c["is_delete"]),
+                None if c["value"] is None else from_json(ClientRecord, c["value"]),
+            )
             for c in data["changes"]
         )
         return cls(
@@ -172,7 +177,7 @@ class RoundRecords:
     generations: tuple[GenerationRecord, ...]
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RoundRecords":
+    def from_json(cls, data: Mapping[str, Any]) -> RoundRecords:
         return cls(
             round=int(data["round"]),
             checkpoints=tuple(from_json(CheckpointRecord, c) for c in data["checkpoints"]),
@@ -197,8 +202,7 @@ class MembershipProof:
         """Check the path; also that the root is ``expected_root`` when given."""
         if expected_root is not None and expected_root != self.root:
             return False
-        return verify_membership(self.client_id, self.commitment, self.index, self.size,
-                                 list(self.path), self.root)
+        return verify_membership(self.client_id, self.commitment, self.index, self.size, list(self.path), self.root)
 
 
 @dataclass(frozen=True)

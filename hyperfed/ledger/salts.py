@@ -27,10 +27,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypernet.atomic import atomic_write_bytes
-
 from hyperfed.errors import CorruptFileError, DuplicateClientError
 from hyperfed.ledger.commitment import SALT_BYTES
+from hypernet.atomic import atomic_write_bytes
 
 __all__ = ["SaltStore", "SaltEntry", "SALTS_FORMAT"]
 
@@ -98,11 +97,9 @@ class SaltStore:
             salt = bytes.fromhex(entry["salt"])
             registration = str(entry["registration"])
         except (KeyError, TypeError, ValueError):
-            raise CorruptFileError(
-                f"{self.path}: the entry of {client_id!r} is malformed") from None
+            raise CorruptFileError(f"{self.path}: the entry of {client_id!r} is malformed") from None
         if len(salt) != SALT_BYTES:
-            raise CorruptFileError(
-                f"{self.path}: the salt of {client_id!r} is not {SALT_BYTES} bytes")
+            raise CorruptFileError(f"{self.path}: the salt of {client_id!r} is not {SALT_BYTES} bytes")
         return SaltEntry(salt, registration)
 
     def salt(self, client_id: str) -> bytes | None:
@@ -137,8 +134,7 @@ class SaltStore:
             if client_id in clients:
                 if clients[client_id] == entry:
                     return SaltEntry(salt, registration)
-                raise DuplicateClientError(
-                    f"client {client_id!r} already has a salt in {self.path}")
+                raise DuplicateClientError(f"client {client_id!r} already has a salt in {self.path}")
             clients[client_id] = entry
             self._write(clients)
         return SaltEntry(salt, registration)

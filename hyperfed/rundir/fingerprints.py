@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from hypernet import Generator, TargetSpec, adapter_hash
-from hypernet.io import HYPERNET_WEIGHTS, checkpoint_architecture, read_meta
-from hypernet.trainer_state import clients_in_state
-
 from hyperfed.errors import CorruptFileError
 from hyperfed.ledger.commitment import commit_embedding
 from hyperfed.rundir import OPTIMIZER_FILE
+from hypernet import Generator, TargetSpec, adapter_hash
+from hypernet.io import HYPERNET_WEIGHTS, checkpoint_architecture, read_meta
+from hypernet.trainer_state import clients_in_state
 
 __all__ = [
     "shared_state",
@@ -46,8 +45,7 @@ __all__ = [
 def shared_state(hypernet: Generator) -> dict[str, torch.Tensor]:
     """The hypernetwork's state dict without client embeddings (CPU, contiguous)."""
     clients = {n for cid in hypernet.client_ids for n in hypernet.embedding_tensor_names(cid)}
-    return {name: t.detach().to("cpu").contiguous()
-            for name, t in hypernet.state_dict().items() if name not in clients}
+    return {name: t.detach().to("cpu").contiguous() for name, t in hypernet.state_dict().items() if name not in clients}
 
 
 def shared_weights_hash(hypernet: Generator) -> str:
@@ -107,12 +105,12 @@ def _embedding_name(generator: type[Generator], client_id: str) -> str:
     if len(names) != 1:
         raise CorruptFileError(
             f"generator {generator.architecture!r} keeps {len(names)} tensors per client; "
-            "embedding commitments need exactly one")
+            "embedding commitments need exactly one"
+        )
     return names[0]
 
 
-def read_checkpoint_tensors(folder: str | os.PathLike,
-                            also_look_for: Iterable[str] = ()) -> CheckpointTensors:
+def read_checkpoint_tensors(folder: str | os.PathLike, also_look_for: Iterable[str] = ()) -> CheckpointTensors:
     """Read a checkpoint folder and split its tensors into shared weights and embeddings.
 
     Parameters
@@ -143,8 +141,7 @@ def read_checkpoint_tensors(folder: str | os.PathLike,
         shared_names = set(generator.shared_tensor_names(spec, meta["config"]))
         listed = [str(c) for c in meta["client_ids"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptFileError(
-            f"{folder / 'hypernet.json'} does not describe a known generator ({exc})") from None
+        raise CorruptFileError(f"{folder / 'hypernet.json'} does not describe a known generator ({exc})") from None
     names = {cid: _embedding_name(generator, cid) for cid in dict.fromkeys([*listed, *also_look_for])}
     return CheckpointTensors(
         folder=folder,

@@ -98,7 +98,7 @@ class RunDirectory:
         """Where a forget of ``client_id`` keeps its report and regenerated adapters."""
         return self.root / "forgets" / client_file_name(client_id)
 
-    def regenerated(self, client_id: str) -> "RunDirectory":
+    def regenerated(self, client_id: str) -> RunDirectory:
         """The adapters regenerated when ``client_id`` was forgotten, laid out as round 0 of a
         run directory (``.adapter_path(0, other)``, ``.save_adapter(0, other, ...)``)."""
         return RunDirectory(self.forget_dir(client_id))
@@ -143,7 +143,9 @@ class RunDirectory:
     def save_adapter(self, round_: int, client_id: str, adapter: dict[str, torch.Tensor]) -> str:
         """Write the adapter sent to ``client_id`` in ``round_``; return its :func:`adapter_hash`."""
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.items()}
-        atomic_write_bytes(self.adapter_path(round_, client_id), save(tensors, metadata={"client_id": client_id, "round": str(round_)}))
+        atomic_write_bytes(
+            self.adapter_path(round_, client_id), save(tensors, metadata={"client_id": client_id, "round": str(round_)})
+        )
         return adapter_hash(tensors)
 
     def load_adapter(self, round_: int, client_id: str) -> dict[str, torch.Tensor]:

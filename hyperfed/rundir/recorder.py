@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,19 +38,18 @@ from hyperfed.errors import ConfigError, ContractViolationError, ForgottenClient
 from hyperfed.ledger.client import Ledger
 from hyperfed.ledger.commitment import adapters_root, commit_embedding
 from hyperfed.ledger.embedded import EmbeddedLedger
+from hyperfed.ledger.outbox import FlushReport, OutboxEntry
+from hyperfed.ledger.records import DEFAULT_WRITER_MSP, Receipt, violation_code
+from hyperfed.ledger.salts import SaltStore
+from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.fingerprints import (
     embedding_bytes,
     embedding_commitment,
     read_checkpoint_tensors,
     shared_weights_hash,
 )
-from hyperfed.ledger.outbox import FlushReport, OutboxEntry
-from hyperfed.ledger.records import DEFAULT_WRITER_MSP, Receipt, violation_code
-from hyperfed.ledger.salts import SaltStore
-from hyperfed.rundir import RunDirectory
 
-__all__ = ["RunRecorder", "shared_weights_hash", "DEFAULT_WRITER_MSP", "LEDGER_URL_KEY",
-           "ledger_url_of"]
+__all__ = ["RunRecorder", "shared_weights_hash", "DEFAULT_WRITER_MSP", "LEDGER_URL_KEY", "ledger_url_of"]
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,11 @@ class RunRecorder:
         Close the ledger (backend included) in :meth:`close`; :meth:`open` sets it.
     """
 
-    def __init__(self, run_dir: RunDirectory, ledger: Ledger, *,
-                 close_ledger: bool = False) -> None:
+    def __init__(self, run_dir: RunDirectory, ledger: Ledger, *, close_ledger: bool = False) -> None:
         self.run_dir = run_dir
         self._own_outbox = ledger.outbox is None
         if self._own_outbox:
-            ledger = Ledger(ledger.backend, outbox=run_dir.outbox_path,
-                            conflict_retries=ledger.conflict_retries)
+            ledger = Ledger(ledger.backend, outbox=run_dir.outbox_path, conflict_retries=ledger.conflict_retries)
         self.ledger = ledger
         self.salts = SaltStore(run_dir.salts_path)
         self._close_ledger = close_ledger
@@ -92,8 +90,13 @@ class RunRecorder:
         self._closed = False
 
     @classmethod
-    def open(cls, run_dir: RunDirectory | str | os.PathLike, ledger_url: str | None = None, *,
-             writer_msp: str = DEFAULT_WRITER_MSP) -> "RunRecorder":
+    def open(
+        cls,
+        run_dir: RunDirectory | str | os.PathLike,
+        ledger_url: str | None = None,
+        *,
+        writer_msp: str = DEFAULT_WRITER_MSP,
+    ) -> RunRecorder:
         """The recorder of a run directory, with its ledger and outbox.
 
         Parameters
@@ -150,7 +153,8 @@ class RunRecorder:
                 if violation_code(exc) == "forgotten-client":
                     self.salts.destroy(cid)
                     raise ForgottenClientError(
-                        f"client {cid!r} was forgotten; forgetting is final, use a new id") from exc
+                        f"client {cid!r} was forgotten; forgetting is final, use a new id"
+                    ) from exc
                 raise
             self._registered.add(cid)
         return receipts
@@ -161,27 +165,25 @@ class RunRecorder:
         for cid in hypernet.client_ids:
             salt = self.salts.salt(cid)
             if salt is None:
-                raise ConfigError(f"client {cid!r} has no salt in {self.salts.path}: "
-                                  "register it (register_clients) first")
+                raise ConfigError(
+                    f"client {cid!r} has no salt in {self.salts.path}: register it (register_clients) first"
+                )
             out[cid] = embedding_commitment(hypernet.clients.parameter(cid), salt)
         return out
 
-    def record_checkpoint(self, round: int, hypernet: HyperLoRA,
-                          trainer: HypernetTrainer | None = None) -> Receipt:
+    def record_checkpoint(self, round: int, hypernet: HyperLoRA, trainer: HypernetTrainer | None = None) -> Receipt:
         """Save ``checkpoints/round-NNNN/`` and record its weights hash and commitments.
 
         Round 0 is the initial hypernetwork, recorded before the first generation.
         Clients of ``hypernet`` not registered yet (late joiners) are registered first.
         """
-        self.register_clients([c for c in hypernet.client_ids if c not in self._registered],
-                              hypernet)
+        self.register_clients([c for c in hypernet.client_ids if c not in self._registered], hypernet)
         self.run_dir.save_checkpoint(round, hypernet, trainer)
         weights = shared_weights_hash(hypernet)
         receipt = self.ledger.record_checkpoint(round, weights, self.commitments(hypernet))
         self._weights[round] = weights
         self.write_ledger_head()
-        log.info("recorded checkpoint of round %d (%s, %d clients)", round, receipt.status,
-                 len(hypernet.client_ids))
+        log.info("recorded checkpoint of round %d (%s, %d clients)", round, receipt.status, len(hypernet.client_ids))
         return receipt
 
     def checkpoint_hash(self, round: int) -> str:
@@ -191,8 +193,9 @@ class RunRecorder:
             self._weights[round] = read_checkpoint_tensors(folder).shared_hash
         return self._weights[round]
 
-    def record_generations(self, round: int, adapters: Mapping[str, Mapping[str, torch.Tensor]],
-                           checkpoint_round: int) -> list[Receipt]:
+    def record_generations(
+        self, round: int, adapters: Mapping[str, Mapping[str, torch.Tensor]], checkpoint_round: int
+    ) -> list[Receipt]:
         """Save each client's adapter of ``round`` and record its hash.
 
         Parameters
@@ -213,8 +216,9 @@ class RunRecorder:
         log.info("recorded %d generations of round %d", len(receipts), round)
         return receipts
 
-    def record_forget(self, client_id: str, round: int, hypernet: HyperLoRA,
-                      adapter_hashes: Mapping[str, str], mode: str) -> Receipt:
+    def record_forget(
+        self, client_id: str, round: int, hypernet: HyperLoRA, adapter_hashes: Mapping[str, str], mode: str
+    ) -> Receipt:
         """Record that ``client_id`` was forgotten, with the new checkpoint and adapters.
 
         Call it once ``hypernet`` no longer holds the client and the regenerated adapters
@@ -222,11 +226,13 @@ class RunRecorder:
         Destroying the client's salt and purging its files is the caller's job.
         """
         if client_id in hypernet.clients:
-            raise ConfigError(f"remove client {client_id!r} from the hypernetwork before "
-                              "recording that it was forgotten")
+            raise ConfigError(
+                f"remove client {client_id!r} from the hypernetwork before recording that it was forgotten"
+            )
         weights = shared_weights_hash(hypernet)
-        receipt = self.ledger.record_forget(client_id, round, weights, self.commitments(hypernet),
-                                            adapters_root(adapter_hashes), mode)
+        receipt = self.ledger.record_forget(
+            client_id, round, weights, self.commitments(hypernet), adapters_root(adapter_hashes), mode
+        )
         self._weights[round] = weights
         self._registered.discard(client_id)
         self.write_ledger_head()
@@ -257,8 +263,7 @@ class RunRecorder:
         report = self.ledger.flush()
         if report is not None and report.rejected:
             for entry in report.rejected:
-                log.error("the ledger refused %s %s: %s", entry.function, entry.args[:2],
-                          entry.error)
+                log.error("the ledger refused %s %s: %s", entry.function, entry.args[:2], entry.error)
         self.write_ledger_head()
         return report
 
@@ -283,8 +288,7 @@ class RunRecorder:
             log.warning("could not read the ledger head of %r: %s", backend, exc)
             return None
         if head is not None:
-            self.run_dir.write_json(self.run_dir.ledger_head_path,
-                                    {"number": head[0], "hash": head[1]})
+            self.run_dir.write_json(self.run_dir.ledger_head_path, {"number": head[0], "hash": head[1]})
         return head
 
     def close(self) -> None:
@@ -294,14 +298,17 @@ class RunRecorder:
         self._closed = True
         report = self.flush()
         if report is not None and report.pending:
-            log.warning("%d ledger records wait in %s; the next RunRecorder of this run "
-                        "sends them", report.pending, self.run_dir.outbox_path)
+            log.warning(
+                "%d ledger records wait in %s; the next RunRecorder of this run sends them",
+                report.pending,
+                self.run_dir.outbox_path,
+            )
         if self._close_ledger:
             self.ledger.close()
         elif self._own_outbox and self.ledger.outbox is not None:
             self.ledger.outbox.close()
 
-    def __enter__(self) -> "RunRecorder":
+    def __enter__(self) -> RunRecorder:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,9 +17,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hyperfed.unlearning.forget import ForgetResult, forget_client, forgotten_clients, recover_pending_forget
     from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
-    from hyperfed.unlearning.canaries import DEFAULT_ALPHABET, Canary, CanaryFormat, canary_exposure, canary_mask, exposure_from_scores, make_canaries, mean_exposure, plant_canaries, secret_log_perplexity
+    from hyperfed.unlearning.canaries import (
+        DEFAULT_ALPHABET,
+        Canary,
+        CanaryFormat,
+        canary_exposure,
+        canary_mask,
+        exposure_from_scores,
+        make_canaries,
+        mean_exposure,
+        plant_canaries,
+        secret_log_perplexity,
+    )
+    from hyperfed.unlearning.forget import ForgetResult, forget_client, forgotten_clients, recover_pending_forget
     from hyperfed.unlearning.membership import block_losses, membership_auc
 
 __all__ = [

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from hyperfed.unlearning.logits import eval_mode
-from hypernet.embeddings import ClientEmbeddings
 from hypernet.data import sample_batch
+from hypernet.embeddings import ClientEmbeddings
 from hypernet.errors import ConfigError
 from hypernet.functional import causal_lm_loss
 from hypernet.hyperlora import HyperLoRA

@@ -41,8 +41,16 @@ from hyperfed.unlearning.logits import eval_mode, logits_of
 from hypernet.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_ALPHABET", "CanaryFormat", "Canary", "make_canaries", "plant_canaries", "canary_mask",
-    "secret_log_perplexity", "exposure_from_scores", "canary_exposure", "mean_exposure",
+    "DEFAULT_ALPHABET",
+    "CanaryFormat",
+    "Canary",
+    "make_canaries",
+    "plant_canaries",
+    "canary_mask",
+    "secret_log_perplexity",
+    "exposure_from_scores",
+    "canary_exposure",
+    "mean_exposure",
 ]
 # Making and planting canaries is data (the corpus plants them); this module measures them.
 
@@ -147,7 +155,7 @@ def mean_exposure(
         candidates = distinct_secrets(fmt, num_candidates, seed, exclude=set(secrets), unique=False)
         scores = secret_log_perplexity(peft_model, adapter, fmt.prefix, secrets + candidates, tokenizer, batch_size)
         canary_scores, candidate_scores = scores[: len(group)], scores[len(group) :]
-        for canary, score in zip(group, canary_scores.tolist()):
+        for canary, score in zip(group, canary_scores.tolist(), strict=True):
             exposure = exposure_from_scores(score, candidate_scores)
             log.debug("canary %s: %.3f nats, exposure %.2f bits", canary.secret, score, exposure)
             exposures.append(exposure)

@@ -36,9 +36,9 @@ import torch
 from safetensors.torch import save
 
 from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientError
-from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
-from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
+from hyperfed.rundir.recorder import RunRecorder
+from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
 from hypernet import HyperLoRA, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes
 from hypernet.io import read_meta
@@ -156,8 +156,9 @@ def _first_round(rd: RunDirectory, client_id: str) -> int | None:
 
 
 # ----------------------------------------------------------------------------- steps
-def _complete(rd: RunDirectory, journal: dict[str, Any], server: HyperLoRAServer | None,
-              after_step: Callable[[str], None] | None) -> ForgetResult:
+def _complete(
+    rd: RunDirectory, journal: dict[str, Any], server: HyperLoRAServer | None, after_step: Callable[[str], None] | None
+) -> ForgetResult:
     client_id, mode, round_ = journal["client_id"], journal["mode"], journal["round"]
     started = time.perf_counter()
     result = ForgetResult(client_id, mode, round_, 0.0, [], first_round=journal.get("first_round"))
@@ -182,7 +183,12 @@ def _complete(rd: RunDirectory, journal: dict[str, Any], server: HyperLoRAServer
     with RunRecorder.open(rd) as recorder:
         step("destroy_salt", lambda: recorder.salts.destroy(client_id))
         status: list[str] = []
-        step("ledger", lambda: status.append(recorder.record_forget(client_id, round_, hypernet, result.adapter_hashes, mode).status))
+        step(
+            "ledger",
+            lambda: status.append(
+                recorder.record_forget(client_id, round_, hypernet, result.adapter_hashes, mode).status
+            ),
+        )
     step("scrub_metrics", lambda: _scrub_metrics(rd, client_id))
     result.remaining_clients = list(hypernet.client_ids)
     result.ledger_status = status[0] if status else "recorded earlier"
@@ -191,7 +197,9 @@ def _complete(rd: RunDirectory, journal: dict[str, Any], server: HyperLoRAServer
     log_entries = [e for e in rd.read_json(rd.root / LOG, default=[]) if e["client_id"] != client_id]
     rd.write_json(rd.root / LOG, [*log_entries, result.to_dict()])
     (rd.root / JOURNAL).unlink(missing_ok=True)
-    log.info("forgot %r (%s) in %.2f s; %d clients remain", client_id, mode, result.seconds, len(result.remaining_clients))
+    log.info(
+        "forgot %r (%s) in %.2f s; %d clients remain", client_id, mode, result.seconds, len(result.remaining_clients)
+    )
     return result
 
 

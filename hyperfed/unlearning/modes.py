@@ -32,7 +32,7 @@ class ForgetMode:
     summary: str
     model_step: str
 
-    def build_model(self, run_dir: "RunDirectory", journal: dict[str, Any]) -> None:
+    def build_model(self, run_dir: RunDirectory, journal: dict[str, Any]) -> None:
         module, name = self.model_step.split(":")
         step: Callable[[RunDirectory, dict[str, Any]], None] = getattr(importlib.import_module(module), name)
         step(run_dir, journal)
@@ -40,10 +40,14 @@ class ForgetMode:
 
 #: name -> mode.
 FORGET_MODES: dict[str, ForgetMode] = {
-    "delete": ForgetMode("drop the client's embedding and optimizer state; shared weights stay as they are",
-                         "hyperfed.unlearning.forget:delete_model_step"),
-    "exact": ForgetMode("roll back before the client's first round and replay the later rounds without it",
-                        "hyperfed.unlearning.replay:exact_model_step"),
+    "delete": ForgetMode(
+        "drop the client's embedding and optimizer state; shared weights stay as they are",
+        "hyperfed.unlearning.forget:delete_model_step",
+    ),
+    "exact": ForgetMode(
+        "roll back before the client's first round and replay the later rounds without it",
+        "hyperfed.unlearning.replay:exact_model_step",
+    ),
 }
 
 

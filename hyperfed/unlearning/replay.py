@@ -16,8 +16,8 @@ from hyperfed.config import RunConfig
 from hyperfed.data.corpus import FederatedCorpus
 from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, load_optimizer_file
-from hypernet.errors import ConfigError
 from hypernet.base_models import add_lora
+from hypernet.errors import ConfigError
 
 __all__ = ["replay_without", "load_experiment", "exact_model_step"]
 
@@ -34,7 +34,9 @@ def load_experiment(rd: RunDirectory) -> tuple[RunConfig, FederatedCorpus, nn.Mo
     return config, build_corpus(config.corpus), load_or_build_base_model(config.base_model)
 
 
-def replay_without(rd: RunDirectory, client_id: str, first_round: int, last_round: int) -> tuple[HyperLoRAServer, list[int]]:
+def replay_without(
+    rd: RunDirectory, client_id: str, first_round: int, last_round: int
+) -> tuple[HyperLoRAServer, list[int]]:
     """Rounds ``first_round..last_round`` replayed from checkpoint ``first_round - 1``
     without ``client_id``; returns the server after the replay and the replayed rounds."""
     if first_round < 1 or first_round > last_round + 1:
@@ -59,9 +61,9 @@ def exact_model_step(rd: RunDirectory, journal: dict[str, Any]) -> None:
     replayed from the one before the client's first round, without the client."""
     from safetensors.torch import save
 
+    from hyperfed.rundir import OPTIMIZER_FILE
     from hypernet import save_hypernet
     from hypernet.atomic import atomic_write_bytes
-    from hyperfed.rundir import OPTIMIZER_FILE
 
     client_id, round_ = journal["client_id"], journal["round"]
     replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)

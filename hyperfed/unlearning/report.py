@@ -78,8 +78,14 @@ class VerificationReport:
 class _Measure:
     """Shared measuring context: one model, the client's data, one candidate seed."""
 
-    def __init__(self, peft_model: torch.nn.Module, corpus: FederatedCorpus, corpus_config: CorpusConfig, client_id: str,
-                 num_candidates: int) -> None:
+    def __init__(
+        self,
+        peft_model: torch.nn.Module,
+        corpus: FederatedCorpus,
+        corpus_config: CorpusConfig,
+        client_id: str,
+        num_candidates: int,
+    ) -> None:
         self.model = peft_model
         self.data = corpus.clients[client_id]
         self.others = {c: d for c, d in corpus.clients.items() if c != client_id}
@@ -88,9 +94,16 @@ class _Measure:
         self.base_train = block_losses(peft_model, None, self.data.train)
         self.base_val = block_losses(peft_model, None, self.data.val)
 
-    def row(self, name: str, adapter: Mapping[str, torch.Tensor] | None, hypernet: HyperLoRA | None,
-            seconds: float | None = None) -> VerificationRow:
-        exposure = mean_exposure(self.model, adapter, self.canaries, self.num_candidates, seed=0) if self.canaries else None
+    def row(
+        self,
+        name: str,
+        adapter: Mapping[str, torch.Tensor] | None,
+        hypernet: HyperLoRA | None,
+        seconds: float | None = None,
+    ) -> VerificationRow:
+        exposure = (
+            mean_exposure(self.model, adapter, self.canaries, self.num_candidates, seed=0) if self.canaries else None
+        )
         # Reference-calibrated scores (loss minus the base model's loss on the same block):
         # a client's train and held-out text come from different parts of its source, and
         # raw losses would mistake that shift for membership. 0.5 = chance.
@@ -221,8 +234,17 @@ def plot_report(report: VerificationReport, path: Path) -> Path:
         ("membership AUC (0.5 = chance)", [r.mia_auc for r in report.rows]),
         ("forgotten client's loss (nats/byte)", [r.forgotten_loss for r in report.rows]),
     ]
-    for ax, (title, values) in zip(axes, series):
-        colors = ["grey" if n == "base model" else "tab:red" if n == "before forget" else "tab:green" if "retrain" in n else "tab:blue" for n in names]
+    for ax, (title, values) in zip(axes, series, strict=True):
+        colors = [
+            "grey"
+            if n == "base model"
+            else "tab:red"
+            if n == "before forget"
+            else "tab:green"
+            if "retrain" in n
+            else "tab:blue"
+            for n in names
+        ]
         ax.barh(names, values, color=colors)
         ax.set_title(title, fontsize=9)
         ax.invert_yaxis()

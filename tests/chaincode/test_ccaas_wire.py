@@ -20,8 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fabric_protos.ledger.queryresult import kv_query_result_pb2 as kv_pb
-from fabric_protos.peer import chaincode_pb2, chaincode_shim_pb2, chaincode_shim_pb2_grpc
-from fabric_protos.peer import proposal_response_pb2
+from fabric_protos.peer import chaincode_pb2, chaincode_shim_pb2, chaincode_shim_pb2_grpc, proposal_response_pb2
 
 from chaincode.ccaas import ChaincodeServer, build_chaincode
 from chaincode.fabric_compat import Contract, ContractChaincode, TransactionContextInterface
@@ -37,13 +36,13 @@ DIGEST = "ab" * 32
 
 def transaction(identity, *args: str, payload: bytes | None = None) -> Msg:
     """A TRANSACTION message as a peer sends it: input args plus the signed proposal."""
-    signed = build_proposal(identity, channel="mychannel", chaincode="hyperfed",
-                            args=[a.encode() for a in args]).signed_proposal
+    signed = build_proposal(
+        identity, channel="mychannel", chaincode="hyperfed", args=[a.encode() for a in args]
+    ).signed_proposal
     if payload is None:
         payload = chaincode_pb2.ChaincodeInput(args=[a.encode() for a in args]).SerializeToString()
     tx_id = parse_proposal(signed).channel_header.tx_id
-    return Msg(type=Msg.TRANSACTION, payload=payload, txid=tx_id, channel_id="mychannel",
-               proposal=signed)
+    return Msg(type=Msg.TRANSACTION, payload=payload, txid=tx_id, channel_id="mychannel", proposal=signed)
 
 
 class PlayedPeer:
@@ -88,10 +87,11 @@ class PlayedPeer:
 
     def _page(self, query_id: str) -> bytes:
         rows = self._queries[query_id]
-        page, self._queries[query_id] = rows[: self.page_size], rows[self.page_size:]
+        page, self._queries[query_id] = rows[: self.page_size], rows[self.page_size :]
         results = [Shim.QueryResultBytes(resultBytes=r.SerializeToString()) for r in page]
-        return Shim.QueryResponse(results=results, has_more=bool(self._queries[query_id]),
-                                  id=query_id).SerializeToString()
+        return Shim.QueryResponse(
+            results=results, has_more=bool(self._queries[query_id]), id=query_id
+        ).SerializeToString()
 
     def _query(self, rows: list) -> bytes:
         query_id = f"q{len(self._queries)}"
@@ -114,10 +114,8 @@ class PlayedPeer:
             writes[Shim.DelState.FromString(msg.payload).key] = None
         elif msg.type == Msg.GET_STATE_BY_RANGE:
             req = Shim.GetStateByRange.FromString(msg.payload)
-            keys = [k for k in sorted(self.state)
-                    if req.startKey <= k and (not req.endKey or k < req.endKey)]
-            answer.payload = self._query(
-                [kv_pb.KV(namespace="hyperfed", key=k, value=self.state[k]) for k in keys])
+            keys = [k for k in sorted(self.state) if req.startKey <= k and (not req.endKey or k < req.endKey)]
+            answer.payload = self._query([kv_pb.KV(namespace="hyperfed", key=k, value=self.state[k]) for k in keys])
         elif msg.type == Msg.QUERY_STATE_NEXT:
             answer.payload = self._page(Shim.QueryStateNext.FromString(msg.payload).id)
         elif msg.type == Msg.QUERY_STATE_CLOSE:
@@ -146,8 +144,9 @@ class PlayedPeer:
         if msg.type == Msg.COMPLETED and response_of(msg).status == 200:
             for key, value in writes.items():
                 self.state[key] = value
-                self.history.setdefault(key, []).insert(0, kv_pb.KeyModification(
-                    tx_id=tx.txid, value=value or b"", is_delete=value is None))
+                self.history.setdefault(key, []).insert(
+                    0, kv_pb.KeyModification(tx_id=tx.txid, value=value or b"", is_delete=value is None)
+                )
         return msg, writes
 
 
@@ -324,12 +323,16 @@ def _free_port() -> int:
 def test_entry_point_serves_from_the_environment_without_hyperfed(writer):
     """``python -m chaincode.ccaas`` as the container runs it: env config, no hyperfed/torch."""
     port = _free_port()
-    env = dict(os.environ, CHAINCODE_SERVER_ADDRESS=f"127.0.0.1:{port}", CHAINCODE_ID=CCID,
-               CHAINCODE_LOG_LEVEL="WARNING")
-    blocker = ("import sys, runpy; sys.modules['hyperfed'] = None; sys.modules['torch'] = None; "
-               "runpy.run_module('chaincode.ccaas', run_name='__main__')")
-    process = subprocess.Popen([sys.executable, "-c", blocker], env=env, cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = dict(
+        os.environ, CHAINCODE_SERVER_ADDRESS=f"127.0.0.1:{port}", CHAINCODE_ID=CCID, CHAINCODE_LOG_LEVEL="WARNING"
+    )
+    blocker = (
+        "import sys, runpy; sys.modules['hyperfed'] = None; sys.modules['torch'] = None; "
+        "runpy.run_module('chaincode.ccaas', run_name='__main__')"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", blocker], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
     async def session():
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -352,7 +355,8 @@ def test_entry_point_serves_from_the_environment_without_hyperfed(writer):
 
 def test_entry_point_explains_missing_configuration():
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINCODE_")}
-    done = subprocess.run([sys.executable, "-m", "chaincode.ccaas"], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "chaincode.ccaas"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert "CHAINCODE_SERVER_ADDRESS" in done.stderr and "CHAINCODE_ID" in done.stderr

@@ -39,8 +39,7 @@ class DictState:
         return (self.values[key], 1) if key in self.values else None
 
     def read_range(self, start, end):
-        return [(k, v, 1) for k, v in sorted(self.values.items())
-                if k >= (start or "\x01") and (not end or k < end)]
+        return [(k, v, 1) for k, v in sorted(self.values.items()) if k >= (start or "\x01") and (not end or k < end)]
 
     def read_history(self, key) -> list[HistoryEntry]:
         return []
@@ -51,8 +50,7 @@ class DictState:
 
 def simulate(state, function, *args, msp=WRITER):
     chaincode = ContractChaincode.new_chaincode(HyperFedContract())
-    return simulate_transaction(chaincode, state, function, list(args), tx_id="tx",
-                                creator_msp=msp, timestamp=5.0)
+    return simulate_transaction(chaincode, state, function, list(args), tx_id="tx", creator_msp=msp, timestamp=5.0)
 
 
 def code_of(call) -> str:
@@ -78,8 +76,7 @@ def test_registered_transactions_and_their_kinds():
     chaincode = ContractChaincode.new_chaincode(HyperFedContract())
     meta = json.loads(chaincode._metadata.to_json())["contracts"]["hyperfed"]
     kinds = {tx["name"]: tx["tag"][1] for tx in meta["transactions"]}
-    assert kinds == {**{n: "SUBMIT" for n in SUBMIT_TRANSACTIONS},
-                     **{n: "EVALUATE" for n in EVALUATE_TRANSACTIONS}}
+    assert kinds == {**{n: "SUBMIT" for n in SUBMIT_TRANSACTIONS}, **{n: "EVALUATE" for n in EVALUATE_TRANSACTIONS}}
 
 
 def test_nothing_can_be_written_before_init():
@@ -98,12 +95,15 @@ def test_init_ledger_is_once_and_by_the_writer_itself(ledger):
     assert code_of(bad_name) == "bad-argument"
 
 
-@pytest.mark.parametrize("function,args", [
-    ("register_client", ["a", h("a")]),
-    ("record_checkpoint", ["0", h("w"), "{}"]),
-    ("record_generation", ["0", "a", h("x"), h("w")]),
-    ("record_forget", ["a", "0", h("w"), "{}", h("x"), "delete"]),
-])
+@pytest.mark.parametrize(
+    "function,args",
+    [
+        ("register_client", ["a", h("a")]),
+        ("record_checkpoint", ["0", h("w"), "{}"]),
+        ("record_generation", ["0", "a", h("x"), h("w")]),
+        ("record_forget", ["a", "0", h("w"), "{}", h("x"), "delete"]),
+    ],
+)
 def test_every_write_needs_the_writer_msp(ledger, function, args):
     assert code_of(lambda: as_msp(ledger, "Org2MSP", function, *args)) == "not-writer"
 
@@ -123,15 +123,15 @@ def test_a_transaction_without_timestamp_is_refused(ledger):
 
     chaincode = ContractChaincode.new_chaincode(HyperFedContract())
     with ledger.snapshot() as state:
-        stub = NoTimestamp(state, function="register_client", args=["a", h("a")], tx_id="t",
-                           creator_msp=WRITER, timestamp=0.0)
+        stub = NoTimestamp(
+            state, function="register_client", args=["a", h("a")], tx_id="t", creator_msp=WRITER, timestamp=0.0
+        )
         response = asyncio.run(chaincode.invoke(stub))
     assert response.status == 500 and response.message.startswith("[no-timestamp]")
 
 
 def test_the_contract_has_no_clock_and_no_randomness():
-    banned = {"time", "random", "secrets", "uuid", "os", "datetime.now", "datetime.utcnow",
-              "datetime.today", "urandom"}
+    banned = {"time", "random", "secrets", "uuid", "os", "datetime.now", "datetime.utcnow", "datetime.today", "urandom"}
     for path in CHAINCODE_DIR.glob("*.py"):
         if path.name in ("ccaas.py", "fabric_compat.py"):
             continue  # the server and the import shim are not contract code
@@ -146,11 +146,14 @@ def test_the_contract_has_no_clock_and_no_randomness():
 
 
 def test_importing_the_contract_pulls_no_torch_no_hyperfed_and_no_logging_config():
-    code = ("import logging, sys; import chaincode.contract; root = logging.getLogger(); "
-            "print(len(root.handlers), root.level, 'torch' in sys.modules, "
-            "any(m == 'hyperfed' or m.startswith('hyperfed.') for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=CHAINCODE_DIR.parent, check=True).stdout.split()
+    code = (
+        "import logging, sys; import chaincode.contract; root = logging.getLogger(); "
+        "print(len(root.handlers), root.level, 'torch' in sys.modules, "
+        "any(m == 'hyperfed' or m.startswith('hyperfed.') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=CHAINCODE_DIR.parent, check=True
+    ).stdout.split()
     assert out == ["0", "30", "False", "False"]
 
 
@@ -189,8 +192,11 @@ def test_checkpoint_leaves_are_one_key_per_client_and_rechecked_against_the_root
         leaves = [k for k, _, _ in state.read_range("leaf/", "leaf0")]
     assert leaves == [f"leaf/{0:010d}/{0:06d}/{c}" for c in "abc"]
     assert typed.membership_proof("a", 0).verify()
-    forged = json.dumps({"client_id": "b", "commitment": h("forged"), "round": 0, "type": "leaf",
-                         "version": 0}, sort_keys=True, separators=(",", ":")).encode()
+    forged = json.dumps(
+        {"client_id": "b", "commitment": h("forged"), "round": 0, "type": "leaf", "version": 0},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
     conn = sqlite3.connect(ledger.path, isolation_level=None)
     conn.execute("UPDATE state SET value = ? WHERE key = ?", (forged, leaves[1]))
     conn.close()

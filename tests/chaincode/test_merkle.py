@@ -18,9 +18,10 @@ from chaincode.merkle import (
 )
 
 # Test vectors of RFC 6962 trees (certificate-transparency / trillian test data).
-CT_LEAVES = [bytes.fromhex(x) for x in (
-    "", "00", "10", "2021", "3031", "40414243", "5051525354555657",
-    "606162636465666768696a6b6c6d6e6f")]
+CT_LEAVES = [
+    bytes.fromhex(x)
+    for x in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f")
+]
 CT_ROOTS = [
     "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
     "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
@@ -86,8 +87,7 @@ def test_keyed_roots_bind_keys_and_ignore_insertion_order():
     assert keyed_merkle_root(swapped) != keyed_merkle_root(digests)
     index, path = keyed_inclusion_proof(digests, "bob")
     assert index == 1
-    assert verify_inclusion(keyed_leaf("bob", digests["bob"]), index, 3, path,
-                            keyed_merkle_root(digests))
+    assert verify_inclusion(keyed_leaf("bob", digests["bob"]), index, 3, path, keyed_merkle_root(digests))
     with pytest.raises(ValueError):
         keyed_leaf("a\x00b", "00")
     with pytest.raises(KeyError):

@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from test_cli import TINY  # the tiny config the other CLI tests run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,8 +25,9 @@ def hyperfed(*argv: str, cwd: Path, code: str | None = None) -> subprocess.Compl
     """Run ``hyperfed ARGV`` (or ``code``, a script that calls the CLI) in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "hyperfed.cli", *argv]
-    return subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
+    return subprocess.run(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
 
 
 def text_lines(output: str) -> list[str]:
@@ -47,7 +47,9 @@ def trained(tmp_path_factory):
 def test_train_prints_bars_and_tables_and_no_line_twice(trained):
     _, output = trained
     lines = text_lines(output)
-    assert any("Validation loss per client" in line for line in lines) and any(line.startswith("MEAN") for line in lines)
+    assert any("Validation loss per client" in line for line in lines) and any(
+        line.startswith("MEAN") for line in lines
+    )
     assert BAR.search(output), "the rounds show progress bars"
     twice = [line for line, n in Counter(lines).items() if n > 1]
     assert not twice, twice
@@ -64,7 +66,7 @@ def test_verbose_shows_flower_and_hyperfed_info_each_once(tmp_path):
     assert sum(line == "INFO flwr: [ROUND 1/2]" for line in lines) == 1  # Flower's line, through our handler only
     assert any(line.startswith("INFO hyperfed.") for line in lines)
     assert "\x1b[92mINFO" not in done.stdout  # Flower's own coloured handler printed nothing
-    assert not [line for line in lines if line.startswith("INFO flwr:") and not line[len("INFO flwr:"):].strip()]
+    assert not [line for line in lines if line.startswith("INFO flwr:") and not line[len("INFO flwr:") :].strip()]
 
 
 def test_audit_of_a_run_imports_neither_peft_transformers_nor_flower(trained):

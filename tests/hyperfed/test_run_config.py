@@ -1,10 +1,10 @@
-import tomllib
 from dataclasses import replace
 
 import pytest
+import tomllib
 
-from hyperfed.data.corpus import CorpusConfig
 from hyperfed.config import RunConfig
+from hyperfed.data.corpus import CorpusConfig
 from hyperfed.flower import APP_DIR
 from hypernet.errors import ConfigError
 
@@ -35,7 +35,12 @@ def test_flower_app_pyproject_lists_every_key_with_its_default():
 
 @pytest.mark.parametrize(
     "run_config,match",
-    [({"corpus-train-kb": 2}, "unknown run-config keys"), ({"rounds": 0}, "rounds"), ({"min-nodes": 0}, "min_nodes"), ({"local-lr": 0.0}, "lr")],
+    [
+        ({"corpus-train-kb": 2}, "unknown run-config keys"),
+        ({"rounds": 0}, "rounds"),
+        ({"min-nodes": 0}, "min_nodes"),
+        ({"local-lr": 0.0}, "lr"),
+    ],
 )
 def test_bad_run_configs_are_rejected_with_the_key_named(run_config, match):
     with pytest.raises(ConfigError, match=match):

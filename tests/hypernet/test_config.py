@@ -31,7 +31,9 @@ BAD_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "name", "value"), BAD_FIELDS, ids=[f"{c.__name__}.{n}={v!r}" for c, n, v in BAD_FIELDS])
+@pytest.mark.parametrize(
+    ("cls", "name", "value"), BAD_FIELDS, ids=[f"{c.__name__}.{n}={v!r}" for c, n, v in BAD_FIELDS]
+)
 def test_a_bad_field_raises_config_error_naming_field_and_value(cls, name, value):
     with pytest.raises(ConfigError) as info:
         cls(**{name: value})

@@ -117,4 +117,8 @@ def test_importing_hypernet_and_its_errors_stays_light():
         "assert 'generate_many' not in dir(hypernet)\n"
         "assert not {'torch', 'peft', 'hypernet.generators'} & set(sys.modules), sorted(sys.modules)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(hypernet.__file__).parents[1])})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(hypernet.__file__).parents[1])},
+    )

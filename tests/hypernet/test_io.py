@@ -62,7 +62,10 @@ def test_adapter_hash_is_canonical_and_sensitive():
     reordered = dict(reversed(list(a.items())))
     assert adapter_hash(a) == adapter_hash(reordered)
     assert adapter_hash(a) == adapter_hash({k: v.t().contiguous().t() for k, v in a.items()})
-    changed = dict(a, **{"x.lora_B.weight": torch.ones(3, 2).index_put_((torch.tensor(0), torch.tensor(0)), torch.tensor(1.0000001))})
+    changed = dict(
+        a,
+        **{"x.lora_B.weight": torch.ones(3, 2).index_put_((torch.tensor(0), torch.tensor(0)), torch.tensor(1.0000001))},
+    )
     assert adapter_hash(changed) != adapter_hash(a)
     assert adapter_hash({k: v.double() for k, v in a.items()}) != adapter_hash(a)
     assert adapter_hash({k: v.reshape(-1) for k, v in a.items()}) != adapter_hash(a)

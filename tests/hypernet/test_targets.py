@@ -21,8 +21,13 @@ def test_spec_matches_peft_state_dict(arch_model):
 
 
 def test_llama_gqa_shapes_come_from_peft():
-    spec = discover_targets(add_lora(tiny_llama(hidden_size=64, num_heads=4, num_kv_heads=2), rank=4,
-                                     target_modules=["q_proj", "k_proj", "v_proj"]))
+    spec = discover_targets(
+        add_lora(
+            tiny_llama(hidden_size=64, num_heads=4, num_kv_heads=2),
+            rank=4,
+            target_modules=["q_proj", "k_proj", "v_proj"],
+        )
+    )
     by_type = {t.module_type: t for t in spec if t.layer == 1}
     assert by_type["self_attn.q_proj"].out_features == 64
     assert by_type["self_attn.k_proj"].out_features == 32  # 2 kv heads × 16
@@ -41,7 +46,9 @@ def test_gpt2_fused_attention_and_same_named_modules_are_separate_types():
 def test_rank_pattern_splits_a_ragged_type_into_shape_groups():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"], rank_pattern={"layers.1.self_attn.q_proj": 8}))
+    model = get_peft_model(
+        tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"], rank_pattern={"layers.1.self_attn.q_proj": 8})
+    )
     spec = discover_targets(model)
     assert sorted(t.rank for t in spec) == [4, 8]
     assert len(spec.groups) == 2

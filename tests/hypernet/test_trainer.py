@@ -36,7 +36,9 @@ def test_generated_adapters_are_personalised(llama_model, toy_data):
         adapters = trainer.hypernet.generate_many(list(toy_data))
     own = {c: evaluate_loss(llama_model, adapters[c], toy_data[c].val) for c in toy_data}
     ids = list(toy_data)
-    swapped = {c: evaluate_loss(llama_model, adapters[ids[(i + 1) % len(ids)]], toy_data[c].val) for i, c in enumerate(ids)}
+    swapped = {
+        c: evaluate_loss(llama_model, adapters[ids[(i + 1) % len(ids)]], toy_data[c].val) for i, c in enumerate(ids)
+    }
     assert sum(own.values()) < sum(swapped.values()) - 0.1 * len(ids)
 
 
@@ -72,7 +74,9 @@ def test_pfedhn_updates_from_locally_trained_adapters_lower_loss(llama_model, to
             sent = {c: {k: v.detach().clone() for k, v in trainer.hypernet.generate(c).items()} for c in ids}
         returned = {}
         for c in ids:
-            returned[c], _ = train_local_adapter(llama_model, sent[c], toy_data[c].train, LocalTrainConfig(steps=5, lr=1e-2, seed=rnd))
+            returned[c], _ = train_local_adapter(
+                llama_model, sent[c], toy_data[c].train, LocalTrainConfig(steps=5, lr=1e-2, seed=rnd)
+            )
             validate_adapter(trainer.hypernet.spec, returned[c], sent[c], max_update_norm=100.0)
         norms = trainer.apply_client_updates(returned, sent)
         assert set(norms) == set(ids) and all(n > 0 for n in norms.values())

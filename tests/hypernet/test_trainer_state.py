@@ -75,7 +75,10 @@ def test_pfedhn_resume_from_state_is_bitwise(llama_model, toy_data):
     def one_round(trainer, rnd):
         with torch.no_grad():
             sent = {c: {k: v.clone() for k, v in trainer.hypernet.generate(c).items()} for c in ids}
-        returned = {c: train_local_adapter(llama_model, sent[c], toy_data[c].train, LocalTrainConfig(steps=2, seed=rnd))[0] for c in ids}
+        returned = {
+            c: train_local_adapter(llama_model, sent[c], toy_data[c].train, LocalTrainConfig(steps=2, seed=rnd))[0]
+            for c in ids
+        }
         trainer.apply_client_updates(returned, sent)
 
     straight, first = _trainer(llama_model, ids, base_lr=1.0), _trainer(llama_model, ids, base_lr=1.0)
@@ -95,7 +98,10 @@ def test_removing_a_client_state_deletes_exactly_its_entries(llama_model):
     data_ids = ["a", "a/1", "b"]  # "a" is a prefix of "a/1": removal must match the id exactly
     trainer = _trainer(llama_model, data_ids, clients_per_step=3)
     g = torch.Generator().manual_seed(0)
-    data = {c: ClientData(torch.randint(0, 256, (4, 16), generator=g), torch.randint(0, 256, (2, 16), generator=g)) for c in data_ids}
+    data = {
+        c: ClientData(torch.randint(0, 256, (4, 16), generator=g), torch.randint(0, 256, (2, 16), generator=g))
+        for c in data_ids
+    }
     trainer.fit(data, steps=1)
     state = trainer.state_dict()
     kept = HypernetTrainer.remove_client_state(state, "a")

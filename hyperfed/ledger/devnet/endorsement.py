@@ -81,8 +81,7 @@ class Verifier:
         self._roots: dict[str, list[x509.Certificate]] | None = None
         if msp_roots is not None:
             self._roots = {
-                msp: [x509.load_pem_x509_certificate(pem) for pem in pems]
-                for msp, pems in msp_roots.items()
+                msp: [x509.load_pem_x509_certificate(pem) for pem in pems] for msp, pems in msp_roots.items()
             }
 
     def identity(self, creator: bytes) -> tuple[str, x509.Certificate]:
@@ -104,8 +103,7 @@ class Verifier:
             roots = self._roots.get(msp_id)
             if not roots:
                 raise ValidationFailure(
-                    f"access denied: creator org unknown, MSP [{msp_id}] is not a member"
-                    " of the channel",
+                    f"access denied: creator org unknown, MSP [{msp_id}] is not a member of the channel",
                     _Code.BAD_CREATOR_SIGNATURE,
                 )
             if not any(_issued_by(cert, root) for root in roots):
@@ -130,8 +128,7 @@ class Verifier:
             )
         if not verify_signature(cert.public_key(), message, signature):  # type: ignore[arg-type]
             raise ValidationFailure(
-                f"access denied: the creator's signature over the {what} is not valid"
-                f" (org [{msp_id}])",
+                f"access denied: the creator's signature over the {what} is not valid (org [{msp_id}])",
                 _Code.BAD_CREATOR_SIGNATURE,
             )
         return msp_id
@@ -148,13 +145,9 @@ class Verifier:
         """All endorser checks on a signed proposal; return the creator's MSP id."""
         header = parsed.channel_header
         if header.type != common_pb2.HeaderType.ENDORSER_TRANSACTION:
-            raise ValidationFailure(
-                f"invalid header type {header.type}, expected ENDORSER_TRANSACTION"
-            )
+            raise ValidationFailure(f"invalid header type {header.type}, expected ENDORSER_TRANSACTION")
         if header.channel_id != channel:
-            raise ValidationFailure(
-                f"channel [{header.channel_id}] not found (this peer serves [{channel}])"
-            )
+            raise ValidationFailure(f"channel [{header.channel_id}] not found (this peer serves [{channel}])")
         if not header.HasField("timestamp"):
             raise ValidationFailure("proposal has no timestamp")
         if parsed.chaincode != chaincode:
@@ -263,17 +256,11 @@ class Endorser:
             proposal_hash=parsed.proposal_hash, extension=action.SerializeToString()
         ).SerializeToString()
         endorser = self.identity.creator
-        endorsement = proposal_response_pb2.Endorsement(
-            endorser=endorser, signature=self.identity.sign(prp + endorser)
-        )
-        visible = proposal_pb2.ChaincodeProposalPayload(
-            input=parsed.payload.input
-        ).SerializeToString()
+        endorsement = proposal_response_pb2.Endorsement(endorser=endorser, signature=self.identity.sign(prp + endorser))
+        visible = proposal_pb2.ChaincodeProposalPayload(input=parsed.payload.input).SerializeToString()
         action_payload = transaction_pb2.ChaincodeActionPayload(
             chaincode_proposal_payload=visible,
-            action=transaction_pb2.ChaincodeEndorsedAction(
-                proposal_response_payload=prp, endorsements=[endorsement]
-            ),
+            action=transaction_pb2.ChaincodeEndorsedAction(proposal_response_payload=prp, endorsements=[endorsement]),
         )
         tx = transaction_pb2.Transaction(
             actions=[
@@ -286,7 +273,7 @@ class Endorser:
         payload = common_pb2.Payload(header=parsed.header, data=tx.SerializeToString())
         return EndorsedTransaction(common_pb2.Envelope(payload=payload.SerializeToString()), prp)
 
-    def check_endorsement(self, submitted: "SubmittedTransaction") -> None:
+    def check_endorsement(self, submitted: SubmittedTransaction) -> None:
         """Raise unless the envelope carries this peer's valid endorsement of its response."""
         endorser = self.identity.creator
         for endorsement in submitted.endorsements:
@@ -327,9 +314,7 @@ def parse_envelope(envelope: common_pb2.Envelope) -> SubmittedTransaction:
         tx = transaction_pb2.Transaction.FromString(payload.data)
         action = transaction_pb2.ChaincodeActionPayload.FromString(tx.actions[0].payload).action
     except Exception as exc:  # DecodeError / IndexError: a malformed envelope
-        raise ValidationFailure(
-            f"bad transaction payload: {exc}", _Code.BAD_PAYLOAD
-        ) from exc
+        raise ValidationFailure(f"bad transaction payload: {exc}", _Code.BAD_PAYLOAD) from exc
     return SubmittedTransaction(
         channel_header,
         signature_header,

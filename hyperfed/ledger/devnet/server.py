@@ -30,9 +30,6 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.peer import transaction_pb2
 
 from hyperfed.errors import LedgerConflictError
-
-from hyperfed.ledger.gateway.client import GatewayBackend
-from hyperfed.ledger.devnet.pki import new_ca, new_identity
 from hyperfed.ledger.devnet.endorsement import (
     Endorser,
     ValidationFailure,
@@ -41,8 +38,10 @@ from hyperfed.ledger.devnet.endorsement import (
     parse_envelope,
     rwset_bytes,
 )
-from hyperfed.ledger.gateway.identity import SigningIdentity
+from hyperfed.ledger.devnet.pki import new_ca, new_identity
 from hyperfed.ledger.devnet.service import GatewayService
+from hyperfed.ledger.gateway.client import GatewayBackend
+from hyperfed.ledger.gateway.identity import SigningIdentity
 from hyperfed.ledger.gateway.proposal import ParsedProposal, parse_proposal
 
 __all__ = ["FaultPlan", "GatewayStats", "ServerTls", "LocalGatewayServer", "connect_local_gateway"]
@@ -172,9 +171,7 @@ class LocalGatewayServer:
         self._peer_msp = peer_identity.msp_id
         self._tls = tls
         self._host, self._port = host, port
-        self._ledger_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="local-gateway-ledger"
-        )
+        self._ledger_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-gateway-ledger")
         self._ledger: Any = None
         self._lock = threading.Condition()
         self._pending: OrderedDict[str, tuple[Any, bytes]] = OrderedDict()
@@ -183,7 +180,7 @@ class LocalGatewayServer:
         self._server: grpc.Server | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "LocalGatewayServer":
+    def start(self) -> LocalGatewayServer:
         """Open the ledger and start serving; returns self."""
         self._ledger = self._on_ledger(self._ledger_factory)
         server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-gateway"))
@@ -219,7 +216,7 @@ class LocalGatewayServer:
         """``host:port`` to dial."""
         return f"{self._host}:{self._port}"
 
-    def __enter__(self) -> "LocalGatewayServer":
+    def __enter__(self) -> LocalGatewayServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -229,9 +226,7 @@ class LocalGatewayServer:
         return self._ledger_thread.submit(fn, *args, **kwargs).result()
 
     # ------------------------------------------------------------------ peer roles
-    def check_proposal(
-        self, signed: Any, tls_client_cert: bytes | None = None
-    ) -> tuple[ParsedProposal, str]:
+    def check_proposal(self, signed: Any, tls_client_cert: bytes | None = None) -> tuple[ParsedProposal, str]:
         """Parse and verify a signed proposal; return it and the creator's MSP id.
 
         ``tls_client_cert`` is the PEM certificate of a mutual-TLS client: a proposal that
@@ -248,8 +243,7 @@ class LocalGatewayServer:
             if bound != hashlib.sha256(der).digest():
                 self.stats.rejected_signatures += 1
                 raise ValidationFailure(
-                    "access denied: the TLS certificate hash in the channel header is not the"
-                    " client's TLS certificate"
+                    "access denied: the TLS certificate hash in the channel header is not the client's TLS certificate"
                 )
         try:
             msp = self._verifier.proposal(
@@ -282,9 +276,7 @@ class LocalGatewayServer:
 
     def endorse(self, parsed: ParsedProposal, simulation: Any) -> Any:
         """Endorse a simulation and remember it until it is submitted."""
-        results = rwset_bytes(
-            self.chaincode, getattr(simulation, "reads", None), getattr(simulation, "writes", None)
-        )
+        results = rwset_bytes(self.chaincode, getattr(simulation, "reads", None), getattr(simulation, "writes", None))
         endorsed = self._endorser.endorse(parsed, bytes(simulation.payload), results)
         with self._lock:
             self._pending[parsed.channel_header.tx_id] = (simulation, endorsed.response_payload)
@@ -321,9 +313,7 @@ class LocalGatewayServer:
             check_tx_id(tx_id, submitted.signature_header.nonce, submitted.signature_header.creator)
             self._endorser.check_endorsement(submitted)
             if pending is None or pending[1] != submitted.response_payload:
-                raise ValidationFailure(
-                    "endorsed response unknown to this peer", _Code.ENDORSEMENT_POLICY_FAILURE
-                )
+                raise ValidationFailure("endorsed response unknown to this peer", _Code.ENDORSEMENT_POLICY_FAILURE)
             block = int(self._on_ledger(self._ledger.commit, pending[0]))
             outcome = _Outcome(_Code.VALID, block)
             self.stats.commits += 1
@@ -347,9 +337,7 @@ class LocalGatewayServer:
 
     def error_detail(self, message: str) -> gateway_pb2.ErrorDetail:
         """An ``ErrorDetail`` naming this peer."""
-        return gateway_pb2.ErrorDetail(
-            address=self.endpoint, msp_id=self._peer_msp, message=message
-        )
+        return gateway_pb2.ErrorDetail(address=self.endpoint, msp_id=self._peer_msp, message=message)
 
 
 class _LocalGatewayBackend(GatewayBackend):

@@ -27,7 +27,6 @@ from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.peer import proposal_response_pb2
 
 from hyperfed.errors import ContractViolationError, LedgerConflictError
-
 from hyperfed.ledger.devnet.endorsement import ValidationFailure
 from hyperfed.ledger.gateway.rpc_status import encode_status
 
@@ -42,7 +41,7 @@ _ENDORSE_FAILED = "failed to endorse transaction, see attached details for more 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
     """gRPC face of :class:`LocalGatewayServer`, with Fabric's error conventions."""
 
-    def __init__(self, server: "LocalGatewayServer") -> None:
+    def __init__(self, server: LocalGatewayServer) -> None:
         self.peer = server
 
     @staticmethod
@@ -62,9 +61,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def _endorse_on_peer(self, request: Any, context: grpc.ServicerContext) -> tuple[Any, Any]:
         """Check the signed proposal (and TLS binding), then simulate it on the ledger."""
         certs = context.auth_context().get("x509_pem_cert")
-        parsed, msp = self.peer.check_proposal(
-            request.proposed_transaction, certs[0] if certs else None
-        )
+        parsed, msp = self.peer.check_proposal(request.proposed_transaction, certs[0] if certs else None)
         return parsed, self.peer.simulate(parsed, msp)
 
     @staticmethod
@@ -93,10 +90,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except (ValidationFailure, ContractViolationError, LedgerConflictError) as exc:
             message = self._failure(exc)
             # A chaincode error is UNKNOWN; a proposal the endorser refused, FAILED_PRECONDITION.
-            code = (grpc.StatusCode.UNKNOWN if isinstance(exc, ContractViolationError)
-                    else grpc.StatusCode.FAILED_PRECONDITION)
-            self._abort(context, code, f"evaluate call to endorser returned error: {message}",
-                        [self.peer.error_detail(message)])
+            code = (
+                grpc.StatusCode.UNKNOWN
+                if isinstance(exc, ContractViolationError)
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            self._abort(
+                context, code, f"evaluate call to endorser returned error: {message}", [self.peer.error_detail(message)]
+            )
         self.peer.stats.evaluations += 1
         result = proposal_response_pb2.Response(status=200, payload=bytes(simulation.payload))
         return gateway_pb2.EvaluateResponse(result=result)
@@ -104,17 +105,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def Submit(self, request, context):  # noqa: N802
         envelope = request.prepared_transaction
         if not envelope.signature:
-            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        "prepared transaction must be signed")
-        self._fault(context, "unavailable_submit",
-                    "no orderers could successfully process transaction")
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "prepared transaction must be signed")
+        self._fault(context, "unavailable_submit", "no orderers could successfully process transaction")
         try:
             self.peer.order(envelope)
         except ValidationFailure as exc:
-            message = ("received unsuccessful response from orderer: status=FORBIDDEN,"
-                       f" info={exc.message}")
-            self._abort(context, grpc.StatusCode.ABORTED, message,
-                        [self.peer.error_detail(message)])
+            message = f"received unsuccessful response from orderer: status=FORBIDDEN, info={exc.message}"
+            self._abort(context, grpc.StatusCode.ABORTED, message, [self.peer.error_detail(message)])
         self._fault(context, "lose_submit_reply", "connection reset, reply lost")
         return gateway_pb2.SubmitResponse()
 
@@ -125,25 +122,26 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except Exception as exc:  # protobuf DecodeError
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid status request: {exc}")
         if not inner.identity or not inner.channel_id or not inner.transaction_id:
-            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        "identity, channel ID and transaction ID are required")
+            self._abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "identity, channel ID and transaction ID are required"
+            )
         try:
-            self.peer.check_signature(inner.identity, request.request, request.signature,
-                                      "commit status request")
+            self.peer.check_signature(inner.identity, request.request, request.signature, "commit status request")
         except ValidationFailure as exc:
             self._abort(context, grpc.StatusCode.PERMISSION_DENIED, exc.message)
         if inner.channel_id != self.peer.channel:
-            self._abort(context, grpc.StatusCode.NOT_FOUND,
-                        f"channel [{inner.channel_id}] not found")
+            self._abort(context, grpc.StatusCode.NOT_FOUND, f"channel [{inner.channel_id}] not found")
         remaining = context.time_remaining()
         wait = None if remaining is None else max(remaining - 0.05, 0.0)
         outcome = self.peer.wait_for_outcome(inner.transaction_id, wait)
         if outcome is None:
-            self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        "context deadline exceeded waiting for the transaction's block")
+            self._abort(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "context deadline exceeded waiting for the transaction's block",
+            )
         return gateway_pb2.CommitStatusResponse(result=outcome.code, block_number=outcome.block)
 
     def ChaincodeEvents(self, request, context):  # noqa: N802
         # HyperFed relies on no events (fabric-chaincode-python 2.5.4 never delivers them).
-        self._abort(context, grpc.StatusCode.UNIMPLEMENTED,
-                    "chaincode events are not served by the local gateway")
+        self._abort(context, grpc.StatusCode.UNIMPLEMENTED, "chaincode events are not served by the local gateway")

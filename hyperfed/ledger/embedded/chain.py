@@ -23,8 +23,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from hyperfed.errors import TamperDetectedError
 
@@ -58,8 +58,16 @@ class Block:
 
     def computed_hash(self) -> str:
         """The hash this block's contents should have."""
-        return block_hash(self.number, self.prev_hash, self.tx_id, self.function, self.args,
-                          self.creator_msp, self.timestamp, self.writes)
+        return block_hash(
+            self.number,
+            self.prev_hash,
+            self.tx_id,
+            self.function,
+            self.args,
+            self.creator_msp,
+            self.timestamp,
+            self.writes,
+        )
 
     def decoded_args(self) -> list[str]:
         return list(json.loads(self.args))
@@ -111,8 +119,7 @@ class VerifyReport:
 
 def encode_writes(writes: Mapping[str, bytes | None]) -> str:
     """Canonical JSON text of a write set (sorted keys, base64 values, null = delete)."""
-    items = [[k, None if v is None else base64.b64encode(v).decode("ascii")]
-             for k, v in sorted(writes.items())]
+    items = [[k, None if v is None else base64.b64encode(v).decode("ascii")] for k, v in sorted(writes.items())]
     return json.dumps(items, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -124,8 +131,9 @@ def decode_writes(text: str) -> dict[str, bytes | None]:
     return {str(k): None if v is None else base64.b64decode(v, validate=True) for k, v in items}
 
 
-def block_hash(number: int, prev_hash: str, tx_id: str, function: str, args: str,
-               creator_msp: str, timestamp: float, writes: str) -> str:
+def block_hash(
+    number: int, prev_hash: str, tx_id: str, function: str, args: str, creator_msp: str, timestamp: float, writes: str
+) -> str:
     """sha256 (hex) of a block's canonical contents."""
     body = [number, prev_hash, tx_id, function, args, creator_msp, timestamp, writes]
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -142,8 +150,11 @@ def _replay(blocks: list[Block], problems: list[Problem]) -> tuple[dict, set]:
         where = f"block {block.number}"
         expected_number = 0 if prev is None else prev.number + 1
         if block.number != expected_number:
-            missing = (f"block {expected_number}" if block.number == expected_number + 1
-                       else f"blocks {expected_number}-{block.number - 1}")
+            missing = (
+                f"block {expected_number}"
+                if block.number == expected_number + 1
+                else f"blocks {expected_number}-{block.number - 1}"
+            )
             problems.append(Problem("missing-block", missing, f"absent before {where}"))
         if block.computed_hash() != block.hash:
             problems.append(Problem("block-altered", where, "contents do not match its hash"))
@@ -152,11 +163,11 @@ def _replay(blocks: list[Block], problems: list[Problem]) -> tuple[dict, set]:
         else:
             link = prev.hash if prev is not None and prev.number == block.number - 1 else None
         if link is not None and block.prev_hash != link:
-            problems.append(Problem("chain-broken", where,
-                                    "prev_hash is not the previous block's hash"))
+            problems.append(Problem("chain-broken", where, "prev_hash is not the previous block's hash"))
         if block.tx_id in seen_tx:
-            problems.append(Problem("duplicate-transaction", where,
-                                    f"tx {block.tx_id} already in block {seen_tx[block.tx_id]}"))
+            problems.append(
+                Problem("duplicate-transaction", where, f"tx {block.tx_id} already in block {seen_tx[block.tx_id]}")
+            )
         seen_tx.setdefault(block.tx_id, block.number)
         prev = block
         try:
@@ -173,9 +184,13 @@ def _replay(blocks: list[Block], problems: list[Problem]) -> tuple[dict, set]:
     return state, history
 
 
-def verify_chain(blocks: Iterable[Block], state: Mapping[str, tuple[bytes, int]],
-                 history: Iterable[tuple[str, int]], *,
-                 expected_head: tuple[int, str] | None = None) -> VerifyReport:
+def verify_chain(
+    blocks: Iterable[Block],
+    state: Mapping[str, tuple[bytes, int]],
+    history: Iterable[tuple[str, int]],
+    *,
+    expected_head: tuple[int, str] | None = None,
+) -> VerifyReport:
     """Verify blocks (ordered by number), the state table and the history index.
 
     Parameters
@@ -195,13 +210,11 @@ def verify_chain(blocks: Iterable[Block], state: Mapping[str, tuple[bytes, int]]
     for key in sorted(set(replayed) | set(state)):
         where = f"state {key!r}"
         if key not in state:
-            problems.append(Problem("state-deleted", where,
-                                    f"block {replayed[key][1]} wrote it but it is gone"))
+            problems.append(Problem("state-deleted", where, f"block {replayed[key][1]} wrote it but it is gone"))
         elif key not in replayed:
             problems.append(Problem("state-inserted", where, "no block wrote this value"))
         elif tuple(state[key]) != replayed[key]:
-            problems.append(Problem("state-altered", where,
-                                    "value or version differs from the blocks' write sets"))
+            problems.append(Problem("state-altered", where, "value or version differs from the blocks' write sets"))
     stored_history = set(history)
     for key, number in sorted(replayed_history ^ stored_history):
         kind = "history-deleted" if (key, number) in replayed_history else "history-inserted"
@@ -210,10 +223,8 @@ def verify_chain(blocks: Iterable[Block], state: Mapping[str, tuple[bytes, int]]
         number, digest = expected_head
         anchored = next((b for b in blocks if b.number == number), None)
         if anchored is None:
-            problems.append(Problem("chain-truncated", f"block {number}",
-                                    "the anchored block is missing"))
+            problems.append(Problem("chain-truncated", f"block {number}", "the anchored block is missing"))
         elif anchored.hash != digest:
-            problems.append(Problem("anchor-mismatch", f"block {number}",
-                                    "hash differs from the anchored head"))
+            problems.append(Problem("anchor-mismatch", f"block {number}", "hash differs from the anchored head"))
     head = (blocks[-1].number, blocks[-1].hash) if blocks else None
     return VerifyReport(blocks=len(blocks), head=head, problems=tuple(problems))

@@ -26,12 +26,11 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from chaincode.contract import HyperFedContract
 from chaincode.fabric_compat import ContractChaincode
-
 from hyperfed.errors import (
     LedgerConflictError,
     LedgerError,
@@ -84,8 +83,7 @@ class _SqliteState:
         self._conn = conn
 
     def read(self, key: str) -> tuple[bytes, int] | None:
-        row = self._conn.execute(
-            "SELECT value, version FROM state WHERE key = ?", (key,)).fetchone()
+        row = self._conn.execute("SELECT value, version FROM state WHERE key = ?", (key,)).fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]))
 
     def read_range(self, start: str, end: str) -> list[tuple[str, bytes, int]]:
@@ -99,7 +97,9 @@ class _SqliteState:
     def read_history(self, key: str) -> list[HistoryEntry]:
         rows = self._conn.execute(
             "SELECT b.tx_id, b.timestamp, b.writes FROM history h JOIN blocks b"
-            " ON b.number = h.block WHERE h.key = ? ORDER BY h.block DESC", (key,)).fetchall()
+            " ON b.number = h.block WHERE h.key = ? ORDER BY h.block DESC",
+            (key,),
+        ).fetchall()
         out = []
         for tx_id, timestamp, writes in rows:
             value = decode_writes(writes).get(key)
@@ -132,8 +132,14 @@ class EmbeddedLedger(LedgerBackend):
         :class:`~hyperfed.errors.LedgerUnavailableError`.
     """
 
-    def __init__(self, path: str | Path, *, writer_msp: str = "HyperFedMSP",
-                 msp_id: str = "HyperFedMSP", busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        writer_msp: str = "HyperFedMSP",
+        msp_id: str = "HyperFedMSP",
+        busy_timeout: float = 30.0,
+    ) -> None:
         self.path = Path(path)
         self.local_file = self.path
         self.msp_id = msp_id
@@ -141,7 +147,8 @@ class EmbeddedLedger(LedgerBackend):
         self._chaincode = ContractChaincode.new_chaincode(HyperFedContract())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(self.path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            str(self.path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
         try:
             with self._sqlite_errors():
                 self._conn.execute("PRAGMA journal_mode=WAL")
@@ -198,8 +205,7 @@ class EmbeddedLedger(LedgerBackend):
     def _ensure_configured(self, writer_msp: str) -> None:
         if self.head() is None:
             try:
-                sim = self.simulate("init_ledger", [writer_msp], tx_id=new_tx_id(writer_msp),
-                                    creator_msp=writer_msp)
+                sim = self.simulate("init_ledger", [writer_msp], tx_id=new_tx_id(writer_msp), creator_msp=writer_msp)
                 self.commit(sim)
                 log.info("created ledger %s with writer MSP %s", self.path, writer_msp)
                 return
@@ -207,13 +213,13 @@ class EmbeddedLedger(LedgerBackend):
                 pass  # another process initialised it at the same moment
         config = json.loads(self.evaluate("get_config"))
         if config["writer_msp"] != writer_msp:
-            log.warning("ledger %s keeps its writer MSP %r (asked for %r)",
-                        self.path, config["writer_msp"], writer_msp)
+            log.warning("ledger %s keeps its writer MSP %r (asked for %r)", self.path, config["writer_msp"], writer_msp)
 
     # ---------------------------------------------------------- peer operations
 
-    def simulate(self, function: str, args: Sequence[str], *, tx_id: str, creator_msp: str,
-                 timestamp: float | None = None) -> Simulation:
+    def simulate(
+        self, function: str, args: Sequence[str], *, tx_id: str, creator_msp: str, timestamp: float | None = None
+    ) -> Simulation:
         """Execute the contract against committed state without writing anything.
 
         Raises
@@ -225,8 +231,9 @@ class EmbeddedLedger(LedgerBackend):
         """
         when = time.time() if timestamp is None else float(timestamp)
         with self._transaction():  # one read snapshot for the whole simulation
-            return simulate_transaction(self._chaincode, self._state, function, list(args),
-                                        tx_id=tx_id, creator_msp=creator_msp, timestamp=when)
+            return simulate_transaction(
+                self._chaincode, self._state, function, list(args), tx_id=tx_id, creator_msp=creator_msp, timestamp=when
+            )
 
     def commit(self, sim: Simulation) -> int:
         """Validate ``sim``'s reads against current state and append it as a block.
@@ -246,18 +253,22 @@ class EmbeddedLedger(LedgerBackend):
             tip = conn.execute(_TIP).fetchone()
             number, prev_hash = (0, GENESIS_PREV_HASH) if tip is None else (tip[0] + 1, tip[1])
             args, writes = json.dumps(list(sim.args), ensure_ascii=False), encode_writes(sim.writes)
-            digest = block_hash(number, prev_hash, sim.tx_id, sim.function, args,
-                                sim.creator_msp, sim.timestamp, writes)
-            conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (number, prev_hash, sim.tx_id, sim.function, args, sim.creator_msp,
-                          sim.timestamp, writes, digest))
+            digest = block_hash(
+                number, prev_hash, sim.tx_id, sim.function, args, sim.creator_msp, sim.timestamp, writes
+            )
+            conn.execute(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (number, prev_hash, sim.tx_id, sim.function, args, sim.creator_msp, sim.timestamp, writes, digest),
+            )
             for key, value in sorted(sim.writes.items()):
                 if value is None:
                     conn.execute("DELETE FROM state WHERE key = ?", (key,))
                 else:
-                    conn.execute("INSERT INTO state VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
-                                 " SET value = excluded.value, version = excluded.version",
-                                 (key, value, number))
+                    conn.execute(
+                        "INSERT INTO state VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
+                        " SET value = excluded.value, version = excluded.version",
+                        (key, value, number),
+                    )
                 conn.execute("INSERT INTO history VALUES (?, ?)", (key, number))
         return number
 
@@ -267,13 +278,11 @@ class EmbeddedLedger(LedgerBackend):
         for key, seen in sim.reads.items():
             now = self._state.version(key)
             if now != seen:
-                raise LedgerConflictError(
-                    f"MVCC read conflict on {key!r}: read version {seen}, now {now}; retry")
+                raise LedgerConflictError(f"MVCC read conflict on {key!r}: read version {seen}, now {now}; retry")
         for scan in sim.range_reads:
             now = tuple((k, v) for k, _, v in self._state.read_range(scan.start, scan.end))
             if now != scan.keys:
-                raise LedgerConflictError(
-                    f"phantom read in range [{scan.start!r}, {scan.end!r}); retry")
+                raise LedgerConflictError(f"phantom read in range [{scan.start!r}, {scan.end!r}); retry")
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[StateReader]:
@@ -291,8 +300,7 @@ class EmbeddedLedger(LedgerBackend):
 
     def evaluate(self, function: str, *args: str) -> bytes:
         """Run a query as :attr:`msp_id` on committed state; nothing is written."""
-        return self.simulate(function, args, tx_id=new_tx_id(self.msp_id),
-                             creator_msp=self.msp_id).payload
+        return self.simulate(function, args, tx_id=new_tx_id(self.msp_id), creator_msp=self.msp_id).payload
 
     def close(self) -> None:
         with self._lock:
@@ -311,8 +319,7 @@ class EmbeddedLedger(LedgerBackend):
     def blocks(self, start: int = 0) -> list[Block]:
         """Stored blocks from ``start`` on, in order (not verified: see :meth:`verify`)."""
         with self._transaction() as conn:
-            rows = conn.execute("SELECT * FROM blocks WHERE number >= ? ORDER BY number",
-                                (start,)).fetchall()
+            rows = conn.execute("SELECT * FROM blocks WHERE number >= ? ORDER BY number", (start,)).fetchall()
         return [Block(*row) for row in rows]
 
     def verify(self, *, expected_head: tuple[int, str] | None = None) -> VerifyReport:
@@ -338,4 +345,3 @@ class EmbeddedLedger(LedgerBackend):
 
     def __repr__(self) -> str:
         return f"EmbeddedLedger({str(self.path)!r}, msp_id={self.msp_id!r})"
-

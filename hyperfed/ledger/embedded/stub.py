@@ -20,13 +20,14 @@ Committed state comes from a :class:`StateReader` (the embedded ledger's SQLite 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
-from chaincode.fabric_compat import ChaincodeStubInterface, ContractChaincode, ResponseCode
 from fabric_protos.ledger.queryresult import kv_query_result_pb2 as kv_pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from chaincode.fabric_compat import ChaincodeStubInterface, ContractChaincode, ResponseCode
 from hyperfed.errors import ContractViolationError, LedgerConflictError
 
 __all__ = [
@@ -122,7 +123,7 @@ class _ResultIterator:
     def __init__(self, items: Iterable[Any]) -> None:
         self._items = list(items)
 
-    def __aiter__(self) -> "_ResultIterator":
+    def __aiter__(self) -> _ResultIterator:
         return self
 
     async def __anext__(self) -> Any:
@@ -147,9 +148,17 @@ class PeerStub(ChaincodeStubInterface):
         What ``get_txid``, ``get_creator()["mspid"]`` and ``get_tx_timestamp`` return.
     """
 
-    def __init__(self, reader: StateReader, *, function: str, args: Sequence[str],
-                 tx_id: str, creator_msp: str, timestamp: float,
-                 channel_id: str = "embedded") -> None:
+    def __init__(
+        self,
+        reader: StateReader,
+        *,
+        function: str,
+        args: Sequence[str],
+        tx_id: str,
+        creator_msp: str,
+        timestamp: float,
+        channel_id: str = "embedded",
+    ) -> None:
         self._reader = reader
         self._function, self._args = function, [str(a) for a in args]
         self._tx_id, self._creator_msp = tx_id, creator_msp
@@ -208,17 +217,15 @@ class PeerStub(ChaincodeStubInterface):
             if bound and bound.startswith(COMPOSITE_KEY_PREFIX):
                 raise ValueError("range bounds must be simple keys, not composite keys")
         rows = self._reader.read_range(start_key or "", end_key or "")
-        self.range_reads.append(
-            RangeRead(start_key or "", end_key or "", tuple((k, v) for k, _, v in rows))
-        )
-        return _ResultIterator(kv_pb.KV(namespace="hyperfed", key=k, value=val)
-                               for k, val, _ in rows)
+        self.range_reads.append(RangeRead(start_key or "", end_key or "", tuple((k, v) for k, _, v in rows)))
+        return _ResultIterator(kv_pb.KV(namespace="hyperfed", key=k, value=val) for k, val, _ in rows)
 
     async def get_history_for_key(self, key: str) -> _ResultIterator:
         """``KeyModification`` records of ``key``, newest first (not MVCC-protected)."""
         mods = [
-            kv_pb.KeyModification(tx_id=h.tx_id, value=h.value or b"",
-                                  timestamp=_timestamp(h.timestamp), is_delete=h.value is None)
+            kv_pb.KeyModification(
+                tx_id=h.tx_id, value=h.value or b"", timestamp=_timestamp(h.timestamp), is_delete=h.value is None
+            )
             for h in self._reader.read_history(_check_key(key))
         ]
         return _ResultIterator(mods)
@@ -238,9 +245,17 @@ def _run_to_completion(coroutine: Any) -> Any:
     raise RuntimeError("the contract awaited something other than the embedded stub")
 
 
-def simulate_transaction(chaincode: ContractChaincode, reader: StateReader, function: str,
-                         args: Sequence[str], *, tx_id: str, creator_msp: str,
-                         timestamp: float, check_duplicate: bool = True) -> Simulation:
+def simulate_transaction(
+    chaincode: ContractChaincode,
+    reader: StateReader,
+    function: str,
+    args: Sequence[str],
+    *,
+    tx_id: str,
+    creator_msp: str,
+    timestamp: float,
+    check_duplicate: bool = True,
+) -> Simulation:
     """Execute one transaction of ``chaincode`` against committed state, writing nothing.
 
     Raises
@@ -252,13 +267,18 @@ def simulate_transaction(chaincode: ContractChaincode, reader: StateReader, func
     """
     if check_duplicate and reader.has_transaction(tx_id):
         raise LedgerConflictError(f"duplicate transaction id {tx_id}: already committed")
-    stub = PeerStub(reader, function=function, args=args, tx_id=tx_id,
-                    creator_msp=creator_msp, timestamp=timestamp)
+    stub = PeerStub(reader, function=function, args=args, tx_id=tx_id, creator_msp=creator_msp, timestamp=timestamp)
     response = _run_to_completion(chaincode.invoke(stub))
     if response.status >= ResponseCode.ERRORTHRESHOLD:
         raise ContractViolationError(f"{function} refused: {response.message}")
     return Simulation(
-        tx_id=tx_id, function=function, args=tuple(stub.get_function_and_parameters()[1]),
-        creator_msp=creator_msp, timestamp=float(timestamp), payload=bytes(response.payload),
-        reads=dict(stub.reads), writes=dict(stub.writes), range_reads=tuple(stub.range_reads),
+        tx_id=tx_id,
+        function=function,
+        args=tuple(stub.get_function_and_parameters()[1]),
+        creator_msp=creator_msp,
+        timestamp=float(timestamp),
+        payload=bytes(response.payload),
+        reads=dict(stub.reads),
+        writes=dict(stub.writes),
+        range_reads=tuple(stub.range_reads),
     )

@@ -19,14 +19,14 @@ from hyperfed.extras import require_extra
 
 require_extra("fabric", "fabric_protos", "grpc", "cryptography", feature="the Fabric Gateway client")
 
+from typing import Any
+
+from hyperfed.errors import ConfigError
+
 from .client import CommitStatus, GatewayBackend, PreparedTransaction, gateway_backend_from_url
 from .config import URL_SCHEME, GatewayConfig, GatewayTimeouts, TlsConfig
 from .errors import LedgerAccessDeniedError, TransactionInvalidError, TransactionOutcomeUnknownError
 from .identity import SigningIdentity, load_identity, transaction_id
-
-from typing import Any
-
-from hyperfed.errors import ConfigError
 
 
 def open_url(url: str, options: dict[str, Any]) -> GatewayBackend:

@@ -176,7 +176,7 @@ class GatewayBackend(LedgerBackend):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> "GatewayBackend":
+    def from_config(cls, config: GatewayConfig) -> GatewayBackend:
         """Open a backend from a :class:`GatewayConfig` (reads identity and TLS files)."""
         return cls(
             config.endpoint,
@@ -190,7 +190,7 @@ class GatewayBackend(LedgerBackend):
         )
 
     @classmethod
-    def from_url(cls, url: str) -> "GatewayBackend":
+    def from_url(cls, url: str) -> GatewayBackend:
         """Open a backend from a ``fabric+gateway://`` URL (see :meth:`GatewayConfig.from_url`)."""
         return cls.from_config(GatewayConfig.from_url(url))
 
@@ -254,12 +254,8 @@ class GatewayBackend(LedgerBackend):
         try:
             result = result_from_envelope(envelope)
         except Exception as exc:
-            raise LedgerError(
-                f"gateway returned a malformed transaction for {proposed.transaction_id}: {exc}"
-            ) from exc
-        return PreparedTransaction(
-            proposed.transaction_id, sign_envelope(self.identity, envelope), result
-        )
+            raise LedgerError(f"gateway returned a malformed transaction for {proposed.transaction_id}: {exc}") from exc
+        return PreparedTransaction(proposed.transaction_id, sign_envelope(self.identity, envelope), result)
 
     def commit(self, prepared: PreparedTransaction) -> bytes:
         """Submit a prepared transaction and wait for its commit; return its result."""
@@ -269,13 +265,11 @@ class GatewayBackend(LedgerBackend):
         )
         for attempt in range(self.max_attempts):
             try:
-                self._rpc("Submit", tx_id,
-                          lambda: self._stub.Submit(request, timeout=self.timeouts.submit))
+                self._rpc("Submit", tx_id, lambda: self._stub.Submit(request, timeout=self.timeouts.submit))
                 break
             except LedgerUnavailableError as exc:
                 # The envelope may have reached the orderer: ask before re-sending it.
-                logger.warning("Submit of %s: outcome unknown (%s); checking its status",
-                               tx_id, exc)
+                logger.warning("Submit of %s: outcome unknown (%s); checking its status", tx_id, exc)
                 status = self._probe_status(tx_id)
                 if status is not None:
                     return self._finish(status, prepared)
@@ -305,9 +299,7 @@ class GatewayBackend(LedgerBackend):
         LedgerUnavailableError
             If the gateway is unreachable or the transaction is not committed in time.
         """
-        request = signed_commit_status_request(
-            self.identity, channel=self.channel, tx_id=transaction_id
-        )
+        request = signed_commit_status_request(self.identity, channel=self.channel, tx_id=transaction_id)
         deadline = timeout if timeout is not None else self.timeouts.commit_status
         response = self._call_with_retry(
             "CommitStatus",
@@ -332,8 +324,7 @@ class GatewayBackend(LedgerBackend):
     def _finish(self, status: CommitStatus, prepared: PreparedTransaction) -> bytes:
         if not status.successful:
             raise error_for_validation_code(status.code, status.transaction_id)
-        logger.debug("transaction %s committed in block %d",
-                     status.transaction_id, status.block_number)
+        logger.debug("transaction %s committed in block %d", status.transaction_id, status.block_number)
         return prepared.result
 
     def _probe_status(self, tx_id: str) -> CommitStatus | None:
@@ -341,9 +332,7 @@ class GatewayBackend(LedgerBackend):
         request = signed_commit_status_request(self.identity, channel=self.channel, tx_id=tx_id)
         probe = min(self.timeouts.commit_status, self.timeouts.submit)
         try:
-            response = self._rpc(
-                "CommitStatus", tx_id, lambda: self._stub.CommitStatus(request, timeout=probe)
-            )
+            response = self._rpc("CommitStatus", tx_id, lambda: self._stub.CommitStatus(request, timeout=probe))
         except LedgerUnavailableError:
             return None
         return CommitStatus(tx_id, int(response.result), int(response.block_number))
@@ -373,8 +362,7 @@ class GatewayBackend(LedgerBackend):
                 error = map_rpc_error(exc, operation=operation, tx_id=tx_id)
                 if exc.code() not in retry_codes or attempt + 1 == self.max_attempts:
                     raise error from exc
-                logger.warning("%s attempt %d/%d failed: %s",
-                               operation, attempt + 1, self.max_attempts, error)
+                logger.warning("%s attempt %d/%d failed: %s", operation, attempt + 1, self.max_attempts, error)
                 self._sleep(attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -83,7 +83,7 @@ class TlsConfig:
         client_cert: str | os.PathLike[str] | None = None,
         client_key: str | os.PathLike[str] | None = None,
         server_name: str | None = None,
-    ) -> "TlsConfig":
+    ) -> TlsConfig:
         """Read the PEM files; a missing file raises :class:`ConfigError` naming it."""
         return cls(
             _read(root_cert, "tls_root"),
@@ -171,9 +171,7 @@ class GatewayConfig:
             raise ConfigError(f"endpoint must be host:port, got {self.endpoint!r}")
         for name in ("channel", "chaincode", "msp_id", "cert", "key"):
             if not getattr(self, name):
-                raise ConfigError(
-                    f"gateway config field {name!r} is required, got {getattr(self, name)!r}"
-                )
+                raise ConfigError(f"gateway config field {name!r} is required, got {getattr(self, name)!r}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.timeout is not None and not self.timeout > 0:
@@ -202,7 +200,7 @@ class GatewayConfig:
         return TlsConfig.from_files(self.tls_root, self.tls_cert, self.tls_key, self.server_name)
 
     @classmethod
-    def from_url(cls, url: str) -> "GatewayConfig":
+    def from_url(cls, url: str) -> GatewayConfig:
         """Parse ``fabric+gateway://host:port?channel=...&chaincode=...&msp=...&cert=...&key=...``.
 
         Optional query keys: ``tls_root``, ``tls_cert``, ``tls_key``, ``server_name``,
@@ -221,9 +219,7 @@ class GatewayConfig:
         query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
         unknown = sorted(set(query) - set(_URL_KEYS))
         if unknown:
-            raise ConfigError(
-                f"unknown gateway URL parameter(s) {unknown}; allowed: {sorted(_URL_KEYS)}"
-            )
+            raise ConfigError(f"unknown gateway URL parameter(s) {unknown}; allowed: {sorted(_URL_KEYS)}")
         kwargs: dict[str, object] = {}
         for key, values in query.items():
             if len(values) != 1:

@@ -72,9 +72,7 @@ def transaction_id(nonce: bytes, creator: bytes) -> str:
 
 def serialize_identity(msp_id: str, certificate_pem: bytes) -> bytes:
     """Serialise ``(msp_id, PEM certificate)`` as Fabric's ``msp.SerializedIdentity``."""
-    return identities_pb2.SerializedIdentity(
-        mspid=msp_id, id_bytes=certificate_pem
-    ).SerializeToString()
+    return identities_pb2.SerializedIdentity(mspid=msp_id, id_bytes=certificate_pem).SerializeToString()
 
 
 def is_low_s(signature_der: bytes) -> bool:
@@ -96,9 +94,7 @@ def sign_low_s(private_key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes
     return encode_dss_signature(r, s)
 
 
-def verify_signature(
-    public_key: ec.EllipticCurvePublicKey, message: bytes, signature_der: bytes
-) -> bool:
+def verify_signature(public_key: ec.EllipticCurvePublicKey, message: bytes, signature_der: bytes) -> bool:
     """Verify a Fabric signature: valid ECDSA/SHA-256 over ``message`` *and* low-S.
 
     Returns ``False`` (never raises) for malformed, high-S or wrong signatures.
@@ -223,9 +219,7 @@ def load_identity(
     cert_path = _single_file(Path(cert), "certificate")
     key_path = _single_file(Path(key), "private key")
     try:
-        private_key = serialization.load_pem_private_key(
-            key_path.read_bytes(), password=key_password
-        )
+        private_key = serialization.load_pem_private_key(key_path.read_bytes(), password=key_password)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"cannot load private key {key_path}: {exc}") from exc
     if not isinstance(private_key, ec.EllipticCurvePrivateKey):

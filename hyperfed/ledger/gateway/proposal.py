@@ -106,9 +106,7 @@ def build_proposal(
         channel_id=channel,
         tx_id=tx_id,
         epoch=0,
-        extension=proposal_pb2.ChaincodeHeaderExtension(
-            chaincode_id=chaincode_id
-        ).SerializeToString(),
+        extension=proposal_pb2.ChaincodeHeaderExtension(chaincode_id=chaincode_id).SerializeToString(),
         tls_cert_hash=tls_cert_hash,
     )
     signature_header = common_pb2.SignatureHeader(creator=creator, nonce=nonce)
@@ -127,9 +125,7 @@ def build_proposal(
     proposal_bytes = proposal_pb2.Proposal(
         header=header.SerializeToString(), payload=payload.SerializeToString()
     ).SerializeToString()
-    signed = proposal_pb2.SignedProposal(
-        proposal_bytes=proposal_bytes, signature=identity.sign(proposal_bytes)
-    )
+    signed = proposal_pb2.SignedProposal(proposal_bytes=proposal_bytes, signature=identity.sign(proposal_bytes))
     return ProposedTransaction(tx_id, signed)
 
 
@@ -215,8 +211,6 @@ def result_from_envelope(envelope: common_pb2.Envelope) -> bytes:
     if not tx.actions:
         raise ValueError("prepared transaction has no actions")
     action_payload = transaction_pb2.ChaincodeActionPayload.FromString(tx.actions[0].payload)
-    prp = proposal_response_pb2.ProposalResponsePayload.FromString(
-        action_payload.action.proposal_response_payload
-    )
+    prp = proposal_response_pb2.ProposalResponsePayload.FromString(action_payload.action.proposal_response_payload)
     action = proposal_pb2.ChaincodeAction.FromString(prp.extension)
     return bytes(action.response.payload)

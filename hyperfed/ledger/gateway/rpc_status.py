@@ -56,9 +56,7 @@ class RpcStatus(grpc.Status):
     trailing_metadata: tuple[tuple[str, bytes], ...] = ()
 
 
-def encode_status(
-    code: grpc.StatusCode, message: str, details: list[gateway_pb2.ErrorDetail] = ()
-) -> RpcStatus:
+def encode_status(code: grpc.StatusCode, message: str, details: list[gateway_pb2.ErrorDetail] = ()) -> RpcStatus:
     """Build the status a Fabric gateway would return, details attached as trailer."""
     status = _Status(code=code.value[0], message=message)
     for detail in details:

@@ -31,30 +31,30 @@ import os
 import sqlite3
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from hypernet import adapter_hash
-from hypernet.io import HYPERNET_WEIGHTS, read_meta
-
-from hyperfed.rundir.audit.report import AuditReport, Finding
 from hyperfed.errors import CorruptFileError, HyperFedError
 from hyperfed.ledger.base import LedgerBackend
 from hyperfed.ledger.client import Ledger
 from hyperfed.ledger.embedded import EmbeddedLedger
+from hyperfed.ledger.records import CheckpointRecord
+from hyperfed.ledger.salts import SaltStore
+from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
+from hyperfed.rundir.audit.forgets import check_regenerated_adapters
+from hyperfed.rundir.audit.report import AuditReport, Finding
 from hyperfed.rundir.fingerprints import (
     embedding_commitment,
     optimizer_clients,
     read_checkpoint_tensors,
 )
-from hyperfed.ledger.records import CheckpointRecord
 from hyperfed.rundir.recorder import ledger_url_of
-from hyperfed.ledger.salts import SaltStore
-from hyperfed.rundir.audit.forgets import check_regenerated_adapters
-from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
+from hypernet import adapter_hash
+from hypernet.io import HYPERNET_WEIGHTS, read_meta
 
 __all__ = ["audit_run"]
 
@@ -142,9 +142,12 @@ class _Audit:
         head_path = self.run_dir.ledger_head_path
         anchor = None
         if not head_path.exists():
-            self.add("ledger", "missing", head_path,
-                     "no ledger head anchor: a truncated chain would go unnoticed "
-                     "(RunRecorder.close() writes it)")
+            self.add(
+                "ledger",
+                "missing",
+                head_path,
+                "no ledger head anchor: a truncated chain would go unnoticed (RunRecorder.close() writes it)",
+            )
         else:
             try:
                 data = self.run_dir.read_json(head_path)
@@ -157,17 +160,14 @@ class _Audit:
         self.block_of = {b.tx_id: b.number for b in backend.blocks()}
         for problem in report.problems:
             status = "missing" if problem.kind in _MISSING_KINDS else "mismatch"
-            self.add("ledger", status, f"{label}: {problem.location}",
-                     f"{problem.kind}: {problem.detail}")
+            self.add("ledger", status, f"{label}: {problem.location}", f"{problem.kind}: {problem.detail}")
         if report.ok:
             pinned = f", anchored at block {anchor[0]}" if anchor else ""
-            self.add("ledger", "match", label,
-                     f"{report.blocks} blocks: hash chain, state and history replay{pinned}")
+            self.add("ledger", "match", label, f"{report.blocks} blocks: hash chain, state and history replay{pinned}")
         return True
 
     # ----------------------------------------------------------- checkpoints
-    def check_checkpoints(self, ledger: Ledger, forgotten: set[str],
-                          salts: dict[str, bytes]) -> None:
+    def check_checkpoints(self, ledger: Ledger, forgotten: set[str], salts: dict[str, bytes]) -> None:
         records = self.query("list_checkpoints", ledger.list_checkpoints, [])
         by_round: dict[int, dict[int, CheckpointRecord]] = defaultdict(dict)
         for ckpt in records:
@@ -175,17 +175,30 @@ class _Audit:
         for round_ in sorted(set(by_round) | set(self.run_dir.checkpoint_rounds())):
             folder = self.run_dir.checkpoint_dir(round_)
             if round_ not in by_round:
-                self.add("checkpoint", "missing", f"ledger: checkpoint of round {round_}",
-                         f"{self.rel(folder)} was never recorded (still in the outbox?)")
+                self.add(
+                    "checkpoint",
+                    "missing",
+                    f"ledger: checkpoint of round {round_}",
+                    f"{self.rel(folder)} was never recorded (still in the outbox?)",
+                )
             elif not folder.is_dir():
-                self.add("checkpoint", "missing", folder,
-                         f"recorded in {self.where(by_round[round_][max(by_round[round_])].tx_id)}"
-                         " but the folder is gone")
+                self.add(
+                    "checkpoint",
+                    "missing",
+                    folder,
+                    f"recorded in {self.where(by_round[round_][max(by_round[round_])].tx_id)} but the folder is gone",
+                )
             else:
                 self.check_checkpoint(ledger, folder, by_round[round_], forgotten, salts)
 
-    def check_checkpoint(self, ledger: Ledger, folder: Path, versions: dict[int, CheckpointRecord],
-                         forgotten: set[str], salts: dict[str, bytes]) -> None:
+    def check_checkpoint(
+        self,
+        ledger: Ledger,
+        folder: Path,
+        versions: dict[int, CheckpointRecord],
+        forgotten: set[str],
+        salts: dict[str, bytes],
+    ) -> None:
         weights = folder / HYPERNET_WEIGHTS
         try:
             wanted = read_meta(folder).get("extra", {}).get("version")
@@ -197,58 +210,76 @@ class _Audit:
         recorded = f"checkpoint ({ckpt.round}, {ckpt.version}) in {self.where(ckpt.tx_id)}"
         actual = files.shared_hash
         if files.missing_shared or files.unexpected:
-            self.add("checkpoint", "mismatch", weights,
-                     f"tensors missing {list(files.missing_shared)[:3]} / unexpected "
-                     f"{list(files.unexpected)[:3]}")
+            self.add(
+                "checkpoint",
+                "mismatch",
+                weights,
+                f"tensors missing {list(files.missing_shared)[:3]} / unexpected {list(files.unexpected)[:3]}",
+            )
         elif actual != ckpt.weights_hash:
-            self.add("checkpoint", "mismatch", weights,
-                     f"shared weights hash {actual[:16]}… ≠ {ckpt.weights_hash[:16]}… "
-                     f"of {recorded}")
+            self.add(
+                "checkpoint",
+                "mismatch",
+                weights,
+                f"shared weights hash {actual[:16]}… ≠ {ckpt.weights_hash[:16]}… of {recorded}",
+            )
         else:
             self.add("checkpoint", "match", weights, f"shared weights hash = {recorded}")
         for cid in sorted(forgotten & set(files.embeddings)):
-            self.add("embedding", "mismatch", weights,
-                     f"forgotten client {cid!r} still has an embedding here")
+            self.add("embedding", "mismatch", weights, f"forgotten client {cid!r} still has an embedding here")
         leftover = forgotten & optimizer_clients(folder)
         if leftover:
-            self.add("embedding", "mismatch", folder / OPTIMIZER_FILE,
-                     f"forgotten client(s) {sorted(leftover)} still have optimizer state here")
+            self.add(
+                "embedding",
+                "mismatch",
+                folder / OPTIMIZER_FILE,
+                f"forgotten client(s) {sorted(leftover)} still have optimizer state here",
+            )
         for cid in sorted(set(files.embeddings) - set(ckpt.client_ids) - forgotten):
-            self.add("embedding", "mismatch", weights,
-                     f"embedding of {cid!r} is not committed in {recorded}")
+            self.add("embedding", "mismatch", weights, f"embedding of {cid!r} is not committed in {recorded}")
         for cid in ckpt.client_ids:
             if cid in forgotten or cid not in salts:
                 continue  # reported once per client by check_clients
             if cid not in files.embeddings:
-                self.add("embedding", "missing", weights,
-                         f"no embedding of {cid!r}, which {recorded} commits to")
+                self.add("embedding", "missing", weights, f"no embedding of {cid!r}, which {recorded} commits to")
                 continue
             self.check_embedding(ledger, weights, ckpt, cid, files.embeddings[cid], salts[cid])
 
-    def check_embedding(self, ledger: Ledger, weights: Path, ckpt: CheckpointRecord,
-                        cid: str, vector: Any, salt: bytes) -> None:
+    def check_embedding(
+        self, ledger: Ledger, weights: Path, ckpt: CheckpointRecord, cid: str, vector: Any, salt: bytes
+    ) -> None:
         what = f"membership proof of {cid!r} in checkpoint ({ckpt.round}, {ckpt.version})"
-        proof = self.query(what, lambda: ledger.membership_proof(cid, ckpt.round, ckpt.version),
-                           None)
+        proof = self.query(what, lambda: ledger.membership_proof(cid, ckpt.round, ckpt.version), None)
         if proof is None:
             return
         commitment = embedding_commitment(vector, salt)
         if proof.commitment != commitment:
-            self.add("embedding", "mismatch", weights,
-                     f"embedding of {cid!r} does not open its commitment in checkpoint "
-                     f"({ckpt.round}, {ckpt.version}) ({self.where(ckpt.tx_id)})")
+            self.add(
+                "embedding",
+                "mismatch",
+                weights,
+                f"embedding of {cid!r} does not open its commitment in checkpoint "
+                f"({ckpt.round}, {ckpt.version}) ({self.where(ckpt.tx_id)})",
+            )
         elif not proof.verify(expected_root=ckpt.merkle_root):
-            self.add("embedding", "mismatch", f"ledger: {self.where(ckpt.tx_id)}",
-                     f"{what} does not verify against the checkpoint's Merkle root")
+            self.add(
+                "embedding",
+                "mismatch",
+                f"ledger: {self.where(ckpt.tx_id)}",
+                f"{what} does not verify against the checkpoint's Merkle root",
+            )
         else:
-            self.add("embedding", "match", weights,
-                     f"{cid!r} opens its commitment; its {len(proof.path)}-node proof over "
-                     f"{proof.size} leaves verifies against the on-chain root")
+            self.add(
+                "embedding",
+                "match",
+                weights,
+                f"{cid!r} opens its commitment; its {len(proof.path)}-node proof over "
+                f"{proof.size} leaves verifies against the on-chain root",
+            )
 
     # -------------------------------------------------------------- adapters
     def check_adapters(self, ledger: Ledger, forgotten: set[str]) -> None:
-        records = {(g.round, g.client_id): g
-                   for g in self.query("list_generations", ledger.list_generations, [])}
+        records = {(g.round, g.client_id): g for g in self.query("list_generations", ledger.list_generations, [])}
         rd = self.run_dir
         on_disk = {(r, c) for r in rd.adapter_rounds() for c in rd.adapter_clients(r)}
         for round_, cid in sorted(set(records) | on_disk):
@@ -256,14 +287,16 @@ class _Audit:
             record = records.get((round_, cid))
             if cid in forgotten:
                 if (round_, cid) in on_disk:
-                    self.add("adapter", "mismatch", path,
-                             f"adapter of forgotten client {cid!r} is still on disk")
+                    self.add("adapter", "mismatch", path, f"adapter of forgotten client {cid!r} is still on disk")
             elif record is None:
-                self.add("adapter", "missing", f"ledger: generation ({round_}, {cid!r})",
-                         f"{self.rel(path)} was never recorded (still in the outbox?)")
+                self.add(
+                    "adapter",
+                    "missing",
+                    f"ledger: generation ({round_}, {cid!r})",
+                    f"{self.rel(path)} was never recorded (still in the outbox?)",
+                )
             elif (round_, cid) not in on_disk:
-                self.add("adapter", "missing", path,
-                         f"recorded in {self.where(record.tx_id)} but the file is gone")
+                self.add("adapter", "missing", path, f"recorded in {self.where(record.tx_id)} but the file is gone")
             else:
                 try:
                     actual = adapter_hash(load_file(path))
@@ -271,12 +304,14 @@ class _Audit:
                     self.add("adapter", "mismatch", path, f"unreadable: {exc}")
                     continue
                 if actual == record.adapter_hash:
-                    self.add("adapter", "match", path,
-                             f"hash = generation record in {self.where(record.tx_id)}")
+                    self.add("adapter", "match", path, f"hash = generation record in {self.where(record.tx_id)}")
                 else:
-                    self.add("adapter", "mismatch", path,
-                             f"hash {actual[:16]}… ≠ {record.adapter_hash[:16]}… recorded in "
-                             f"{self.where(record.tx_id)}")
+                    self.add(
+                        "adapter",
+                        "mismatch",
+                        path,
+                        f"hash {actual[:16]}… ≠ {record.adapter_hash[:16]}… recorded in {self.where(record.tx_id)}",
+                    )
 
     # ------------------------------------------------------- clients, salts
     def read_salts(self) -> dict[str, bytes]:
@@ -287,8 +322,7 @@ class _Audit:
             self.add("salt", "mismatch", self.run_dir.salts_path, str(exc))
             return {}
         if self.run_dir.salts_path.exists() and self.run_dir.salts_path.stat().st_mode & 0o077:
-            self.notes.append(f"{self.rel(self.run_dir.salts_path)} is readable by other "
-                              "users: chmod 600 it")
+            self.notes.append(f"{self.rel(self.run_dir.salts_path)} is readable by other users: chmod 600 it")
         return {cid: entry.salt for cid, entry in salts.items() if entry is not None}
 
     def check_clients(self, ledger: Ledger, salts: dict[str, bytes]) -> set[str]:
@@ -299,24 +333,32 @@ class _Audit:
             event = forgets.get(cid)
             if event is None and not clients[cid].forgotten:
                 if cid not in salts:
-                    self.add("salt", "missing", salts_path,
-                             f"no salt for registered client {cid!r}: its commitments "
-                             "cannot be opened")
+                    self.add(
+                        "salt",
+                        "missing",
+                        salts_path,
+                        f"no salt for registered client {cid!r}: its commitments cannot be opened",
+                    )
                 continue
             if event is None:
-                self.add("client", "missing", f"ledger: forget event of {cid!r}",
-                         "client is forgotten without one")
+                self.add("client", "missing", f"ledger: forget event of {cid!r}", "client is forgotten without one")
                 continue
-            self.add("client", "forgotten", f"client {cid!r}",
-                     f"forgotten at round {event.round} ({event.mode}, {self.where(event.tx_id)}); "
-                     f"{len(event.remaining_client_ids)} clients remain")
+            self.add(
+                "client",
+                "forgotten",
+                f"client {cid!r}",
+                f"forgotten at round {event.round} ({event.mode}, {self.where(event.tx_id)}); "
+                f"{len(event.remaining_client_ids)} clients remain",
+            )
             if cid in salts:
-                self.add("salt", "mismatch", salts_path,
-                         f"the salt of forgotten client {cid!r} still exists: its "
-                         "commitments can be opened")
+                self.add(
+                    "salt",
+                    "mismatch",
+                    salts_path,
+                    f"the salt of forgotten client {cid!r} still exists: its commitments can be opened",
+                )
         for cid in sorted(set(salts) - set(clients)):
-            self.add("salt", "missing", f"ledger: client {cid!r}",
-                     "has a salt but was never registered")
+            self.add("salt", "missing", f"ledger: client {cid!r}", "has a salt but was never registered")
         return set(forgets) | {c for c, r in clients.items() if r.forgotten}
 
     def check_outbox(self) -> None:
@@ -326,38 +368,42 @@ class _Audit:
         try:
             conn = _read_only(path)
             try:
-                rows = dict(conn.execute(
-                    "SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
+                rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
             finally:
                 conn.close()
         except sqlite3.Error as exc:
             self.add("outbox", "mismatch", path, f"unreadable: {exc}")
             return
         if rows.get("pending"):
-            self.add("outbox", "missing", path,
-                     f"{rows['pending']} records never reached the ledger: "
-                     "open the run's RunRecorder and flush()")
+            self.add(
+                "outbox",
+                "missing",
+                path,
+                f"{rows['pending']} records never reached the ledger: open the run's RunRecorder and flush()",
+            )
         if rows.get("rejected"):
-            self.add("outbox", "mismatch", path,
-                     f"{rows['rejected']} records were refused by the contract")
+            self.add("outbox", "mismatch", path, f"{rows['rejected']} records were refused by the contract")
 
 
 @contextlib.contextmanager
-def _ledger_for(audit: _Audit, ledger: Ledger | None,
-                url: str | None) -> Iterator[tuple[Ledger | None, str]]:
+def _ledger_for(audit: _Audit, ledger: Ledger | None, url: str | None) -> Iterator[tuple[Ledger | None, str]]:
     """The ledger to audit against (verifying its chain when it is embedded)."""
     if ledger is not None:
         local = ledger.backend.local_file
         label = audit.rel(local) if local is not None else repr(ledger.backend)
         if not audit.verify_chain(ledger.backend, label):
-            audit.notes.append("ledger is not embedded: its contents were audited through the "
-                               "Ledger API; hash-chain verification is the ledger network's own")
+            audit.notes.append(
+                "ledger is not embedded: its contents were audited through the "
+                "Ledger API; hash-chain verification is the ledger network's own"
+            )
         yield ledger, repr(ledger.backend)
         return
     path = _embedded_path(url, audit.run_dir)
     if path is None:
-        audit.notes.append(f"ledger {url} is not embedded: its contents were audited through "
-                           "the Ledger API; hash-chain verification is the ledger network's own")
+        audit.notes.append(
+            f"ledger {url} is not embedded: its contents were audited through "
+            "the Ledger API; hash-chain verification is the ledger network's own"
+        )
         with Ledger.from_url(url) as remote:
             yield remote, str(url)
         return
@@ -378,8 +424,9 @@ def _ledger_for(audit: _Audit, ledger: Ledger | None,
             yield Ledger(backend), label
 
 
-def audit_run(run_dir: RunDirectory | str | os.PathLike, *, ledger: Ledger | None = None,
-              ledger_url: str | None = None) -> AuditReport:
+def audit_run(
+    run_dir: RunDirectory | str | os.PathLike, *, ledger: Ledger | None = None, ledger_url: str | None = None
+) -> AuditReport:
     """Audit a run directory against its ledger. Never writes to the run.
 
     Parameters
@@ -410,7 +457,6 @@ def audit_run(run_dir: RunDirectory | str | os.PathLike, *, ledger: Ledger | Non
             audit.check_adapters(opened, forgotten)
             check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
         audit.check_outbox()
-    report = AuditReport(str(run_dir.root), label, tuple(audit.findings),
-                         tuple(sorted(forgotten)), tuple(audit.notes))
+    report = AuditReport(str(run_dir.root), label, tuple(audit.findings), tuple(sorted(forgotten)), tuple(audit.notes))
     log.info("audit of %s: %s (%s)", run_dir.root, "ok" if report.ok else "FAILED", report.counts())
     return report

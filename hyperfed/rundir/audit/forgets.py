@@ -31,14 +31,29 @@ def check_regenerated_adapters(audit: Any, forget_events: list) -> None:
             try:
                 hashes[cid] = adapter_hash(load_file(path))
             except (FileNotFoundError, SafetensorError) as exc:
-                audit.add("regenerated", "missing", path, f"adapter regenerated for {cid!r} when {event.client_id!r} was forgotten: {exc}")
+                audit.add(
+                    "regenerated",
+                    "missing",
+                    path,
+                    f"adapter regenerated for {cid!r} when {event.client_id!r} was forgotten: {exc}",
+                )
         if len(hashes) != len(expected):
             continue
         if adapters_root(hashes) == event.adapters_root:
-            audit.add("regenerated", "match", folder, f"{len(hashes)} adapters regenerated when {event.client_id!r} was forgotten")
+            audit.add(
+                "regenerated",
+                "match",
+                folder,
+                f"{len(hashes)} adapters regenerated when {event.client_id!r} was forgotten",
+            )
             continue
         local = audit.run_dir.read_json(regenerated.root / "adapter_hashes.json", default={}) or {}
         culprits = [cid for cid, h in hashes.items() if local.get(cid) not in (None, h)]
         culprit = regenerated.adapter_path(0, culprits[0]) if culprits else folder
-        audit.add("regenerated", "mismatch", culprit,
-                  f"regenerated adapters do not match the adapters root recorded with the forget of {event.client_id!r} ({audit.where(event.tx_id)})")
+        audit.add(
+            "regenerated",
+            "mismatch",
+            culprit,
+            "regenerated adapters do not match the adapters root recorded with the forget of "
+            f"{event.client_id!r} ({audit.where(event.tx_id)})",
+        )

@@ -91,16 +91,22 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``json.dumps(report.to_dict())``)."""
-        return {"ok": self.ok, "run_dir": self.run_dir, "ledger": self.ledger,
-                "counts": self.counts(), "forgotten": list(self.forgotten),
-                "notes": list(self.notes), "findings": [asdict(f) for f in self.findings]}
+        return {
+            "ok": self.ok,
+            "run_dir": self.run_dir,
+            "ledger": self.ledger,
+            "counts": self.counts(),
+            "forgotten": list(self.forgotten),
+            "notes": list(self.notes),
+            "findings": [asdict(f) for f in self.findings],
+        }
 
     def raise_if_failed(self) -> None:
         """Raise :class:`~hyperfed.errors.TamperDetectedError` naming every culprit."""
         if not self.ok:
             raise TamperDetectedError(
-                f"audit of {self.run_dir} FAILED: " + "; ".join(
-                    f"{f.culprit}: {f.message}" for f in self.failures()))
+                f"audit of {self.run_dir} FAILED: " + "; ".join(f"{f.culprit}: {f.message}" for f in self.failures())
+            )
 
 
 def render(report: AuditReport, *, verbose: bool = False) -> str:
@@ -111,8 +117,12 @@ def render(report: AuditReport, *, verbose: bool = False) -> str:
     """
     counts = report.counts()
     verdict = "PASSED" if report.ok else "FAILED"
-    lines = [f"audit {verdict}: {report.run_dir}", f"ledger: {report.ledger}",
-             "  ".join(f"{counts[s]} {s}" for s in STATUSES), ""]
+    lines = [
+        f"audit {verdict}: {report.run_dir}",
+        f"ledger: {report.ledger}",
+        "  ".join(f"{counts[s]} {s}" for s in STATUSES),
+        "",
+    ]
     shown = [f for f in report.findings if verbose or f.status != "match"]
     if not verbose:
         matched = Counter(f.check for f in report.findings if f.status == "match")
@@ -120,8 +130,15 @@ def render(report: AuditReport, *, verbose: bool = False) -> str:
             lines.append("matched: " + ", ".join(f"{n} {check}" for check, n in matched.items()))
             lines.append("")
     if shown:
-        rows = [{"status": f.status.upper() if f.failed else f.status, "check": f.check,
-                 "culprit": f.culprit, "detail": f.message} for f in shown]
+        rows = [
+            {
+                "status": f.status.upper() if f.failed else f.status,
+                "check": f.check,
+                "culprit": f.culprit,
+                "detail": f.message,
+            }
+            for f in shown
+        ]
         lines += [format_table(rows, columns=["status", "check", "culprit", "detail"]), ""]
     if report.forgotten:
         lines.append("forgotten clients: " + ", ".join(report.forgotten))

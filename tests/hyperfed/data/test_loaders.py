@@ -1,6 +1,11 @@
 import pytest
 
-from hyperfed.data.loaders import client_data_from_texts, corpus_from_directory, corpus_from_flwr_datasets, corpus_from_hf_dataset
+from hyperfed.data.loaders import (
+    client_data_from_texts,
+    corpus_from_directory,
+    corpus_from_flwr_datasets,
+    corpus_from_hf_dataset,
+)
 from hypernet.errors import ConfigError
 
 TEXT = "All work and no play makes Jack a dull boy. " * 40  # ~1.8 KB

@@ -10,7 +10,9 @@ from hypernet.base_models import add_lora, tiny_llama
 
 @pytest.fixture(scope="session")
 def tiny_corpus():
-    return build_corpus(CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=64))
+    return build_corpus(
+        CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=64)
+    )
 
 
 @pytest.fixture

@@ -18,13 +18,17 @@ def test_defaults_are_the_measured_federated_settings():
     assert (server.lr, server.optimizer, server.momentum, server.base_lr) == (3e-3, "adam", 0.0, 1.0)
 
 
-@pytest.mark.parametrize("field,value", [("method", "x"), ("rounds", 0), ("sample_rate", 1.5), ("max_update_norm", 0.0), ("lora_rank", 0)])
+@pytest.mark.parametrize(
+    "field,value", [("method", "x"), ("rounds", 0), ("sample_rate", 1.5), ("max_update_norm", 0.0), ("lora_rank", 0)]
+)
 def test_invalid_fields_name_themselves(field, value):
     with pytest.raises(ConfigError, match=field):
         FederationConfig(**{field: value})
 
 
-@pytest.mark.parametrize("part,kwargs,field", [(LocalTrainConfig, {"lr": 0.0}, "lr"), (TrainerConfig, {"optimizer": "rmsprop"}, "optimizer")])
+@pytest.mark.parametrize(
+    "part,kwargs,field", [(LocalTrainConfig, {"lr": 0.0}, "lr"), (TrainerConfig, {"optimizer": "rmsprop"}, "optimizer")]
+)
 def test_invalid_parts_name_their_field(part, kwargs, field):
     with pytest.raises(ConfigError, match=field):
         part(**kwargs)

@@ -2,9 +2,8 @@ import copy
 
 import torch
 
+from hyperfed.federation import METHODS, FederationConfig, evaluate_all, make_server, poisson_sample, run_rounds
 from hypernet import LocalTrainConfig
-from hyperfed.federation import FederationConfig, evaluate_all, make_server, poisson_sample, run_rounds
-from hyperfed.federation import METHODS
 
 
 def _mean(d):

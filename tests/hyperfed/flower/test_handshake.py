@@ -16,7 +16,8 @@ def test_simulation_nodes_map_partitions_to_corpus_clients():
 
 
 @pytest.mark.parametrize(
-    "node_config,match", [({}, "names no client"), ({"partition-id": 3}, "outside the corpus"), ({"client-id": " "}, "empty")]
+    "node_config,match",
+    [({}, "names no client"), ({"partition-id": 3}, "outside the corpus"), ({"client-id": " "}, "empty")],
 )
 def test_nodes_without_a_client_raise_a_typed_error(node_config, match):
     with pytest.raises(ClientIdentityError, match=match):

@@ -10,8 +10,8 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from hyperfed.federation import make_server, poisson_sample, run_rounds
 from hyperfed.config import RunConfig
+from hyperfed.federation import make_server, poisson_sample, run_rounds
 from hyperfed.flower import keys, run_inprocess
 from hyperfed.flower.cache import build_peft_model, cached_corpus
 from hyperfed.flower.client_app import app as real_app
@@ -37,7 +37,9 @@ def test_each_client_receives_its_own_adapter(tiny_run_config):
 
     def recording(message: Message, context: Context) -> Message:
         own_id = client_identity(context, RunConfig.from_run_config(context.run_config))
-        received[int(message.content["config"][keys.SERVER_ROUND]), own_id] = record_to_adapter(message.content[keys.ARRAYS])
+        received[int(message.content["config"][keys.SERVER_ROUND]), own_id] = record_to_adapter(
+            message.content[keys.ARRAYS]
+        )
         return real_app(message, context)
 
     run = run_inprocess(tiny_run_config, client_apps=_wrap(recording))
@@ -45,7 +47,9 @@ def test_each_client_receives_its_own_adapter(tiny_run_config):
     assert len(ids) == 4 and {cid for _, cid in received} == set(ids)
     # Round 1: node of client c got exactly what a fresh server generates for c ...
     config = run.config
-    fresh = make_server("hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation)
+    fresh = make_server(
+        "hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation
+    )
     fresh.register(ids)
     generated = fresh.adapters_for(ids)  # one batched generation, as the server does it
     for cid in ids:
@@ -56,14 +60,18 @@ def test_each_client_receives_its_own_adapter(tiny_run_config):
         for a in ids:
             for b in ids:
                 if a < b:
-                    assert any(not torch.equal(received[round_, a][k], received[round_, b][k]) for k in received[round_, a])
+                    assert any(
+                        not torch.equal(received[round_, a][k], received[round_, b][k]) for k in received[round_, a]
+                    )
 
 
 def test_only_sampled_clients_embeddings_change(tiny_run_config):
     ids = _corpus_ids(tiny_run_config)
     rate, rounds = 0.5, 2
     # The first seed where some client sits out every round and some take part.
-    seed = next(s for s in range(100) if 0 < len({c for r in (1, 2) for c in poisson_sample(s, r, ids, rate)}) < len(ids))
+    seed = next(
+        s for s in range(100) if 0 < len({c for r in (1, 2) for c in poisson_sample(s, r, ids, rate)}) < len(ids)
+    )
     run = run_inprocess({**tiny_run_config, "sample-rate": rate, "rounds": rounds, "seed": seed})
     assert run.history.sampled == {r: poisson_sample(seed, r, ids, rate) for r in range(1, rounds + 1)}
     fresh = make_server("hyperlora", build_peft_model(run.config.base_model, 4), run.config.federation)
@@ -116,12 +124,17 @@ BAD_CLIENTS = {
     "nan": (_corrupt_adapter(lambda a: a[_first(a)].view(-1).__setitem__(0, float("nan"))), "NaN or inf"),
     "wrong shape": (_corrupt_adapter(lambda a: a.__setitem__(_first(a), torch.zeros(3, 3))), "shape"),
     "huge norm": (_corrupt_adapter(lambda a: a.__setitem__(_first(a), a[_first(a)] + 1e4)), "update norm"),
-    "wrong keys": (_corrupt_adapter(lambda a: a.__setitem__("unexpected.lora_A.weight", a.pop(_first(a)))), "wrong keys"),
+    "wrong keys": (
+        _corrupt_adapter(lambda a: a.__setitem__("unexpected.lora_A.weight", a.pop(_first(a)))),
+        "wrong keys",
+    ),
     "undecodable arrays": (
         _replace_content(
             lambda r: RecordDict(
                 {
-                    keys.ARRAYS: ArrayRecord({"k": Array(dtype="float32", shape=(4,), stype="numpy.ndarray", data=b"not numpy")}),
+                    keys.ARRAYS: ArrayRecord(
+                        {"k": Array(dtype="float32", shape=(4,), stype="numpy.ndarray", data=b"not numpy")}
+                    ),
                     keys.METRICS: r.content[keys.METRICS],
                 }
             )
@@ -131,7 +144,9 @@ BAD_CLIENTS = {
     "no metrics": (_replace_content(lambda r: RecordDict({keys.ARRAYS: r.content[keys.ARRAYS]})), "no MetricRecord"),
     "fractional num-examples": (
         _replace_content(
-            lambda r: RecordDict({keys.ARRAYS: r.content[keys.ARRAYS], keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 2.5})})
+            lambda r: RecordDict(
+                {keys.ARRAYS: r.content[keys.ARRAYS], keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 2.5})}
+            )
         ),
         "num_examples",
     ),

@@ -42,7 +42,9 @@ def test_numpy_dtypes_stay_readable_by_flower_and_bfloat16_travels_raw():
 def test_adapter_survives_the_wire():
     InProcessGrid([], [], {})  # sets Flower's TaskIdentity, as a runtime does
     adapter = _adapter(torch.bfloat16)
-    message = Message(RecordDict({keys.ARRAYS: adapter_to_record(adapter)}), dst_node_id=7, message_type=MessageType.TRAIN)
+    message = Message(
+        RecordDict({keys.ARRAYS: adapter_to_record(adapter)}), dst_node_id=7, message_type=MessageType.TRAIN
+    )
     back = record_to_adapter(wire_roundtrip(message).content[keys.ARRAYS])
     assert all(torch.equal(back[k], adapter[k]) for k in adapter)
 
@@ -61,7 +63,9 @@ def test_reply_and_eval_contents_round_trip():
         (
             RecordDict(
                 {
-                    keys.ARRAYS: ArrayRecord({"k": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"garbage")}),
+                    keys.ARRAYS: ArrayRecord(
+                        {"k": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"garbage")}
+                    ),
                     keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 3}),
                 }
             ),

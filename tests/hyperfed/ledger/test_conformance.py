@@ -50,8 +50,14 @@ def refused(code: str):
 
 def forget_alice(ledger, round_no=1, **overrides):
     rest = {k: v for k, v in ROUND1.items() if k != "alice"}
-    args = dict(client_id="alice", round=round_no, new_checkpoint_hash=h("w1-no-alice"),
-                commitments=rest, adapters_root=h("adapters"), mode="delete")
+    args = dict(
+        client_id="alice",
+        round=round_no,
+        new_checkpoint_hash=h("w1-no-alice"),
+        commitments=rest,
+        adapters_root=h("adapters"),
+        mode="delete",
+    )
     args.update(overrides)
     return ledger.record_forget(**args)
 
@@ -167,8 +173,7 @@ def test_forget_records_a_new_checkpoint_version_of_the_current_round(trained):
     (event,) = trained.forget_events()
     assert (event.client_id, event.mode) == ("alice", "delete")
     assert event.remaining_client_ids == ("bob", "carol")
-    assert event.merkle_root == latest.merkle_root == commitments_root(
-        {k: ROUND1[k] for k in ("bob", "carol")})
+    assert event.merkle_root == latest.merkle_root == commitments_root({k: ROUND1[k] for k in ("bob", "carol")})
     assert trained.checkpoint_commitments(1) == {k: ROUND1[k] for k in ("bob", "carol")}
     carol = {"carol": ROUND1["carol"]}
     with refused("round-order"):
@@ -189,7 +194,10 @@ def test_regeneration_after_a_forget_may_replace_a_rounds_adapter(trained):
     history = trained.client_history("bob")
     assert [g.adapter_hash for g in history.generations] == [h("bob-regenerated")]
     assert [(g.round, g.client_id, g.checkpoint_version) for g in trained.list_generations()] == [
-        (1, "alice", 0), (1, "bob", 1), (1, "carol", 0)]
+        (1, "alice", 0),
+        (1, "bob", 1),
+        (1, "carol", 0),
+    ]
 
 
 def test_membership_proofs(trained):

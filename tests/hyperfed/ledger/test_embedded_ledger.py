@@ -33,8 +33,9 @@ def test_new_file_starts_with_the_init_block(embedded):
 
 
 def test_simulate_writes_nothing_and_commit_appends_a_block(embedded):
-    sim = embedded.simulate("register_client", ["alice", h("a")], tx_id="tx-1",
-                            creator_msp=WRITER, timestamp=1_700_000_000.25)
+    sim = embedded.simulate(
+        "register_client", ["alice", h("a")], tx_id="tx-1", creator_msp=WRITER, timestamp=1_700_000_000.25
+    )
     assert sim.writes.keys() == {"client/alice"} and sim.reads["client/alice"] is None
     assert json.loads(sim.payload)["record"]["registered_at"] == "2023-11-14T22:13:20.250000000Z"
     assert embedded.head()[0] == 0
@@ -51,8 +52,7 @@ def test_simulation_is_deterministic(embedded):
 
 def test_refusals_surface_as_contract_violations(embedded):
     with pytest.raises(ContractViolationError, match=r"\[unknown-client\]"):
-        embedded.simulate("record_generation", ["1", "ghost", h("a"), h("w")],
-                          tx_id="tx-x", creator_msp=WRITER)
+        embedded.simulate("record_generation", ["1", "ghost", h("a"), h("w")], tx_id="tx-x", creator_msp=WRITER)
 
 
 def test_only_the_writer_msp_may_write(ledger_path, embedded):
@@ -84,10 +84,8 @@ def test_reopening_keeps_the_recorded_writer(ledger_path, embedded, caplog):
 def test_two_writers_on_one_file_conflict_instead_of_losing_an_update(ledger_path, embedded):
     other = EmbeddedLedger(ledger_path, writer_msp=WRITER, msp_id=WRITER)
     try:
-        mine = embedded.simulate("register_client", ["alice", h("mine")], tx_id=new_tx_id(WRITER),
-                                 creator_msp=WRITER)
-        theirs = other.simulate("register_client", ["alice", h("theirs")],
-                                tx_id=new_tx_id(WRITER), creator_msp=WRITER)
+        mine = embedded.simulate("register_client", ["alice", h("mine")], tx_id=new_tx_id(WRITER), creator_msp=WRITER)
+        theirs = other.simulate("register_client", ["alice", h("theirs")], tx_id=new_tx_id(WRITER), creator_msp=WRITER)
         other.commit(theirs)
         with pytest.raises(LedgerConflictError, match="client/alice"):
             embedded.commit(mine)
@@ -123,10 +121,12 @@ def test_threads_and_two_objects_sharing_a_file_lose_nothing(ledger_path, embedd
 
 def test_racing_registrations_of_one_id_have_exactly_one_winner(ledger_path, embedded):
     others = [EmbeddedLedger(ledger_path, writer_msp=WRITER, msp_id=WRITER) for _ in range(3)]
-    sims = [led.simulate("register_client", ["alice", h(f"v{i}")], tx_id=new_tx_id(WRITER),
-                         creator_msp=WRITER) for i, led in enumerate(others)]
+    sims = [
+        led.simulate("register_client", ["alice", h(f"v{i}")], tx_id=new_tx_id(WRITER), creator_msp=WRITER)
+        for i, led in enumerate(others)
+    ]
     outcomes = []
-    for led, sim in zip(others, sims):
+    for led, sim in zip(others, sims, strict=True):
         try:
             led.commit(sim)
             outcomes.append("ok")

@@ -125,12 +125,15 @@ def test_mvcc_conflict_on_fabric(writer):
 
 
 def test_peer_refuses_a_tampered_proposal_signature(backend):
-    proposed = build_proposal(backend.identity, channel=backend.channel,
-                              chaincode=backend.chaincode, args=[b"get_config"])
+    proposed = build_proposal(
+        backend.identity, channel=backend.channel, chaincode=backend.chaincode, args=[b"get_config"]
+    )
     proposed.signed_proposal.signature = backend.identity.sign(b"something else")
-    request = gateway_pb2.EvaluateRequest(transaction_id=proposed.transaction_id,
-                                          channel_id=backend.channel,
-                                          proposed_transaction=proposed.signed_proposal)
+    request = gateway_pb2.EvaluateRequest(
+        transaction_id=proposed.transaction_id,
+        channel_id=backend.channel,
+        proposed_transaction=proposed.signed_proposal,
+    )
     with pytest.raises(grpc.RpcError) as info:
         backend._stub.Evaluate(request, timeout=backend.timeouts.evaluate)
     assert isinstance(map_rpc_error(info.value, operation="Evaluate"), LedgerAccessDeniedError)

@@ -30,8 +30,9 @@ from hyperfed.errors import (
     LedgerConflictError,
     LedgerUnavailableError,
 )
-from hyperfed.ledger.embedded import EmbeddedLedger
 from hyperfed.ledger.devnet import LocalGatewayServer, ServerTls, connect_local_gateway
+from hyperfed.ledger.devnet.pki import new_ca, new_identity
+from hyperfed.ledger.embedded import EmbeddedLedger
 from hyperfed.ledger.gateway import (
     GatewayBackend,
     GatewayConfig,
@@ -44,7 +45,6 @@ from hyperfed.ledger.gateway import (
     gateway_backend_from_url,
     load_identity,
 )
-from hyperfed.ledger.devnet.pki import new_ca, new_identity
 from hyperfed.ledger.gateway.errors import map_rpc_error
 from hyperfed.ledger.gateway.identity import is_low_s, verify_signature
 from hyperfed.ledger.gateway.proposal import (
@@ -56,8 +56,7 @@ from hyperfed.ledger.gateway.proposal import (
 MSP = "HyperFedMSP"
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 COMMITMENT = "ab" * 32
-FAST = dict(timeouts=GatewayTimeouts(evaluate=2, endorse=2, submit=0.3, commit_status=2),
-            backoff=0.01)
+FAST = dict(timeouts=GatewayTimeouts(evaluate=2, endorse=2, submit=0.3, commit_status=2), backoff=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +78,7 @@ def gateway(tmp_path):
 
 def connect(endpoint: str, identity: SigningIdentity, **options) -> GatewayBackend:
     """A backend on channel/chaincode ``hyperfed`` with short test deadlines."""
-    return GatewayBackend(endpoint, channel="hyperfed", chaincode="hyperfed", identity=identity,
-                          **{**FAST, **options})
+    return GatewayBackend(endpoint, channel="hyperfed", chaincode="hyperfed", identity=identity, **{**FAST, **options})
 
 
 def raw_stub(backend: GatewayBackend) -> gateway_pb2_grpc.GatewayStub:
@@ -95,9 +93,12 @@ def rpc_error(call) -> grpc.RpcError:
 
 
 def endorse(stub, proposed):
-    return stub.Endorse(gateway_pb2.EndorseRequest(
-        transaction_id=proposed.transaction_id, channel_id="hyperfed",
-        proposed_transaction=proposed.signed_proposal), timeout=5)
+    return stub.Endorse(
+        gateway_pb2.EndorseRequest(
+            transaction_id=proposed.transaction_id, channel_id="hyperfed", proposed_transaction=proposed.signed_proposal
+        ),
+        timeout=5,
+    )
 
 
 def free_port() -> int:
@@ -107,6 +108,7 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------------------- signing
+
 
 def test_signatures_are_low_s_der_and_verify(identity):
     public = identity.private_key.public_key()
@@ -126,20 +128,23 @@ def test_signatures_are_low_s_der_and_verify(identity):
 def test_proposal_layout_and_transaction_id(identity):
     nonce = bytes(range(24))
     args = [b"register_client", b"alice", COMMITMENT.encode()]
-    proposed = build_proposal(identity, channel="mychannel", chaincode="hyperfed", args=args,
-                              nonce=nonce, now=1_700_000_000.25)
+    proposed = build_proposal(
+        identity, channel="mychannel", chaincode="hyperfed", args=args, nonce=nonce, now=1_700_000_000.25
+    )
     creator = identity.creator
     assert proposed.transaction_id == hashlib.sha256(nonce + creator).hexdigest()
 
     signed = proposed.signed_proposal
-    assert verify_signature(identity.private_key.public_key(), signed.proposal_bytes,
-                            signed.signature)
+    assert verify_signature(identity.private_key.public_key(), signed.proposal_bytes, signed.signature)
     proposal = proposal_pb2.Proposal.FromString(signed.proposal_bytes)
     header = common_pb2.Header.FromString(proposal.header)
     channel_header = common_pb2.ChannelHeader.FromString(header.channel_header)
     assert channel_header.type == common_pb2.HeaderType.ENDORSER_TRANSACTION
     assert (channel_header.channel_id, channel_header.tx_id, channel_header.epoch) == (
-        "mychannel", proposed.transaction_id, 0)
+        "mychannel",
+        proposed.transaction_id,
+        0,
+    )
     timestamp = channel_header.timestamp
     assert (timestamp.seconds, timestamp.nanos) == (1_700_000_000, 250_000_000)
     assert channel_header.tls_cert_hash == b""
@@ -182,11 +187,15 @@ def test_gateway_url_parsing():
     config = GatewayConfig.from_url(
         "fabric+gateway://localhost:7051?channel=mychannel&chaincode=hyperfed&msp=Org1MSP"
         "&cert=/msp/signcerts&key=/msp/keystore&tls_root=/tls/ca.crt"
-        "&server_name=peer0.org1.example.com&timeout=10&retries=5")
+        "&server_name=peer0.org1.example.com&timeout=10&retries=5"
+    )
     assert (config.endpoint, config.channel, config.chaincode, config.msp_id) == (
-        "localhost:7051", "mychannel", "hyperfed", "Org1MSP")
-    assert (config.tls_root, config.server_name, config.max_attempts) == (
-        "/tls/ca.crt", "peer0.org1.example.com", 5)
+        "localhost:7051",
+        "mychannel",
+        "hyperfed",
+        "Org1MSP",
+    )
+    assert (config.tls_root, config.server_name, config.max_attempts) == ("/tls/ca.crt", "peer0.org1.example.com", 5)
     assert config.timeouts.evaluate == 10 and config.timeouts.commit_status == 120
     base = "fabric+gateway://h:1?channel=c&chaincode=cc&msp=M&cert=c"
     with pytest.raises(ConfigError, match="missing required"):
@@ -200,6 +209,7 @@ def test_gateway_url_parsing():
 
 
 # ------------------------------------------------------------------------ end to end
+
 
 def test_submit_and_evaluate_round_trip_through_the_signed_path(gateway, tmp_path):
     result = json.loads(gateway.submit("register_client", "alice", COMMITMENT))
@@ -276,6 +286,7 @@ def test_unreachable_endpoint_raises_ledger_unavailable(identity):
 
 # ----------------------------------------------------------------- signature checks
 
+
 def _with_tx_id(gateway, proposed, tx_id: str):
     """Rewrite the channel header's tx id and re-sign, so only the id is wrong."""
     body = proposal_pb2.Proposal.FromString(proposed.signed_proposal.proposal_bytes)
@@ -315,10 +326,14 @@ def test_tampered_high_s_and_wrongly_derived_proposals_are_rejected(gateway, ide
     foreign = proposed(identity)  # right MSP id, but a certificate from an untrusted CA
     wrong_id = _with_tx_id(gateway, proposed(), "0" * 64)
 
-    cases = [(tampered, "is not valid"), (high_s, "not low-S"),
-             (foreign, "not issued by a CA"), (wrong_id, "invalid txid")]
+    cases = [
+        (tampered, "is not valid"),
+        (high_s, "not low-S"),
+        (foreign, "not issued by a CA"),
+        (wrong_id, "invalid txid"),
+    ]
     for bad, reason in cases:
-        error = rpc_error(lambda: endorse(stub, bad))
+        error = rpc_error(lambda bad=bad: endorse(stub, bad))
         assert error.code() == grpc.StatusCode.ABORTED
         mapped = map_rpc_error(error, operation="Endorse")
         assert isinstance(mapped, LedgerAccessDeniedError) and reason in str(mapped)
@@ -331,13 +346,15 @@ def test_tampered_envelopes_and_status_requests_are_rejected(gateway):
     prepared = gateway.prepare("register_client", "alice", COMMITMENT)
 
     def submit(envelope):
-        return stub.Submit(gateway_pb2.SubmitRequest(
-            transaction_id=prepared.transaction_id, channel_id="hyperfed",
-            prepared_transaction=envelope), timeout=5)
+        return stub.Submit(
+            gateway_pb2.SubmitRequest(
+                transaction_id=prepared.transaction_id, channel_id="hyperfed", prepared_transaction=envelope
+            ),
+            timeout=5,
+        )
 
     # 1. Orderer: the envelope signature no longer matches the payload.
-    forged = common_pb2.Envelope(payload=prepared.envelope.payload + b"\x00",
-                                 signature=prepared.envelope.signature)
+    forged = common_pb2.Envelope(payload=prepared.envelope.payload + b"\x00", signature=prepared.envelope.signature)
     error = rpc_error(lambda: submit(forged))
     assert error.code() == grpc.StatusCode.ABORTED
     assert isinstance(map_rpc_error(error, operation="Submit"), LedgerAccessDeniedError)
@@ -356,8 +373,7 @@ def test_tampered_envelopes_and_status_requests_are_rejected(gateway):
     assert gateway.server.stats.commits == 0
 
     # 3. CommitStatus: a signature by someone else over the request.
-    request = signed_commit_status_request(gateway.identity, channel="hyperfed",
-                                           tx_id=prepared.transaction_id)
+    request = signed_commit_status_request(gateway.identity, channel="hyperfed", tx_id=prepared.transaction_id)
     request.signature = new_identity(new_ca("x"), MSP).sign(request.request)
     error = rpc_error(lambda: stub.CommitStatus(request, timeout=5))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -365,6 +381,7 @@ def test_tampered_envelopes_and_status_requests_are_rejected(gateway):
 
 
 # ---------------------------------------------------------------------- retry safety
+
 
 def test_lost_submit_reply_is_resolved_by_commit_status_not_resubmitted(gateway):
     gateway.server.faults.lose_submit_reply = 1
@@ -413,11 +430,11 @@ def test_endorse_and_evaluate_are_retried_while_unavailable(gateway):
 
 # ------------------------------------------------------------------------------ TLS
 
+
 @pytest.fixture(scope="module")
 def tls_pki():
     tls_ca = new_ca("tls.hyperfed.example.com")
-    server = tls_ca.issue("peer0.hyperfed.example.com", server_names=("localhost", "127.0.0.1"),
-                          client=False)
+    server = tls_ca.issue("peer0.hyperfed.example.com", server_names=("localhost", "127.0.0.1"), client=False)
     client = tls_ca.issue("User1@hyperfed.example.com")
     return tls_ca, server, client
 
@@ -444,17 +461,16 @@ def test_tls_on_loopback(tmp_path, ca, identity, tls_pki):
 
 def test_mutual_tls_binds_the_client_certificate_hash(tmp_path, ca, identity, tls_pki):
     tls_ca, _, client_cert = tls_pki
-    der = x509.load_pem_x509_certificate(client_cert.cert_pem).public_bytes(
-        serialization.Encoding.DER)
-    tls = TlsConfig(tls_ca.cert_pem, client_cert.cert_pem, client_cert.key_pem,
-                    server_name="localhost")
+    der = x509.load_pem_x509_certificate(client_cert.cert_pem).public_bytes(serialization.Encoding.DER)
+    tls = TlsConfig(tls_ca.cert_pem, client_cert.cert_pem, client_cert.key_pem, server_name="localhost")
     assert tls.client_cert_hash == hashlib.sha256(der).digest()
     with tls_server(tmp_path, ca, tls_pki, mutual=True) as server:
         with connect(server.endpoint, identity, tls=tls) as backend:
             backend.submit("register_client", "alice", COMMITMENT)  # bound to its TLS cert
             # A proposal bound to another TLS certificate is refused.
-            wrong = build_proposal(identity, channel="hyperfed", chaincode="hyperfed",
-                                   args=[b"get_config"], tls_cert_hash=b"\x01" * 32)
+            wrong = build_proposal(
+                identity, channel="hyperfed", chaincode="hyperfed", args=[b"get_config"], tls_cert_hash=b"\x01" * 32
+            )
             error = rpc_error(lambda: endorse(backend._stub, wrong))
             assert "TLS certificate hash" in str(map_rpc_error(error, operation="Endorse"))
         server_only = TlsConfig(tls_ca.cert_pem, server_name="localhost")
@@ -470,9 +486,11 @@ def test_backend_from_url_with_identity_and_tls_files(tmp_path, ca, tls_pki):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     with tls_server(tmp_path, ca, tls_pki, mutual=False) as server:
-        url = (f"fabric+gateway://{server.endpoint}?channel=hyperfed&chaincode=hyperfed&msp={MSP}"
-               f"&cert={tmp_path / 'cert.pem'}&key={tmp_path / 'key.pem'}"
-               f"&tls_root={tmp_path / 'ca.crt'}&server_name=localhost&timeout=2")
+        url = (
+            f"fabric+gateway://{server.endpoint}?channel=hyperfed&chaincode=hyperfed&msp={MSP}"
+            f"&cert={tmp_path / 'cert.pem'}&key={tmp_path / 'key.pem'}"
+            f"&tls_root={tmp_path / 'ca.crt'}&server_name=localhost&timeout=2"
+        )
         with gateway_backend_from_url(url) as backend:
             record = json.loads(backend.submit("register_client", "alice", COMMITMENT))
             assert record["replayed"] is False and backend.identity.msp_id == MSP

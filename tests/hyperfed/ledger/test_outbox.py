@@ -71,8 +71,7 @@ def test_records_wait_while_down_and_arrive_in_order(flaky, embedded, outbox_pat
     flaky.mode = "up"
     report = ledger.flush()
     assert (report.sent, report.pending, report.drained) == (3, 0, True)
-    assert [b.function for b in embedded.blocks(1)] == [
-        "register_client", "register_client", "record_checkpoint"]
+    assert [b.function for b in embedded.blocks(1)] == ["register_client", "register_client", "record_checkpoint"]
     assert ledger.latest_checkpoint().client_ids == ("a", "b")
 
 
@@ -115,8 +114,7 @@ def test_a_lost_reply_is_resent_and_recorded_once(flaky, embedded, outbox_path):
 def test_same_record_enqueued_twice_is_queued_once(flaky, outbox_path):
     flaky.mode = "down"
     with Outbox(outbox_path, flaky) as outbox:
-        assert outbox.enqueue("register_client", "a", h("a")) == outbox.enqueue(
-            "register_client", "a", h("a"))
+        assert outbox.enqueue("register_client", "a", h("a")) == outbox.enqueue("register_client", "a", h("a"))
         assert outbox.pending_count() == 1
 
 
@@ -166,9 +164,14 @@ def test_crash_between_commit_and_marking_sent(ledger_path, outbox_path):
     with EmbeddedLedger(ledger_path):
         pass
     code = CRASH_AFTER_SUBMIT % h("a")
-    proc = subprocess.run([sys.executable, "-c", code, str(ledger_path), str(outbox_path)],
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ledger_path), str(outbox_path)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 7, proc.stderr
     with EmbeddedLedger(ledger_path) as backend, Outbox(outbox_path, backend) as outbox:
         assert outbox.pending_count() == 1  # it does not know the record arrived

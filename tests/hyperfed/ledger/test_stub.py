@@ -15,8 +15,9 @@ from hyperfed.ledger.embedded.stub import PeerStub, simulate_transaction
 
 def raw_commit(ledger, tx_id, writes, timestamp=1000.0):
     """Commit a hand-made write set (no contract involved)."""
-    sim = Simulation(tx_id=tx_id, function="raw", args=(), creator_msp="TestMSP",
-                     timestamp=timestamp, payload=b"", writes=writes)
+    sim = Simulation(
+        tx_id=tx_id, function="raw", args=(), creator_msp="TestMSP", timestamp=timestamp, payload=b"", writes=writes
+    )
     return ledger.commit(sim)
 
 
@@ -88,15 +89,17 @@ def test_history_is_newest_first_with_delete_flags(embedded):
     with embedded.snapshot() as state:
         mods = asyncio.run(collect(asyncio.run(stub_on(state).get_history_for_key("k"))))
     assert [(m.tx_id, m.is_delete, m.value, m.timestamp.seconds) for m in mods] == [
-        ("t3", True, b"", 30), ("t2", False, b"v2", 20), ("t1", False, b"v1", 10)]
+        ("t3", True, b"", 30),
+        ("t2", False, b"v2", 20),
+        ("t1", False, b"v1", 10),
+    ]
 
 
 def test_duplicate_transaction_ids_are_refused(embedded):
     raw_commit(embedded, "t1", {"k": b"v"})
     chaincode = ContractChaincode.new_chaincode(HyperFedContract())
     with embedded.snapshot() as state, pytest.raises(LedgerConflictError, match="duplicate"):
-        simulate_transaction(chaincode, state, "get_config", [], tx_id="t1",
-                             creator_msp="HyperFedMSP", timestamp=1.0)
+        simulate_transaction(chaincode, state, "get_config", [], tx_id="t1", creator_msp="HyperFedMSP", timestamp=1.0)
     with pytest.raises(LedgerConflictError, match="duplicate"):
         raw_commit(embedded, "t1", {"other": b"v"})
 
@@ -107,11 +110,26 @@ def test_stale_reads_and_phantoms_conflict(embedded):
         stub = stub_on(state)
         asyncio.run(stub.get_state("k"))
         asyncio.run(stub.get_state_by_range("r/", "r0"))
-    stale = Simulation(tx_id="t-stale", function="raw", args=(), creator_msp="TestMSP",
-                       timestamp=1.0, payload=b"", reads=stub.reads, writes={"k": b"mine"})
-    phantom = Simulation(tx_id="t-phantom", function="raw", args=(), creator_msp="TestMSP",
-                         timestamp=1.0, payload=b"", range_reads=tuple(stub.range_reads),
-                         writes={"z": b"1"})
+    stale = Simulation(
+        tx_id="t-stale",
+        function="raw",
+        args=(),
+        creator_msp="TestMSP",
+        timestamp=1.0,
+        payload=b"",
+        reads=stub.reads,
+        writes={"k": b"mine"},
+    )
+    phantom = Simulation(
+        tx_id="t-phantom",
+        function="raw",
+        args=(),
+        creator_msp="TestMSP",
+        timestamp=1.0,
+        payload=b"",
+        range_reads=tuple(stub.range_reads),
+        writes={"z": b"1"},
+    )
     raw_commit(embedded, "t2", {"k": b"v2", "r/new": b"x"})
     with pytest.raises(LedgerConflictError, match="MVCC"):
         embedded.commit(stale)

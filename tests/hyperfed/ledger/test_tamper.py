@@ -63,12 +63,13 @@ def test_edited_state_row(path):
 
 
 def test_inserted_and_deleted_state_rows(path):
-    tamper(path,
-           ("INSERT INTO state VALUES ('client/mallory', ?, 3)", (b"{}",)),
-           ("DELETE FROM state WHERE key = 'client/carol'", ()))
+    tamper(
+        path,
+        ("INSERT INTO state VALUES ('client/mallory', ?, 3)", (b"{}",)),
+        ("DELETE FROM state WHERE key = 'client/carol'", ()),
+    )
     kinds = {(p.kind, p.location) for p in report_of(path).problems}
-    assert kinds == {("state-inserted", "state 'client/mallory'"),
-                     ("state-deleted", "state 'client/carol'")}
+    assert kinds == {("state-inserted", "state 'client/mallory'"), ("state-deleted", "state 'client/carol'")}
 
 
 def test_deleted_block(path):
@@ -98,8 +99,7 @@ def test_edited_block_with_recomputed_hash_breaks_the_next_link(path):
 
 def test_swapped_blocks(path):
     conn = sqlite3.connect(path, isolation_level=None)
-    two, three = (conn.execute("SELECT * FROM blocks WHERE number = ?", (n,)).fetchone()
-                  for n in (2, 3))
+    two, three = (conn.execute("SELECT * FROM blocks WHERE number = ?", (n,)).fetchone() for n in (2, 3))
     conn.execute("BEGIN")
     conn.execute("DELETE FROM blocks WHERE number IN (2, 3)")
     conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (2, *three[1:]))
@@ -116,13 +116,13 @@ def test_inserted_block_at_the_tip_is_caught_by_its_missing_effects(path):
     number, prev = conn.execute("SELECT number, hash FROM blocks ORDER BY number DESC").fetchone()
     writes = '[["client/mallory","e30="]]'
     body = (number + 1, prev, "forged-tx", "register_client", '["mallory"]', WRITER, 1.0, writes)
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (*body, block_hash(*body)))
+    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*body, block_hash(*body)))
     conn.close()
     report = report_of(path)
     assert [(p.kind, p.location) for p in report.problems] == [
         ("state-deleted", "state 'client/mallory'"),
-        ("history-deleted", "history 'client/mallory'@7")]
+        ("history-deleted", "history 'client/mallory'@7"),
+    ]
 
 
 def test_edited_history_index(path):
@@ -133,10 +133,12 @@ def test_edited_history_index(path):
 def test_a_cleanly_truncated_chain_needs_an_anchor(path):
     with EmbeddedLedger(path) as ledger:
         anchor = ledger.head()
-    tamper(path,  # remove the last generation and every trace of it
-           ("DELETE FROM blocks WHERE number = 6", ()),
-           ("DELETE FROM state WHERE key IN ('gen/0000000001/bob', 'cgen/bob/0000000001')", ()),
-           ("DELETE FROM history WHERE block = 6", ()))
+    tamper(
+        path,  # remove the last generation and every trace of it
+        ("DELETE FROM blocks WHERE number = 6", ()),
+        ("DELETE FROM state WHERE key IN ('gen/0000000001/bob', 'cgen/bob/0000000001')", ()),
+        ("DELETE FROM history WHERE block = 6", ()),
+    )
     assert report_of(path).ok  # a hash chain alone cannot see a clean truncation...
     report = report_of(path, expected_head=anchor)  # ...a recorded head can
     assert [(p.kind, p.location) for p in report.problems] == [("chain-truncated", "block 6")]

@@ -12,15 +12,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hypernet import LocalTrainConfig
 from hyperfed.errors import LedgerUnavailableError
 from hyperfed.federation import FederationConfig, HyperLoRAServer, make_server, run_rounds
 from hyperfed.ledger import EmbeddedLedger, Ledger
-from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
-from hypernet import ClientData, load_hypernet, save_hypernet
-from hypernet.io import read_meta
+from hyperfed.rundir.recorder import RunRecorder
+from hypernet import ClientData, LocalTrainConfig, load_hypernet, save_hypernet
 from hypernet.base_models import add_lora, tiny_llama
+from hypernet.io import read_meta
 
 CLIENTS = ("alice", "bob", "org/carol")  # one id with a "/" on purpose
 ROUNDS = 2
@@ -61,8 +60,10 @@ class RecordedRun:
 
 def tiny_clients(seed: int = 0) -> dict[str, ClientData]:
     g = torch.Generator().manual_seed(seed)
-    return {cid: ClientData(torch.randint(0, 256, (6, 16), generator=g),
-                            torch.randint(0, 256, (2, 16), generator=g)) for cid in CLIENTS}
+    return {
+        cid: ClientData(torch.randint(0, 256, (6, 16), generator=g), torch.randint(0, 256, (2, 16), generator=g))
+        for cid in CLIENTS
+    }
 
 
 def start_run(root: Path, ledger: Ledger | None = None) -> RecordedRun:
@@ -81,8 +82,15 @@ def start_run(root: Path, ledger: Ledger | None = None) -> RecordedRun:
 
 def train(run: RecordedRun, first: int = 1, last: int = ROUNDS) -> None:
     """Rounds ``first..last`` through the plain loop, recorded by the round callback."""
-    run_rounds(run.server, run.model, run.clients, run.config, first_round=first,
-               last_round=last, callback=run.recorder.round_callback(run.server))
+    run_rounds(
+        run.server,
+        run.model,
+        run.clients,
+        run.config,
+        first_round=first,
+        last_round=last,
+        callback=run.recorder.round_callback(run.server),
+    )
 
 
 def record_run(root: Path) -> RecordedRun:
@@ -94,6 +102,7 @@ def record_run(root: Path) -> RecordedRun:
 
 
 # ------------------------------------------------------------------------ forgetting
+
 
 def purge_checkpoint(folder: Path, client_id: str) -> None:
     """Rewrite one checkpoint without the client's embedding and optimizer state."""

@@ -8,17 +8,17 @@ import sqlite3
 
 import pytest
 import torch
+from recorded_runs import CLIENTS, ROUNDS, forget_by_purge, record_run
 from safetensors.torch import load_file, save_file
 
-from hyperfed.rundir.audit import audit_run, render
 from hyperfed.errors import TamperDetectedError
 from hyperfed.ledger import EmbeddedLedger
-from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
+from hyperfed.rundir.audit import audit_run, render
+from hyperfed.rundir.recorder import RunRecorder
 from hypernet import load_hypernet
 from hypernet.io import HYPERNET_WEIGHTS
-from recorded_runs import CLIENTS, ROUNDS, forget_by_purge, record_run
 
 WEIGHTS_1 = f"checkpoints/round-0001/{HYPERNET_WEIGHTS}"
 
@@ -70,8 +70,12 @@ def test_a_clean_run_passes(run_dir):
     assert report.ok, render(report)
     counts = report.counts()
     checkpoints, generations = ROUNDS + 1, ROUNDS * len(CLIENTS)
-    assert counts == {"match": 1 + checkpoints + checkpoints * len(CLIENTS) + generations,
-                      "mismatch": 0, "missing": 0, "forgotten": 0}
+    assert counts == {
+        "match": 1 + checkpoints + checkpoints * len(CLIENTS) + generations,
+        "mismatch": 0,
+        "missing": 0,
+        "forgotten": 0,
+    }
     assert {f.check for f in report.findings} == {"ledger", "checkpoint", "embedding", "adapter"}
     assert json.loads(json.dumps(report.to_dict()))["ok"] is True
     text = render(report)
@@ -97,8 +101,10 @@ def test_edited_state_row(run_dir):
     conn = sqlite3.connect(run_dir.ledger_path, isolation_level=None)
     value = json.loads(conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()[0])
     value["adapter_hash"] = "ab" * 32  # make the ledger vouch for another adapter
-    conn.execute("UPDATE state SET value = ? WHERE key = ?",
-                 (json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), key))
+    conn.execute(
+        "UPDATE state SET value = ? WHERE key = ?",
+        (json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), key),
+    )
     conn.close()
     report = audit_run(run_dir)
     assert not report.ok
@@ -123,8 +129,7 @@ def test_deleted_block(run_dir):
 
 def test_swapped_blocks(run_dir):
     conn = sqlite3.connect(run_dir.ledger_path, isolation_level=None)
-    two, three = (conn.execute("SELECT * FROM blocks WHERE number = ?", (n,)).fetchone()
-                  for n in (2, 3))
+    two, three = (conn.execute("SELECT * FROM blocks WHERE number = ?", (n,)).fetchone() for n in (2, 3))
     conn.execute("BEGIN")
     conn.execute("DELETE FROM blocks WHERE number IN (2, 3)")
     conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (2, *three[1:]))
@@ -168,8 +173,7 @@ def test_altered_adapter_file(run_dir):
 
 def test_deleted_adapter_file(run_dir):
     run_dir.adapter_path(1, "org/carol").unlink()
-    assert failed(audit_run(run_dir)) == {
-        ("adapter", "missing", "adapters/round-0001/org%2Fcarol.safetensors")}
+    assert failed(audit_run(run_dir)) == {("adapter", "missing", "adapters/round-0001/org%2Fcarol.safetensors")}
 
 
 def test_altered_checkpoint_weights(run_dir):
@@ -187,8 +191,9 @@ def test_altered_embedding_in_a_checkpoint(run_dir):
     report = audit_run(run_dir)
     assert failed(report) == {("embedding", "mismatch", WEIGHTS_1)}
     assert "'bob'" in report.failures()[0].message  # the other clients still verify
-    assert sum(f.check == "embedding" and f.status == "match" for f in report.findings) == \
-        (ROUNDS + 1) * len(CLIENTS) - 1
+    assert (
+        sum(f.check == "embedding" and f.status == "match" for f in report.findings) == (ROUNDS + 1) * len(CLIENTS) - 1
+    )
 
 
 def test_deleted_salt(run_dir):
@@ -214,8 +219,9 @@ def forgotten_run(clean_run, run_dir):
     server = clean_run.server
     hypernet = server.hypernet
     saved = {c: hypernet.clients.parameter(c).detach().clone() for c in hypernet.client_ids}
-    run = type(clean_run)(run_dir, server, clean_run.model, clean_run.clients, clean_run.config,
-                          RunRecorder.open(run_dir))
+    run = type(clean_run)(
+        run_dir, server, clean_run.model, clean_run.clients, clean_run.config, RunRecorder.open(run_dir)
+    )
     yield run
     run.recorder.close()
     for cid, vector in saved.items():  # give the module's clean run its clients back
@@ -242,12 +248,15 @@ def test_audit_after_a_purge_verifies_everything_else_through_proofs(forgotten_r
     assert not [p for p in rd.root.rglob("bob.safetensors")]
 
 
-@pytest.mark.parametrize("skip,culprit", [
-    ("checkpoint", ("embedding", "mismatch", WEIGHTS_1)),
-    ("optimizer", ("embedding", "mismatch", f"checkpoints/round-0001/{OPTIMIZER_FILE}")),
-    ("salt", ("salt", "mismatch", "secrets/salts.json")),
-    ("adapter", ("adapter", "mismatch", "adapters/round-0001/bob.safetensors")),
-])
+@pytest.mark.parametrize(
+    "skip,culprit",
+    [
+        ("checkpoint", ("embedding", "mismatch", WEIGHTS_1)),
+        ("optimizer", ("embedding", "mismatch", f"checkpoints/round-0001/{OPTIMIZER_FILE}")),
+        ("salt", ("salt", "mismatch", "secrets/salts.json")),
+        ("adapter", ("adapter", "mismatch", "adapters/round-0001/bob.safetensors")),
+    ],
+)
 def test_an_incomplete_erasure_fails_and_names_what_is_left(forgotten_run, skip, culprit):
     forget_by_purge(forgotten_run, "bob", ROUNDS, skip=skip)
     forgotten_run.recorder.close()

@@ -2,16 +2,20 @@ import copy
 
 import torch
 
-from hypernet import LocalTrainConfig
 from hyperfed.federation import FederationConfig, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, client_file_name, client_from_file_name, load_optimizer_file
-from hypernet import ClientData
+from hypernet import ClientData, LocalTrainConfig
 from hypernet.base_models import add_lora, tiny_llama
 
 
 def _clients():
     g = torch.Generator().manual_seed(0)
-    return {cid: ClientData(train=torch.randint(0, 256, (8, 32), generator=g), val=torch.randint(0, 256, (2, 32), generator=g)) for cid in ("a/1", "b", "c")}
+    return {
+        cid: ClientData(
+            train=torch.randint(0, 256, (8, 32), generator=g), val=torch.randint(0, 256, (2, 32), generator=g)
+        )
+        for cid in ("a/1", "b", "c")
+    }
 
 
 def test_checkpoint_with_optimizer_state_resumes_bitwise(tmp_path):

@@ -8,14 +8,14 @@ import stat
 
 import pytest
 import torch
+from recorded_runs import CLIENTS, ROUNDS, SwitchableLedger, record_run, start_run, train
 
-from hyperfed.rundir.audit import audit_run
 from hyperfed.errors import ForgottenClientError
 from hyperfed.ledger import EmbeddedLedger, Ledger, commitments_root
+from hyperfed.rundir.audit import audit_run
 from hyperfed.rundir.fingerprints import embedding_commitment, read_checkpoint_tensors
 from hyperfed.rundir.recorder import RunRecorder, shared_weights_hash
 from hypernet import adapter_hash
-from recorded_runs import CLIENTS, ROUNDS, SwitchableLedger, record_run, start_run, train
 
 WRITER = "HyperFedMSP"
 GENERATIONS = ["record_generation"] * len(CLIENTS)
@@ -36,21 +36,23 @@ def test_every_record_lands_in_order(run):
         checkpoints = ledger.list_checkpoints()
         generations = ledger.list_generations()
         last_commitments = ledger.checkpoint_commitments(ROUNDS)
-    assert functions == (["init_ledger"] + ["register_client"] * len(CLIENTS)
-                         + ["record_checkpoint"] + ONE_ROUND * ROUNDS)
+    assert functions == (
+        ["init_ledger"] + ["register_client"] * len(CLIENTS) + ["record_checkpoint"] + ONE_ROUND * ROUNDS
+    )
     assert clients == sorted(CLIENTS)
     assert [(c.round, c.version, c.client_ids) for c in checkpoints] == [
-        (r, 0, tuple(sorted(CLIENTS))) for r in range(ROUNDS + 1)]
+        (r, 0, tuple(sorted(CLIENTS))) for r in range(ROUNDS + 1)
+    ]
     # each adapter is recorded against the checkpoint it was generated from
     assert [(g.round, g.client_id, g.checkpoint_round) for g in generations] == [
-        (r, c, r - 1) for r in range(1, ROUNDS + 1) for c in sorted(CLIENTS)]
+        (r, c, r - 1) for r in range(1, ROUNDS + 1) for c in sorted(CLIENTS)
+    ]
     for g in generations:
         assert adapter_hash(run.run_dir.load_adapter(g.round, g.client_id)) == g.adapter_hash
     hypernet = run.server.hypernet
     assert checkpoints[-1].weights_hash == shared_weights_hash(hypernet)
     salts = {c: run.recorder.salts.salt(c) for c in CLIENTS}
-    assert last_commitments == {c: embedding_commitment(hypernet.clients.parameter(c), salts[c])
-                                for c in CLIENTS}
+    assert last_commitments == {c: embedding_commitment(hypernet.clients.parameter(c), salts[c]) for c in CLIENTS}
     assert checkpoints[-1].merkle_root == commitments_root(last_commitments)
     anchor = json.loads(run.run_dir.ledger_head_path.read_text())
     assert anchor == {"number": head[0], "hash": head[1]}
@@ -119,7 +121,7 @@ def test_a_new_record_goes_behind_the_backlog(tmp_path):
     train(run, 2, 2)  # the first write of round 2 sends round 1's records first
     assert run.recorder.pending() == 0
     functions = [b.function for b in backend.blocks()]
-    assert functions[-2 * len(ONE_ROUND):] == ONE_ROUND * 2
+    assert functions[-2 * len(ONE_ROUND) :] == ONE_ROUND * 2
     assert [g.round for g in Ledger(backend).list_generations()] == [1] * 3 + [2] * 3
     run.recorder.close()
     backend.close()
@@ -154,15 +156,17 @@ def test_queued_records_survive_a_restart(tmp_path):
     train(run)
     run.recorder.close()  # the process ends with records still queued
     backend.close()
-    assert audit_run(root).culprits() == ["ledger: checkpoint of round 1",
-                                          "ledger: checkpoint of round 2",
-                                          "ledger: generation (1, 'alice')",
-                                          "ledger: generation (1, 'bob')",
-                                          "ledger: generation (1, 'org/carol')",
-                                          "ledger: generation (2, 'alice')",
-                                          "ledger: generation (2, 'bob')",
-                                          "ledger: generation (2, 'org/carol')",
-                                          "outbox.db"]
+    assert audit_run(root).culprits() == [
+        "ledger: checkpoint of round 1",
+        "ledger: checkpoint of round 2",
+        "ledger: generation (1, 'alice')",
+        "ledger: generation (1, 'bob')",
+        "ledger: generation (1, 'org/carol')",
+        "ledger: generation (2, 'alice')",
+        "ledger: generation (2, 'bob')",
+        "ledger: generation (2, 'org/carol')",
+        "outbox.db",
+    ]
     with RunRecorder.open(root) as recorder:  # a new process on the same run
         assert recorder.pending() == len(ONE_ROUND) * ROUNDS
         assert recorder.flush().drained

@@ -23,8 +23,8 @@ from hyperfed.unlearning import (
     secret_log_perplexity,
 )
 from hypernet import ClientData, ConfigError, LocalTrainConfig, causal_lm_loss, to_blocks, train_local_adapter
-from hypernet.client_training import get_adapter
 from hypernet.base_models import add_lora, tiny_llama
+from hypernet.client_training import get_adapter
 
 CANDIDATES = 200  # exposure saturates at log2(201) ≈ 7.65 bits
 
@@ -75,9 +75,7 @@ def test_make_canaries_is_deterministic_distinct_and_in_format():
     assert len(fmt.alphabet) == 32 and fmt.log2_space_size == 40
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"prefix": ""}, {"length": 0}, {"alphabet": "a"}, {"alphabet": "aab"}]
-)
+@pytest.mark.parametrize("kwargs", [{"prefix": ""}, {"length": 0}, {"alphabet": "a"}, {"alphabet": "aab"}])
 def test_bad_formats_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
         CanaryFormat(**kwargs)
@@ -139,7 +137,7 @@ def test_secret_log_perplexity_is_the_conditional_nll(trained):
     model, adapter = trained["model"], trained["memorised"]
     tok, prefix, secrets = ByteTokenizer(), "the secret code is ", ["abcdefgh", "zz234567"]
     scores = secret_log_perplexity(model, adapter, prefix, secrets)
-    for secret, score in zip(secrets, scores.tolist()):
+    for secret, score in zip(secrets, scores.tolist(), strict=True):
         full, head = tok.encode(prefix + secret)[None], tok.encode(prefix)[None]
         with torch.no_grad():  # summed NLL of the whole text minus that of the prefix alone
             total = causal_lm_loss(model, adapter, full).item() * (full.shape[1] - 1)

@@ -13,25 +13,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from hypernet import LocalTrainConfig
 from hyperfed.base_model import BaseModelConfig
+from hyperfed.config import EvaluationConfig, RunConfig
 from hyperfed.data.corpus import CorpusConfig
 from hyperfed.errors import ForgottenClientError, UnknownClientError
-from hyperfed.config import EvaluationConfig, RunConfig
 from hyperfed.experiment import run_experiment
 from hyperfed.federation import FederationConfig, make_server, poisson_sample, run_rounds
 from hyperfed.ledger import Ledger
-from hyperfed.rundir.fingerprints import embedding_bytes
 from hyperfed.rundir import RunDirectory, load_optimizer_file
+from hyperfed.rundir.fingerprints import embedding_bytes
 from hyperfed.unlearning.forget import FORGET_STEPS, JOURNAL, forget_client, forgotten_clients, recover_pending_forget
 from hyperfed.unlearning.replay import load_experiment
-from hypernet.io import read_meta
+from hypernet import LocalTrainConfig
 from hypernet.base_models import add_lora
+from hypernet.io import read_meta
 
 CONFIG = RunConfig(
-    federation=FederationConfig(rounds=4, sample_rate=0.6, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2, seed=1),
+    federation=FederationConfig(
+        rounds=4, sample_rate=0.6, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2, seed=1
+    ),
     corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=1, val_kib=1, block_size=32),
-    base_model=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=32),
+    base_model=BaseModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=32
+    ),
     methods=("hyperlora",),
     evaluation=EvaluationConfig(every=4),
 )
@@ -133,7 +137,15 @@ class Crash(Exception):
 
 def _final_state(rd: RunDirectory) -> dict:
     ckpt = rd.load_checkpoint(4).state_dict()
-    files = sorted(str(p.relative_to(rd.root)) for p in rd.root.rglob("*") if p.is_file() and p.suffix != ".db" and "outbox" not in p.name and "-wal" not in p.name and "-shm" not in p.name)
+    files = sorted(
+        str(p.relative_to(rd.root))
+        for p in rd.root.rglob("*")
+        if p.is_file()
+        and p.suffix != ".db"
+        and "outbox" not in p.name
+        and "-wal" not in p.name
+        and "-shm" not in p.name
+    )
     with Ledger.from_url(str(rd.ledger_path)) as ledger:
         events = [(e.client_id, e.mode, e.weights_hash, e.adapters_root) for e in ledger.forget_events()]
     return {"ckpt": ckpt, "files": files, "events": events}

@@ -9,8 +9,8 @@ import torch
 
 from hyperfed.unlearning import block_losses, membership_auc
 from hypernet import ConfigError, LocalTrainConfig, evaluate_loss, train_local_adapter
-from hypernet.client_training import get_adapter
 from hypernet.base_models import add_lora, tiny_llama
+from hypernet.client_training import get_adapter
 
 
 @pytest.fixture(scope="module", autouse=True)

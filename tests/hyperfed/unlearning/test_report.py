@@ -7,22 +7,32 @@ import os
 
 import pytest
 
-from hypernet import LocalTrainConfig
-from hyperfed.rundir.audit import audit_run
 from hyperfed.base_model import BaseModelConfig
-from hyperfed.data.corpus import CorpusConfig
 from hyperfed.config import EvaluationConfig, RunConfig
+from hyperfed.data.corpus import CorpusConfig
 from hyperfed.experiment import run_experiment
 from hyperfed.federation import FederationConfig
 from hyperfed.rundir import client_file_name
+from hyperfed.rundir.audit import audit_run
 from hyperfed.unlearning.report import forget_and_verify, render_report
+from hypernet import LocalTrainConfig
 
 VICTIM = "code/asyncio"
 CONFIG = RunConfig(
     federation=FederationConfig(rounds=3, local=LocalTrainConfig(steps=3, batch_size=2), lora_rank=2),
-    corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=64,
-                        canary_client=VICTIM, canary_count=2, canary_copies=4),
-    base_model=BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=64),
+    corpus=CorpusConfig(
+        domains=("code", "docs"),
+        clients_per_domain=2,
+        train_kib=2,
+        val_kib=1,
+        block_size=64,
+        canary_client=VICTIM,
+        canary_count=2,
+        canary_copies=4,
+    ),
+    base_model=BaseModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=5, batch_size=2, block_size=64
+    ),
     methods=("hyperlora",),
     evaluation=EvaluationConfig(every=3),
 )
@@ -31,11 +41,21 @@ CONFIG = RunConfig(
 def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monkeypatch):
     monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
     run_experiment(tmp_path / "run", CONFIG)
-    report = forget_and_verify(tmp_path / "run", VICTIM, "delete", compare_modes=("exact",), num_candidates=50, attack_steps=5)
+    report = forget_and_verify(
+        tmp_path / "run", VICTIM, "delete", compare_modes=("exact",), num_candidates=50, attack_steps=5
+    )
 
     names = [r.name for r in report.rows]
-    assert names == ["base model", "before forget", "after delete", "after exact", "retrain (gold)",
-                     "attack on delete", "attack on exact", "attack on retrain"]
+    assert names == [
+        "base model",
+        "before forget",
+        "after delete",
+        "after exact",
+        "retrain (gold)",
+        "attack on delete",
+        "attack on exact",
+        "attack on retrain",
+    ]
     for row in report.rows:
         assert 0.0 <= row.mia_auc <= 1.0
         assert row.exposure_bits is not None and 0.0 <= row.exposure_bits <= report.exposure_ceiling_bits + 1e-9
@@ -43,7 +63,9 @@ def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monk
     assert report.row("after delete").retained_loss is not None and report.row("after delete").seconds > 0
     assert set(report.speedup_vs_retrain) == {"delete", "exact"} and report.speedup_vs_retrain["delete"] > 0
     # exact mode reproduces retraining, so the two rows measure the same model
-    assert report.row("after exact").retained_loss == pytest.approx(report.row("retrain (gold)").retained_loss, abs=1e-6)
+    assert report.row("after exact").retained_loss == pytest.approx(
+        report.row("retrain (gold)").retained_loss, abs=1e-6
+    )
 
     out = tmp_path / "run" / "forgets" / client_file_name(VICTIM)
     assert json.loads((out / "report.json").read_text())["client_id"] == VICTIM
