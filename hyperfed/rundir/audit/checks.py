@@ -99,7 +99,7 @@ def _snapshot(path: Path, folder: Path) -> Path:
     return copy
 
 
-class _Audit:
+class AuditContext:
     """One audit: collects findings while it walks the run directory and the ledger."""
 
     def __init__(self, run_dir: RunDirectory) -> None:
@@ -386,7 +386,7 @@ class _Audit:
 
 
 @contextlib.contextmanager
-def _ledger_for(audit: _Audit, ledger: Ledger | None, url: str | None) -> Iterator[tuple[Ledger | None, str]]:
+def _ledger_for(audit: AuditContext, ledger: Ledger | None, url: str | None) -> Iterator[tuple[Ledger | None, str]]:
     """The ledger to audit against (verifying its chain when it is embedded)."""
     if ledger is not None:
         local = ledger.backend.local_file
@@ -446,7 +446,7 @@ def audit_run(
         finding names its culprit.
     """
     run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-    audit = _Audit(run_dir)
+    audit = AuditContext(run_dir)
     url = ledger_url or (None if ledger is not None else ledger_url_of(run_dir))
     forgotten: set[str] = set()
     with _ledger_for(audit, ledger, url) as (opened, label):

@@ -8,7 +8,8 @@ regenerated file's hash, rebuilds the root and compares it with the record; the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -16,11 +17,15 @@ from safetensors.torch import load_file
 from hyperfed.ledger.commitment import adapters_root
 from hypernet import adapter_hash
 
+if TYPE_CHECKING:
+    from hyperfed.ledger.records import ForgetRecord
+    from hyperfed.rundir.audit.checks import AuditContext
+
 __all__ = ["check_regenerated_adapters"]
 
 
-def check_regenerated_adapters(audit: Any, forget_events: list) -> None:
-    """Add one finding per forget event to ``audit`` (an ``hyperfed.rundir.audit._Audit``)."""
+def check_regenerated_adapters(audit: AuditContext, forget_events: Sequence[ForgetRecord]) -> None:
+    """Add one finding per forget event to ``audit`` (the audit's findings so far)."""
     for event in forget_events:
         regenerated = audit.run_dir.regenerated(event.client_id)
         folder = regenerated.root / "adapters"
