@@ -24,6 +24,7 @@ BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")  # a tqdm refresh: "desc:  50%|â–ˆâ–
 def hyperfed(*argv: str, cwd: Path, code: str | None = None) -> subprocess.CompletedProcess:
     """Run ``hyperfed ARGV`` (or ``code``, a script that calls the CLI) in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("CI", None)  # as a person runs it: under CI with no terminal the bars are switched off
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "hyperfed.cli", *argv]
     return subprocess.run(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
