@@ -1,7 +1,5 @@
 """hyperfed: federation (Flower), unlearning, ledger and audit around the ``hypernet`` generator."""
 
-from typing import Any
-
 from hyperfed.errors import (
     ContractViolationError,
     ForgottenClientError,
@@ -14,6 +12,7 @@ from hyperfed.errors import (
     TamperDetectedError,
     UnknownClientError,
 )
+from hypernet.lazy import lazy_attributes
 
 __all__ = [
     "forget_client",
@@ -33,18 +32,11 @@ __all__ = [
 ]
 
 
+# Lazy (PEP 562): `import hyperfed` stays light; these load on first use.
 _LAZY = {
-    "forget_client": ("hyperfed.unlearning.forget", "forget_client"),
-    "audit_run": ("hyperfed.rundir.audit", "audit_run"),
-    "run_experiment": ("hyperfed.experiment", "run_experiment"),
-    "RunConfig": ("hyperfed.config", "RunConfig"),
+    "forget_client": "hyperfed.unlearning.forget",
+    "audit_run": "hyperfed.rundir.audit",
+    "run_experiment": "hyperfed.experiment",
+    "RunConfig": "hyperfed.config",
 }
-
-
-def __getattr__(name: str) -> Any:  # lazy: `import hyperfed` stays light
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'hyperfed' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -8,8 +8,7 @@ use (PEP 562), so an error class or ``import hypernet`` never pays for torch or 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hypernet.errors import (
     CheckpointMismatchError,
@@ -21,6 +20,7 @@ from hypernet.errors import (
     NoLoraTargetsError,
     UnknownClientError,
 )
+from hypernet.lazy import lazy_attributes
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
     from hypernet.client_training import evaluate_loss, train_local_adapter
@@ -102,14 +102,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hypernet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # next time: a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

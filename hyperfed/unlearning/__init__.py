@@ -13,8 +13,9 @@ Names load on first use (PEP 562): importing the package (or its light registry,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hypernet.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
@@ -76,8 +77,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hyperfed.unlearning' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
