@@ -17,6 +17,7 @@ from hyperfed.federation.servers import (
     RoundOutcome,
     fedavg,
     screen_replies,
+    screen_reply,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RoundOutcome",
     "fedavg",
     "screen_replies",
+    "screen_reply",
     "make_server",
     "local_round",
     "evaluate_client",

@@ -18,6 +18,9 @@ local-only    each client's adapter is kept for it alone; nothing is shared
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +42,8 @@ __all__ = [
     "LocalOnlyServer",
     "fedavg",
     "screen_replies",
+    "screen_reply",
+    "MAX_NUM_EXAMPLES",
     "make_hyperlora_server",
     "make_fedavg_server",
     "make_local_server",
@@ -74,28 +79,95 @@ class RoundOutcome:
     sent: dict[str, Adapter] = field(default_factory=dict, repr=False)
 
 
+#: The most examples one reply may claim. Far above any client's round of local training,
+#: and small enough that weights stay exact in float64 and every weighted sum is finite.
+MAX_NUM_EXAMPLES = 2**31 - 1
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 160
+
+
+def _shown(value: object) -> str:
+    """A short description of a client-supplied value that cannot itself fail or flood the log."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"  # repr() refuses > 4300 digits
+    try:
+        return _REPR.repr(value)
+    except Exception:  # a hostile __repr__
+        return f"a {type(value).__name__}"
+
+
+def _reason(exc: Exception) -> str:
+    """The message of ``exc``, shortened, even if its ``__str__`` fails."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return text if len(text) <= 500 else text[:500] + "…"
+
+
+def _num_examples(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= MAX_NUM_EXAMPLES:
+        raise MalformedUpdateError(f"num_examples must be an int in 1..{MAX_NUM_EXAMPLES}, got {_shown(value)}")
+    return int(value)
+
+
+def _train_loss(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise MalformedUpdateError(f"train_loss must be a real number (NaN if unknown), got {_shown(value)}")
+    try:
+        loss = float(value)
+    except OverflowError:
+        raise MalformedUpdateError(f"train_loss {_shown(value)} is out of the float range") from None
+    if math.isinf(loss):
+        raise MalformedUpdateError(f"train_loss must be finite (or NaN if unknown), got {loss}")
+    return loss
+
+
+def screen_reply(spec: TargetSpec, sent: Mapping[str, torch.Tensor], reply: object, max_update_norm: float) -> Reply:
+    """The reply as the server learns from it, or :class:`MalformedUpdateError` saying why not.
+
+    Type and structure first, numbers last: ``reply`` is a :class:`Reply`; ``num_examples``
+    an integer (not a bool) in ``1..MAX_NUM_EXAMPLES``; ``train_loss`` a real number, finite
+    or NaN (= unknown; NaN losses are left out of the round's mean); the adapter passes
+    :func:`hypernet.validate_adapter` against ``sent`` (keys, tensors, layout, dtype, shape,
+    finite values, update norm). The returned reply holds plain ``int``/``float`` and fresh
+    tensors in the sent adapter's dtype and device, never the client's objects.
+    """
+    if not isinstance(reply, Reply):
+        raise MalformedUpdateError(f"expected a Reply, got {type(reply).__name__}")
+    num_examples = _num_examples(reply.num_examples)
+    train_loss = _train_loss(reply.train_loss)
+    adapter = validate_adapter(spec, reply.adapter, sent, max_update_norm)
+    return Reply(adapter, num_examples, train_loss)
+
+
 def screen_replies(
     spec: TargetSpec,
     sent: Mapping[str, Mapping[str, torch.Tensor]],
-    replies: Mapping[str, Reply],
+    replies: Mapping[str, object],
     max_update_norm: float,
 ) -> tuple[dict[str, Reply], dict[str, str]]:
-    """Split replies into accepted and rejected (``client → reason``); log every rejection."""
-    accepted, rejected = {}, {}
+    """Split replies into accepted and rejected (``client → reason``); log every rejection.
+
+    Total: every reply is either accepted (as :func:`screen_reply` returns it) or rejected
+    with a reason. A check that fails in a way nobody foresaw rejects that reply (logged with
+    its traceback); it never fails the round for the others.
+    """
+    accepted: dict[str, Reply] = {}
+    rejected: dict[str, str] = {}
     for cid, reply in replies.items():
-        if cid not in sent:
-            rejected[cid] = "no adapter was sent to this client this round"
-        elif not isinstance(reply.num_examples, int) or reply.num_examples <= 0:
-            rejected[cid] = f"num_examples must be a positive int, got {reply.num_examples!r}"
-        else:
-            try:
-                validate_adapter(spec, reply.adapter, sent[cid], max_update_norm)
-            except MalformedUpdateError as exc:
-                rejected[cid] = str(exc)
-        if cid in rejected:
+        try:
+            if cid not in sent:
+                raise MalformedUpdateError("no adapter was sent to this client this round")
+            accepted[cid] = screen_reply(spec, sent[cid], reply, max_update_norm)
+        except MalformedUpdateError as exc:
+            rejected[cid] = _reason(exc)
             log.warning("rejected the reply of client %r: %s", cid, rejected[cid])
-        else:
-            accepted[cid] = reply
+        except Exception as exc:  # the last resort: one bad reply never aborts the round
+            rejected[cid] = f"the reply could not be screened ({type(exc).__name__}: {_reason(exc)})"
+            log.warning("rejected the reply of client %r: %s", cid, rejected[cid], exc_info=True)
     return accepted, rejected
 
 
@@ -113,7 +185,8 @@ def fedavg(adapters: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[flo
 
 
 def _mean_loss(replies: Mapping[str, Reply]) -> float:
-    losses = [r.train_loss for r in replies.values()]
+    """Mean of the known (non-NaN) train losses; NaN if none is known."""
+    losses = [r.train_loss for r in replies.values() if not math.isnan(r.train_loss)]
     return sum(losses) / len(losses) if losses else float("nan")
 
 

@@ -4,8 +4,13 @@ An adapter is a peft state dict (``{"…lora_A.weight": tensor}``); it travels a
 :class:`~flwr.app.ArrayRecord` under the same key names, one :class:`~flwr.app.Array` per
 tensor, with its dtype. Dtypes NumPy knows (float32, float16, float64, …) use Flower's
 standard NumPy encoding, so Flower's ``ArrayRecord.to_torch_state_dict()`` reads them too;
-dtypes NumPy lacks (bfloat16, float8) travel as raw bytes with ``stype`` :data:`RAW_STYPE`
-and come back bit for bit.
+dtypes NumPy lacks (bfloat16, float8) travel as raw bytes with ``stype`` :data:`RAW_STYPE`.
+
+Decoding is strict: only the dtypes an adapter may have
+(:data:`hypernet.pfedhn.ADAPTER_DTYPES`: float16, bfloat16, float32, float64) come back, bit
+for bit; anything else the server cannot compute with (float8, integers, bool, complex,
+object arrays) and any array that does not decode is a :class:`MalformedReplyError`, never
+another exception.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from hyperfed.federation.servers import Reply
 from hyperfed.flower import keys
 from hyperfed.flower.errors import MalformedReplyError
+from hypernet.pfedhn import ADAPTER_DTYPES
 
 __all__ = [
     "RAW_STYPE",
@@ -34,6 +40,8 @@ Adapter = dict[str, torch.Tensor]
 
 RAW_STYPE = "torch.raw"  # little-endian raw bytes of a contiguous tensor; dtype = torch name
 _NUMPY_STYPE = "numpy.ndarray"
+_NUMPY_FLOATS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}  # native byte order
+_ALLOWED = ", ".join(sorted(str(d).removeprefix("torch.") for d in ADAPTER_DTYPES))
 _NO_NUMPY_DTYPE = {torch.bfloat16} | {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)}
 
 
@@ -45,21 +53,38 @@ def _tensor_to_array(tensor: torch.Tensor) -> Array:
     return Array(t.numpy())
 
 
+class _NotAnAdapterDtype(ValueError):
+    """An array that decodes, but to a dtype an adapter may not have."""
+
+
+def _decode(array: Array) -> torch.Tensor:
+    """The tensor of ``array``; the dtype is checked *before* torch sees the bytes (from a raw
+    ``qint8`` buffer torch makes a quantized tensor without a quantizer: ``repr`` or
+    ``q_scale()`` on it segfault)."""
+    if array.stype == RAW_STYPE:
+        dtype = getattr(torch, str(array.dtype), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown torch dtype {array.dtype!r}")
+        if dtype not in ADAPTER_DTYPES:
+            raise _NotAnAdapterDtype(str(dtype))
+        return torch.frombuffer(bytearray(array.data), dtype=dtype).reshape(tuple(array.shape))
+    if array.stype != _NUMPY_STYPE:
+        raise ValueError(f"unsupported stype {array.stype!r}")
+    values = array.numpy()
+    if values.dtype not in _NUMPY_FLOATS:
+        raise _NotAnAdapterDtype(f"numpy {values.dtype}")
+    if not values.flags.writeable:
+        values = np.array(values, copy=True)  # np.load gives read-only views of the bytes
+    return torch.from_numpy(values)
+
+
 def _array_to_tensor(key: str, array: Array) -> torch.Tensor:
     try:
-        if array.stype == RAW_STYPE:
-            dtype = getattr(torch, array.dtype, None)
-            if not isinstance(dtype, torch.dtype):
-                raise ValueError(f"unknown torch dtype {array.dtype!r}")
-            return torch.frombuffer(bytearray(array.data), dtype=dtype).reshape(tuple(array.shape))
-        if array.stype != _NUMPY_STYPE:
-            raise ValueError(f"unsupported stype {array.stype!r}")
-        values = array.numpy()
-        if values.dtype == object or not values.flags.writeable:
-            values = np.array(values, copy=True)  # np.load gives read-only views of the bytes
-        return torch.from_numpy(values)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise MalformedReplyError(f"{key}: cannot decode the array ({exc})") from None
+        return _decode(array)
+    except _NotAnAdapterDtype as exc:
+        raise MalformedReplyError(f"{key}: dtype {exc} is not one an adapter may have ({_ALLOWED})") from None
+    except Exception as exc:  # whatever the bytes make NumPy or torch raise, it is a bad reply
+        raise MalformedReplyError(f"{key}: cannot decode the array ({type(exc).__name__}: {exc})") from None
 
 
 def adapter_to_record(adapter: Mapping[str, torch.Tensor]) -> ArrayRecord:
@@ -87,7 +112,8 @@ def record_to_adapter(record: ArrayRecord) -> Adapter:
     Raises
     ------
     MalformedReplyError
-        If an array cannot be decoded (corrupt bytes, unknown encoding).
+        If an array cannot be decoded (corrupt bytes, unknown encoding) or has a dtype
+        outside :data:`~hypernet.pfedhn.ADAPTER_DTYPES` (float8, integer, bool, complex).
     """
     if not isinstance(record, ArrayRecord):
         raise MalformedReplyError(f"expected an ArrayRecord, got {type(record).__name__}")
@@ -103,9 +129,11 @@ def reply_to_content(reply: Reply) -> RecordDict:
 def content_to_reply(content: RecordDict) -> Reply:
     """The :class:`~hyperfed.federation.Reply` a train-reply content carries.
 
-    Only the *envelope* is checked here (records present, arrays decodable); whether the
-    adapter is well formed (keys, shapes, finite values, update norm) is the server's
-    screening job, so every method screens the same way.
+    Only the *envelope* is checked here (records present, arrays decodable to adapter
+    dtypes); the metric values are passed on as sent and whether the reply is well formed
+    (``num-examples`` an int, ``train-loss`` a number, the adapter's keys, shapes, finite
+    values and update norm) is the server's screening job, so every method and every
+    transport screens the same way.
 
     Raises
     ------
@@ -119,8 +147,8 @@ def content_to_reply(content: RecordDict) -> Reply:
         raise MalformedReplyError(f"the reply has no ArrayRecord {keys.ARRAYS!r} (records: {sorted(content)})")
     if metrics is None or keys.NUM_EXAMPLES not in metrics:
         raise MalformedReplyError(f"the reply has no MetricRecord {keys.METRICS!r} with {keys.NUM_EXAMPLES!r}")
-    loss = metrics.get(keys.TRAIN_LOSS, float("nan"))
-    return Reply(adapter=record_to_adapter(arrays), num_examples=metrics[keys.NUM_EXAMPLES], train_loss=float(loss))
+    loss = metrics.get(keys.TRAIN_LOSS, float("nan"))  # a list or an int too: the screening judges it
+    return Reply(adapter=record_to_adapter(arrays), num_examples=metrics[keys.NUM_EXAMPLES], train_loss=loss)
 
 
 def eval_to_content(loss: float, num_examples: int) -> RecordDict:

@@ -139,6 +139,9 @@ class AdapterStrategy(FedAvg):
                 received[client_id] = content_to_reply(message.content)
             except MalformedReplyError as exc:
                 rejected[client_id] = str(exc)
+            except Exception as exc:  # the last resort: an undecodable reply is a rejection, not a failed round
+                log.warning("round %d: the reply of client %r did not decode", server_round, client_id, exc_info=True)
+                rejected[client_id] = f"the reply could not be decoded ({type(exc).__name__}: {exc})"
         for client_id in sampled:
             if client_id not in received and client_id not in rejected:
                 rejected[client_id] = "no reply within the round timeout"
