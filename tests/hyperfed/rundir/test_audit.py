@@ -132,8 +132,9 @@ def test_swapped_blocks(run_dir):
     two, three = (conn.execute("SELECT * FROM blocks WHERE number = ?", (n,)).fetchone() for n in (2, 3))
     conn.execute("BEGIN")
     conn.execute("DELETE FROM blocks WHERE number IN (2, 3)")
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (2, *three[1:]))
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (3, *two[1:]))
+    marks = ", ".join("?" * len(two))
+    conn.execute(f"INSERT INTO blocks VALUES ({marks})", (2, *three[1:]))
+    conn.execute(f"INSERT INTO blocks VALUES ({marks})", (3, *two[1:]))
     conn.execute("COMMIT")
     conn.close()
     culprits = audit_run(run_dir).culprits()
@@ -142,12 +143,15 @@ def test_swapped_blocks(run_dir):
 
 def test_cleanly_truncated_chain_is_caught_by_the_head_anchor(run_dir):
     with EmbeddedLedger(run_dir.ledger_path) as ledger:
-        last = ledger.blocks()[-1]  # round 2's checkpoint
-    sql(run_dir, "DELETE FROM blocks WHERE number = ?", (last.number,))
-    for key in last.decoded_writes():
-        sql(run_dir, "DELETE FROM history WHERE key = ? AND block = ?", (key, last.number))
-    for key in [k for k in last.decoded_writes() if k.startswith(("ckpt/", "leaf/", "weights/"))]:
-        sql(run_dir, "DELETE FROM state WHERE key = ?", (key,))
+        tip = ledger.blocks()[-2:]  # round 2's checkpoint and its files record
+    assert [b.function for b in tip] == ["record_checkpoint", "record_checkpoint_files"]
+    for last in tip:
+        sql(run_dir, "DELETE FROM blocks WHERE number = ?", (last.number,))
+        for key in last.decoded_writes():
+            sql(run_dir, "DELETE FROM history WHERE key = ? AND block = ?", (key, last.number))
+        for key in [k for k in last.decoded_writes() if k.startswith(("ckpt/", "leaf/", "weights/", "files/"))]:
+            sql(run_dir, "DELETE FROM state WHERE key = ?", (key,))
+    last = tip[-1]  # the anchored head
     head = b'{"round":1,"type":"head","version":0}'
     sql(run_dir, "UPDATE state SET value = ? WHERE key = 'head'", (head,))
     report = audit_run(run_dir)
