@@ -71,7 +71,8 @@ def test_a_clean_run_passes(run_dir):
     counts = report.counts()
     checkpoints, generations = ROUNDS + 1, ROUNDS * len(CLIENTS)
     assert counts == {
-        "match": 1 + checkpoints + checkpoints * len(CLIENTS) + generations,
+        # the ledger; per checkpoint its weights, its config + optimizer digests, its embeddings
+        "match": 1 + 2 * checkpoints + checkpoints * len(CLIENTS) + generations,
         "mismatch": 0,
         "missing": 0,
         "forgotten": 0,
@@ -79,7 +80,7 @@ def test_a_clean_run_passes(run_dir):
     assert {f.check for f in report.findings} == {"ledger", "checkpoint", "embedding", "adapter"}
     assert json.loads(json.dumps(report.to_dict()))["ok"] is True
     text = render(report)
-    assert text.startswith("audit PASSED") and "matched: 1 ledger, 3 checkpoint" in text
+    assert text.startswith("audit PASSED") and "matched: 1 ledger, 6 checkpoint" in text
     report.raise_if_failed()
 
 
@@ -193,8 +194,10 @@ def test_altered_embedding_in_a_checkpoint(run_dir):
     bob = embedding_name(run_dir, 1, "bob")
     edit_tensor(path, lambda name: name == bob)
     report = audit_run(run_dir)
-    assert failed(report) == {("embedding", "mismatch", WEIGHTS_1)}
-    assert "'bob'" in report.failures()[0].message  # the other clients still verify
+    # the file no longer matches its own hypernet.json either (weights_sha256)
+    assert failed(report) == {("embedding", "mismatch", WEIGHTS_1), ("checkpoint", "mismatch", WEIGHTS_1)}
+    (embedding,) = [f for f in report.failures() if f.check == "embedding"]
+    assert "'bob'" in embedding.message  # the other clients still verify
     assert (
         sum(f.check == "embedding" and f.status == "match" for f in report.findings) == (ROUNDS + 1) * len(CLIENTS) - 1
     )
