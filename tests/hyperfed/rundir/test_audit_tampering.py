@@ -393,3 +393,16 @@ def test_the_audit_changes_no_byte_of_any_file_even_with_a_live_wal_and_a_pendin
 def test_counts_of_the_tamper_table():
     """Issue 10 asks for the counts: every row above is one tampering, each must be caught."""
     assert len(TAMPERINGS) == 24
+
+
+def test_the_cli_audits_against_a_trusted_certificate(clean_root, trusted_cert, tmp_path, capsys):
+    from hyperfed.cli import main
+
+    assert main(["audit", str(clean_root), "--trust-cert", str(trusted_cert)]) == 0
+    assert "verified against the trusted certificate" in capsys.readouterr().out
+    other = tmp_path / "other.pem"
+    other.write_bytes(mallory().certificate_pem)
+    assert main(["audit", str(clean_root), "--trust-cert", str(other)]) == 1
+    assert "signature-invalid" in capsys.readouterr().out
+    assert main(["audit", str(clean_root), "--trust-cert", str(tmp_path / "absent.pem")]) == 2
+    assert "cannot read the certificate" in capsys.readouterr().err
