@@ -33,10 +33,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from hyperfed.errors import TamperDetectedError
-from hyperfed.ledger.gateway.identity import verify_signature
 
 __all__ = [
     "GENESIS_PREV_HASH",
@@ -155,6 +157,23 @@ def block_hash(
     return hashlib.sha256(data).hexdigest()
 
 
+_P256_HALF_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551 >> 1
+
+
+def _verify_low_s(public_key: ec.EllipticCurvePublicKey, message: bytes, der: bytes) -> bool:
+    """ECDSA/SHA-256 over ``message`` with ``s`` in the lower half (what
+    :func:`hyperfed.ledger.gateway.identity.sign_low_s` makes). The same check as the
+    Gateway's ``verify_signature``, kept here so that verifying a chain — an audit — never
+    imports the Gateway package and its gRPC stack."""
+    try:
+        if decode_dss_signature(der)[1] > _P256_HALF_ORDER:
+            return False
+        public_key.verify(der, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 def signing_message(digest: str) -> bytes:
     """What the writer signs for a block: its hash (hex), as ASCII bytes."""
     return digest.encode("ascii")
@@ -179,7 +198,7 @@ def _check_signatures(
             der = base64.b64decode(block.signature, validate=True)
         except ValueError:
             der = b""
-        if not verify_signature(signer, signing_message(block.hash), der):
+        if not _verify_low_s(signer, signing_message(block.hash), der):
             problems.append(
                 Problem("signature-invalid", where, "not signed by the writer's key (re-forged or re-signed?)")
             )

@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
-from filelock import FileLock
 
 from hyperfed.errors import ConfigError
-from hyperfed.ledger.gateway.identity import SigningIdentity, load_identity
+
+if TYPE_CHECKING:  # signing pulls the Gateway package (gRPC); verifying a chain must not
+    from hyperfed.ledger.gateway.identity import SigningIdentity
 
 __all__ = [
     "HOME_ENV",
@@ -72,7 +74,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def dev_identity(msp_id: str) -> SigningIdentity:
     """The per-user dev identity of ``msp_id``, created (once, under a file lock) if missing."""
+    from filelock import FileLock
+
     from hyperfed.ledger.devnet.pki import self_signed_identity
+    from hyperfed.ledger.gateway.identity import load_identity
 
     folder = dev_identity_dir(msp_id)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -104,6 +109,8 @@ def writer_identity(msp_id: str, folder: str | os.PathLike[str] | None = None) -
     ConfigError
         The folder holds no readable identity.
     """
+    from hyperfed.ledger.gateway.identity import load_identity
+
     if folder is None or str(folder) == "":
         return dev_identity(msp_id)
     root = Path(folder).expanduser()

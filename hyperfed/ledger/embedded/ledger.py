@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -72,7 +72,9 @@ from hyperfed.ledger.embedded.identity import (
     writer_identity,
 )
 from hyperfed.ledger.embedded.stub import HistoryEntry, Simulation, StateReader, simulate_transaction
-from hyperfed.ledger.gateway.identity import SigningIdentity
+
+if TYPE_CHECKING:  # signing pulls the Gateway package (gRPC): imported on the first commit only
+    from hyperfed.ledger.gateway.identity import SigningIdentity
 
 __all__ = ["EmbeddedLedger", "Simulation", "new_tx_id"]
 
@@ -184,7 +186,7 @@ class EmbeddedLedger(LedgerBackend):
         self.read_only = read_only
         self._writer_msp = writer_msp
         self._identity_source = identity
-        self._signer: SigningIdentity | None = identity if isinstance(identity, SigningIdentity) else None
+        self._signer: SigningIdentity | None = None if isinstance(identity, (str, os.PathLike)) else identity
         self._writer_checked = False
         self._lock = threading.RLock()
         self._chaincode = ContractChaincode.new_chaincode(HyperFedContract())
@@ -254,7 +256,7 @@ class EmbeddedLedger(LedgerBackend):
 
     def _signing_identity(self) -> SigningIdentity:
         if self._signer is None:
-            source = None if self._identity_source is None else os.fspath(self._identity_source)
+            source = None if self._identity_source is None else os.fspath(self._identity_source)  # type: ignore[arg-type]
             self._signer = writer_identity(self._writer_msp, source)
         return self._signer
 

@@ -6,8 +6,8 @@
 * **forget** — a ``forget_journal.json`` is an interrupted forget. The audit never finishes
   it (that writes); it reports it, readable or not, and says how to finish it.
 * **metrics** — ``metrics.json`` parses, its per-client tables name exactly the ledger's live
-  clients and no forgotten one. Its numbers are on no ledger record: their integrity is not
-  verifiable (a note says so).
+  clients, and no table anywhere is keyed by a forgotten client. Its numbers are on no
+  ledger record: their integrity is not verifiable (a note says so).
 * **checkpoint files** — each checkpoint's ``hypernet.safetensors`` matches the
   ``weights_sha256`` of its ``hypernet.json`` and the checkpoint loads; its generator config
   and optimizer state match the digests of its ``record_checkpoint_files`` record.
@@ -92,14 +92,15 @@ def _client_tables(metrics: Mapping[str, Any]) -> dict[str, set[str]]:
     return tables
 
 
-def _mentions(value: Any, names: set[str]) -> set[str]:
-    """Which of ``names`` occur as a key or a string anywhere in ``value``."""
+def _keyed_by(value: Any, names: set[str]) -> set[str]:
+    """Which of ``names`` key a table (a JSON object) anywhere in ``value``: per-client
+    numbers live under the client's id. (An id as a plain value — a config naming the
+    canary client, a list of who was sampled — is not a per-client number.)"""
     if isinstance(value, dict):
-        found = names & set(value)
-        return found.union(*(_mentions(v, names) for v in value.values())) if value else found
+        return (names & set(value)).union(*(_keyed_by(v, names) for v in value.values()))
     if isinstance(value, list):
-        return set().union(*(_mentions(v, names) for v in value)) if value else set()
-    return {value} & names if isinstance(value, str) else set()
+        return set().union(*(_keyed_by(v, names) for v in value))
+    return set()
 
 
 def check_metrics(audit: AuditContext, active: set[str], forgotten: set[str]) -> None:
@@ -119,7 +120,7 @@ def check_metrics(audit: AuditContext, active: set[str], forgotten: set[str]) ->
     if not isinstance(metrics, dict):
         audit.add("metrics", "mismatch", path, f"holds a JSON {type(metrics).__name__}, not an object")
         return
-    leaked = _mentions(metrics, forgotten)
+    leaked = _keyed_by(metrics, forgotten)
     if leaked:
         audit.add("metrics", "mismatch", path, f"still names forgotten client(s) {sorted(leaked)}")
     for table, ids in sorted(_client_tables(metrics).items()):
