@@ -26,6 +26,9 @@ Invariants (each refusal raises ``ContractError`` whose text starts with ``[code
 * **Idempotent replays.** Submitting a record identical to one already stored writes
   nothing and answers ``{"replayed": true, "record": …}``, so a retry after a crash (or a
   lost reply) never records anything twice.
+* **A checkpoint's other files** (its generator config, its optimizer state) are recorded
+  by ``record_checkpoint_files`` as ``{part: sha256}`` per (round, shared-weights hash) of
+  a recorded checkpoint; a recorded part never changes, parts may only be added.
 * Time comes from the transaction timestamp only; no clock, no randomness.
 """
 
@@ -43,6 +46,7 @@ from chaincode.records import (
     check_client_id,
     check_commitments,
     check_digest,
+    check_file_digests,
     check_mode,
     check_msp,
     check_round,
@@ -52,6 +56,7 @@ from chaincode.records import (
     client_generation_prefix,
     client_key,
     decode,
+    files_key,
     forget_key,
     generation_key,
     generation_prefix,
@@ -79,6 +84,7 @@ SUBMIT_TRANSACTIONS = (
     "record_checkpoint",
     "record_generation",
     "record_forget",
+    "record_checkpoint_files",
 )
 EVALUATE_TRANSACTIONS = (
     "get_config",
@@ -93,6 +99,7 @@ EVALUATE_TRANSACTIONS = (
     "list_forgets",
     "get_membership_proof",
     "get_checkpoint_commitments",
+    "list_checkpoint_files",
 )
 
 
@@ -320,7 +327,45 @@ class HyperFedContract(Contract):
         await store_checkpoint(stub, ckpt, leaves)
         return answer(record)
 
+    async def record_checkpoint_files(
+        self, ctx: TransactionContextInterface, round_no: int, weights_hash: str, files: str
+    ) -> str:
+        """Record the digests of the other files of round ``round_no``'s checkpoint with
+        shared weights ``weights_hash`` (its generator config, its optimizer state).
+
+        ``files`` is a JSON object ``{part: sha256 hex}``, e.g. ``{"config": …,
+        "optimizer/shared": …, "optimizer/client/<id>": …}``. A recorded part never
+        changes; later records may only add parts (a forget that keeps the shared weights
+        sends a subset: a replay).
+        """
+        stub, tx = await writer_tx(ctx)
+        check_round(round_no)
+        check_digest("weights_hash", weights_hash)
+        parts = check_file_digests("files", files)
+        key = files_key(round_no, weights_hash)
+        existing = await get_record(stub, "files", key)
+        merged = dict(existing["files"]) if existing is not None else {}
+        changed = sorted(p for p in parts if p in merged and merged[p] != parts[p])
+        if changed:
+            raise ContractError(
+                "files-recorded", f"checkpoint ({round_no}, {weights_hash[:12]}…) has other digests of {changed[:3]}"
+            )
+        if existing is not None and set(parts) <= set(merged):
+            return answer(existing, replayed=True)
+        checkpoints = await scan_records(stub, "checkpoint", checkpoint_prefix(round_no))
+        if not any(c["weights_hash"] == weights_hash for c in checkpoints):
+            raise ContractError(
+                "unknown-checkpoint", f"no checkpoint of round {round_no} has weights {weights_hash[:12]}…"
+            )
+        record = {"round": round_no, "weights_hash": weights_hash, "files": dict(sorted({**merged, **parts}.items()))}
+        await put_record(stub, "files", key, dict(record, **tx))
+        return answer(dict(record, **tx))
+
     # ---------------------------------------------------------------- evaluate
+
+    async def list_checkpoint_files(self, ctx: TransactionContextInterface) -> str:
+        """Every checkpoint's file digests, in (round, weights hash) order."""
+        return dump(await scan_records(ctx.get_stub(), "files", "files/"))
 
     async def get_config(self, ctx: TransactionContextInterface) -> str:
         """The writer MSP and when it was set."""

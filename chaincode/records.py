@@ -45,6 +45,8 @@ __all__ = [
     "leaf_prefix",
     "leaf_key",
     "prefix_end",
+    "files_key",
+    "check_file_digests",
     "check_client_id",
     "check_digest",
     "check_round",
@@ -73,7 +75,8 @@ class ContractError(Exception):
     Codes: ``bad-argument``, ``not-configured``, ``already-configured``, ``not-writer``,
     ``unknown-client``, ``forgotten-client``, ``duplicate-client``, ``round-order``,
     ``merkle-mismatch``, ``unknown-checkpoint``, ``duplicate-generation``,
-    ``not-in-checkpoint``, ``no-timestamp``, ``corrupt-state``.
+    ``not-in-checkpoint``, ``no-timestamp``, ``corrupt-state``, ``files-recorded`` (and, from the
+    embedded ledger and the devnet, ``evaluate-only``: a query submitted as a transaction).
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -94,6 +97,26 @@ def checkpoint_prefix(round_no: int) -> str:
 
 def checkpoint_key(round_no: int, version: int) -> str:
     return f"{checkpoint_prefix(round_no)}{version:06d}"
+
+
+def files_key(round_no: int, weights_hash: str) -> str:
+    """The digests of a checkpoint's files besides its shared weights (config, optimizer)."""
+    return f"files/{round_no:010d}/{weights_hash}"
+
+
+def check_file_digests(name: str, value: str) -> dict[str, str]:
+    """A JSON object ``{part name: sha256 hex}`` with 1..10,000 parts named by printable text."""
+    try:
+        parts = json.loads(value)
+    except ValueError as exc:
+        raise ContractError("bad-argument", f"{name} is not JSON: {exc}") from exc
+    if not isinstance(parts, dict) or not 0 < len(parts) <= 10_000:
+        raise ContractError("bad-argument", f"{name} must be a non-empty JSON object {{part: sha256}}")
+    for part, digest in parts.items():
+        if not part or len(part) > 300 or not part.isprintable():
+            raise ContractError("bad-argument", f"{name}: part name {part!r} must be 1-300 printable characters")
+        check_digest(f"{name}[{part!r}]", digest)
+    return {k: parts[k] for k in sorted(parts)}
 
 
 def weights_key(weights_hash: str) -> str:

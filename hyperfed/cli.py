@@ -146,7 +146,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     if recover_pending_forget(args.run_dir) is not None:
         print("finished an interrupted forget before auditing")
-    report = audit_run(args.run_dir, ledger_url=args.ledger)
+    report = audit_run(args.run_dir, ledger_url=args.ledger, trusted_cert=getattr(args, "trust_cert", None))
     print(render(report, verbose=args.all))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--ledger", default=None, help="ledger URL (default: the run's own)")
     audit.add_argument("--json", default=None, help="also write the report as JSON here")
     audit.add_argument("--all", action="store_true", help="list every check, not only failures")
+    audit.add_argument(
+        "--trust-cert",
+        default=None,
+        metavar="CERT.pem",
+        help="the ledger writer's certificate: every block must be signed by its key (default: the "
+        "certificate recorded in the ledger itself, which proves internal consistency only)",
+    )
     audit.set_defaults(func=_cmd_audit)
 
     forget = sub.add_parser(

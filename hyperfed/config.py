@@ -76,10 +76,15 @@ class EvaluationConfig:
 @dataclass(frozen=True)
 class LedgerSettings:
     """Where the run is recorded: ``url`` ``""`` = the embedded ``RUN/ledger.db``; else any
-    :func:`hyperfed.ledger.open_ledger` URL. ``writer_msp`` is the one MSP allowed to write."""
+    :func:`hyperfed.ledger.open_ledger` URL. ``writer_msp`` is the one MSP allowed to write.
+    ``identity`` is the folder of the writer's signing identity (``cert.pem`` + ``key.pem``,
+    or an MSP folder with ``signcerts/`` + ``keystore/``) that signs the embedded ledger's
+    blocks; ``""`` = the per-user dev identity under ``$HYPERFED_HOME`` (default
+    ``~/.config/hyperfed``), created on first use. Never put it inside the run directory."""
 
     url: str = ""
     writer_msp: str = DEFAULT_WRITER_MSP
+    identity: str = ""
 
     def __post_init__(self) -> None:
         if not self.writer_msp:

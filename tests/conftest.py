@@ -8,6 +8,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests build tiny base models; never read or fill the user's cache (~/.cache/hyperfed).
 os.environ.setdefault("HYPERFED_CACHE", tempfile.mkdtemp(prefix="hyperfed-test-cache-"))
+# ...nor the user's ledger identities (~/.config/hyperfed): a dev writer key per test session.
+os.environ.setdefault("HYPERFED_HOME", tempfile.mkdtemp(prefix="hyperfed-test-home-"))
 
 import torch  # noqa: E402
 

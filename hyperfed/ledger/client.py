@@ -178,6 +178,19 @@ class Ledger:
 
     # ----------------------------------------------------------------- queries
 
+    def record_checkpoint_files(self, round: int, weights_hash: str, files: Mapping[str, str]) -> Receipt:
+        """Record the digests of a checkpoint's other files (``{part: sha256}``: its generator
+        config, its optimizer state), keyed by its round and shared-weights hash. A part once
+        recorded never changes; a later record may add parts (a subset is a replay)."""
+        body = json.dumps(dict(sorted(files.items())), separators=(",", ":"), ensure_ascii=False)
+        return self._submit("record_checkpoint_files", str(int(round)), weights_hash, body)
+
+    def checkpoint_files(self) -> dict[tuple[int, str], dict[str, str]]:
+        """``{(round, weights hash): {part: sha256}}`` of every :meth:`record_checkpoint_files`."""
+        return {
+            (int(r["round"]), str(r["weights_hash"])): dict(r["files"]) for r in self._query("list_checkpoint_files")
+        }
+
     def _query(self, function: str, *args: str) -> Any:
         return json.loads(self.backend.evaluate(function, *args))
 

@@ -10,10 +10,19 @@
 :func:`read_checkpoint_tensors` splits a checkpoint folder written by
 :func:`hypernet.save_hypernet` into the same two parts, so the audit recomputes exactly
 what the recorder computed, straight from the files.
+
+* **Checkpoint file digests** — :func:`checkpoint_file_digests`: what the shared-weights hash
+  does not cover, recorded with ``record_checkpoint_files``: ``config`` (sha256 of the
+  canonical generator description in ``hypernet.json``: format, architecture, config,
+  spec, LoRA config — not its client list or ``extra``, which a forget changes),
+  ``optimizer/shared`` (every non-client entry of ``optimizer.safetensors``) and
+  ``optimizer/client/<id>`` (one client's entries, so purging one client leaves the
+  others' digests valid).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -29,7 +38,7 @@ from hyperfed.ledger.commitment import commit_embedding
 from hyperfed.rundir import OPTIMIZER_FILE
 from hypernet import Generator, TargetSpec, adapter_hash
 from hypernet.io import HYPERNET_WEIGHTS, checkpoint_architecture, read_meta
-from hypernet.trainer_state import clients_in_state
+from hypernet.trainer_state import CLIENT_PREFIX, client_of_key, clients_in_state
 
 __all__ = [
     "shared_state",
@@ -39,7 +48,15 @@ __all__ = [
     "CheckpointTensors",
     "read_checkpoint_tensors",
     "optimizer_clients",
+    "CONFIG_PART",
+    "OPTIMIZER_PART",
+    "config_digest",
+    "checkpoint_file_digests",
 ]
+
+CONFIG_PART = "config"
+OPTIMIZER_PART = "optimizer/"  # + "shared" or "client/<client id>"
+_CONFIG_FIELDS = ("format", "architecture", "config", "spec", "lora_config")
 
 
 def shared_state(hypernet: Generator) -> dict[str, torch.Tensor]:
@@ -168,3 +185,49 @@ def optimizer_clients(folder: str | os.PathLike) -> set[str]:
     except SafetensorError as exc:
         raise CorruptFileError(f"{path} is not a valid safetensors file ({exc})") from None
     return clients_in_state(keys)
+
+
+def config_digest(meta: Mapping[str, object]) -> str:
+    """sha256 (hex) of a checkpoint's generator description (``hypernet.json`` without its
+    client list, ``extra`` and weights digest), canonical JSON."""
+    body = {name: meta.get(name) for name in _CONFIG_FIELDS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def checkpoint_file_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """``{part: sha256}`` of a checkpoint folder's config and optimizer state (see the module docstring).
+
+    Raises
+    ------
+    CorruptFileError
+        ``hypernet.json`` or ``optimizer.safetensors`` is unreadable.
+    """
+    folder = Path(folder)
+    parts = {CONFIG_PART: config_digest(read_meta(folder))}
+    path = folder / OPTIMIZER_FILE
+    if not path.exists():
+        return parts
+    try:
+        state = load_file(path)
+    except SafetensorError as exc:
+        raise CorruptFileError(f"{path} is not a valid safetensors file ({exc})") from None
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        client_id = client_of_key(key) if key.startswith(CLIENT_PREFIX) else None
+        owner = "shared" if client_id is None else f"client/{client_id}"
+        groups.setdefault(owner, {})[key] = tensor
+    for owner, tensors in sorted(groups.items()):
+        parts[OPTIMIZER_PART + owner] = _tensors_digest(tensors)
+    return parts
+
+
+def _tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over sorted (name, dtype, shape, little-endian bytes); scalars included
+    (:func:`hypernet.adapter_hash` covers adapters, which have none)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        head = json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode()
+        digest.update(len(head).to_bytes(4, "little") + head)
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

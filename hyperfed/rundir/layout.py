@@ -178,3 +178,73 @@ def load_optimizer_file(folder: Path) -> dict[str, torch.Tensor]:
         return {}
     except SafetensorError as exc:
         raise CorruptFileError(f"{path} is not a valid safetensors file ({exc})") from None
+
+
+# ------------------------------------------------------------------ the layout, as data
+# Every path a run directory may hold (POSIX, relative to its root), as regular expressions;
+# the audit reports anything else as a stray. ``_FREE_DIRS`` belong to Flower's ``flwr run``
+# launches (hyperfed.flower.launch): their contents are Flower's and are not inspected.
+_NAME = r"[^/.][^/]*"  # no hidden names: an interrupted atomic write leaves ``.name.XXXX.tmp``
+_ROUND = r"round-\d{4,}"
+_LAYOUT_DIRS = (
+    "secrets",
+    "checkpoints",
+    f"checkpoints/{_ROUND}",
+    "adapters",
+    f"adapters/{_ROUND}",
+    "forgets",
+    f"forgets/{_NAME}",
+    f"forgets/{_NAME}/adapters",
+    f"forgets/{_NAME}/adapters/round-0000",
+    "plots",
+)
+_FREE_DIRS = ("logs", "flwr-home", r"flwr-home-node-\d+")
+_LAYOUT_FILES = (
+    r"run\.json",
+    r"corpus_manifest\.json",
+    r"metrics\.json",
+    r"(ledger|outbox)\.db(-wal|-shm|-journal)?",
+    r"ledger_head\.json",
+    r"forgets\.json",
+    r"forget_journal\.json",  # a pending forget: the audit reports it
+    r"run-config\.toml",
+    r"[^/]*\.lock",  # advisory lock files (the outbox's, a run lock)
+    r"secrets/salts\.json",
+    f"checkpoints/{_ROUND}/(hypernet\\.json|hypernet\\.safetensors|{re.escape(OPTIMIZER_FILE)})",
+    f"adapters/{_ROUND}/{_NAME}\\.safetensors",
+    f"forgets/{_NAME}/(report\\.json|report\\.png|adapter_hashes\\.json)",
+    f"forgets/{_NAME}/adapters/round-0000/{_NAME}\\.safetensors",
+    f"plots/{_NAME}\\.png",
+)
+
+
+def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def layout_strays(root: str | os.PathLike) -> list[Path]:
+    """Every file, folder or link under ``root`` outside the documented layout (module
+    docstring), sorted; a stray folder is listed once, not with its contents.
+
+    Examples of strays: ``checkpoints/.round-0015.old/`` (a half-done swap), ``*.tmp`` (an
+    interrupted write), ``adapters/round-0001/notes.txt``, a symbolic link anywhere.
+    """
+    root = Path(root)
+    dirs, free, files = _matcher(_LAYOUT_DIRS), _matcher(_FREE_DIRS), _matcher(_LAYOUT_FILES)
+    strays: list[Path] = []
+    for folder, subdirs, names in os.walk(root):
+        here = Path(folder)
+        keep = []
+        for name in sorted(subdirs):
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink() or not (dirs.fullmatch(rel) or free.fullmatch(rel)):
+                strays.append(path)
+            elif not free.fullmatch(rel):
+                keep.append(name)
+        subdirs[:] = keep
+        for name in sorted(names):
+            path = here / name
+            if path.is_symlink() or not path.is_file() or not files.fullmatch(path.relative_to(root).as_posix()):
+                strays.append(path)
+    return sorted(strays)

@@ -1,5 +1,7 @@
 """``RunRecorder``: what training calls so the ledger gets every registration, checkpoint
-and generation of a run — and the run directory gets the files they describe.
+and generation of a run — and the run directory gets the files they describe. Each
+checkpoint record is followed by a ``record_checkpoint_files`` record: the digests of its
+generator config and optimizer state (what its shared-weights hash does not cover).
 
 Driver-agnostic: the plain loop and the Flower strategy call the same four methods::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,25 +46,56 @@ from hyperfed.ledger.records import DEFAULT_WRITER_MSP, Receipt, violation_code
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.fingerprints import (
+    checkpoint_file_digests,
     embedding_bytes,
     embedding_commitment,
     read_checkpoint_tensors,
     shared_weights_hash,
 )
 
-__all__ = ["RunRecorder", "shared_weights_hash", "DEFAULT_WRITER_MSP", "LEDGER_URL_KEY", "ledger_url_of"]
+__all__ = [
+    "RunRecorder",
+    "shared_weights_hash",
+    "DEFAULT_WRITER_MSP",
+    "LEDGER_URL_KEY",
+    "IDENTITY_KEY",
+    "ledger_url_of",
+    "ledger_identity_of",
+]
 
 log = logging.getLogger(__name__)
 
 LEDGER_URL_KEY = "url"  # run.json: {"ledger": {"url": ...}} names a non-default ledger
+IDENTITY_KEY = "identity"  # run.json: {"ledger": {"identity": folder}} the writer's signing key
+
+
+def _ledger_setting(run_dir: RunDirectory, key: str) -> str | None:
+    config = run_dir.read_json(run_dir.config_path, default={})
+    section = config.get("ledger") if isinstance(config, dict) else None
+    value = section.get(key) if isinstance(section, dict) else None
+    return str(value) if value else None
 
 
 def ledger_url_of(run_dir: RunDirectory) -> str | None:
     """The ledger URL recorded in ``run.json`` (``None``: the embedded ``ledger.db``)."""
-    config = run_dir.read_json(run_dir.config_path, default={})
-    section = config.get("ledger") if isinstance(config, dict) else None
-    url = section.get(LEDGER_URL_KEY) if isinstance(section, dict) else None
-    return str(url) if url else None
+    return _ledger_setting(run_dir, LEDGER_URL_KEY)
+
+
+def ledger_identity_of(run_dir: RunDirectory) -> str | None:
+    """The writer identity folder named in ``run.json`` (``None``: the per-user dev identity)."""
+    return _ledger_setting(run_dir, IDENTITY_KEY)
+
+
+def _outside_run(run_dir: RunDirectory, identity: str) -> str:
+    """``identity`` — refused if it lies inside the run directory, where a copy of the
+    folder would hand out the key that signs its ledger."""
+    folder, root = Path(identity).expanduser().resolve(), run_dir.root.resolve()
+    if folder == root or root in folder.parents:
+        raise ConfigError(
+            f"the ledger identity {identity} lies inside the run directory {run_dir.root}: "
+            "whoever copies the run could re-sign its ledger; keep the key elsewhere"
+        )
+    return identity
 
 
 class RunRecorder:
@@ -96,6 +130,7 @@ class RunRecorder:
         ledger_url: str | None = None,
         *,
         writer_msp: str = DEFAULT_WRITER_MSP,
+        identity: str | None = None,
     ) -> RunRecorder:
         """The recorder of a run directory, with its ledger and outbox.
 
@@ -110,11 +145,21 @@ class RunRecorder:
         writer_msp
             The MSP that writes. An embedded ledger names it in its block 0; any other
             ledger gets ``init_ledger(writer_msp)`` once (a replay afterwards).
+        identity
+            Folder of the writer's signing identity for the embedded ledger (see
+            :class:`~hyperfed.config.LedgerSettings`); ``None``: ``ledger.identity`` of
+            ``run.json``, else the per-user dev identity. Refused inside the run directory.
         """
         run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         url = ledger_url or ledger_url_of(run_dir)
         if url is None:
-            backend = EmbeddedLedger(run_dir.ledger_path, writer_msp=writer_msp, msp_id=writer_msp)
+            folder = identity or ledger_identity_of(run_dir)
+            backend = EmbeddedLedger(
+                run_dir.ledger_path,
+                writer_msp=writer_msp,
+                msp_id=writer_msp,
+                identity=_outside_run(run_dir, folder) if folder else None,
+            )
             ledger = Ledger(backend, outbox=run_dir.outbox_path)
         else:
             if ledger_url is not None and ledger_url_of(run_dir) != ledger_url:
@@ -182,6 +227,7 @@ class RunRecorder:
         weights = shared_weights_hash(hypernet)
         receipt = self.ledger.record_checkpoint(round, weights, self.commitments(hypernet))
         self._weights[round] = weights
+        self.record_checkpoint_files(round, weights)
         self.write_ledger_head()
         log.info("recorded checkpoint of round %d (%s, %d clients)", round, receipt.status, len(hypernet.client_ids))
         return receipt
@@ -235,8 +281,16 @@ class RunRecorder:
         )
         self._weights[round] = weights
         self._registered.discard(client_id)
+        self.record_checkpoint_files(round, weights)
         self.write_ledger_head()
         return receipt
+
+    def record_checkpoint_files(self, round: int, weights_hash: str) -> Receipt:
+        """Record the digests of ``checkpoints/round-NNNN/``'s config and optimizer state
+        (:func:`~hyperfed.rundir.fingerprints.checkpoint_file_digests`), which the shared
+        weights hash does not cover. Called by :meth:`record_checkpoint` and :meth:`record_forget`."""
+        files = checkpoint_file_digests(self.run_dir.checkpoint_dir(round))
+        return self.ledger.record_checkpoint_files(round, weights_hash, files)
 
     def record_round(self, outcome: Any, hypernet: HyperLoRA, trainer: HypernetTrainer | None = None) -> None:
         """Record one finished round — the one function both engines call.

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hyperfed.ledger.gateway.identity import SigningIdentity
 from hypernet.errors import ConfigError
 
-__all__ = ["CertificateAuthority", "IssuedCertificate", "new_ca", "new_identity"]
+__all__ = ["CertificateAuthority", "IssuedCertificate", "new_ca", "new_identity", "self_signed_identity"]
 
 _VALIDITY = dt.timedelta(days=1)
 
@@ -171,3 +171,27 @@ def new_identity(ca: CertificateAuthority, msp_id: str, name: str = "User1") -> 
     """Enrol a client identity of MSP ``msp_id`` with a certificate from ``ca``."""
     issued = ca.issue(f"{name}@{ca.org}")
     return SigningIdentity(msp_id, issued.cert_pem, issued.private_key)
+
+
+def self_signed_identity(msp_id: str, common_name: str, *, days: int = 3650) -> IssuedCertificate:
+    """A long-lived self-signed P-256 certificate and key (a per-user dev writer identity).
+
+    Unlike :meth:`CertificateAuthority.issue` (valid one day, for throw-away gateways), this
+    is meant to be kept on disk: the embedded ledger signs its blocks with it and an
+    auditor pins its certificate (``hyperfed audit --trust-cert``).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    name = _name(common_name, msp_id)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return IssuedCertificate(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))

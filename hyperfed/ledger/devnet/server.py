@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.peer import transaction_pb2
 
-from hyperfed.errors import LedgerConflictError
+from chaincode.contract import EVALUATE_TRANSACTIONS
+from hyperfed.errors import ContractViolationError, LedgerConflictError
 from hyperfed.ledger.devnet.endorsement import (
     Endorser,
     ValidationFailure,
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _Code = transaction_pb2.TxValidationCode
 _MAX_PENDING = 10_000
+_QUERIES = frozenset(EVALUATE_TRANSACTIONS)
 
 
 @dataclass
@@ -273,6 +275,21 @@ class LocalGatewayServer:
             creator_msp=msp,
             timestamp=parsed.timestamp,
         )
+
+    def refuse_query(self, simulation: Any) -> None:
+        """Refuse to endorse a query (evaluate-only) function for submission.
+
+        Raises
+        ------
+        ContractViolationError
+            ``[evaluate-only]``: the function is in the contract's
+            ``get_evaluate_transactions()``; nothing is endorsed or appended.
+        """
+        function = getattr(simulation, "function", "")
+        if function in _QUERIES:
+            raise ContractViolationError(
+                f"[evaluate-only] {function} is a query: evaluate it instead of submitting; nothing was written"
+            )
 
     def endorse(self, parsed: ParsedProposal, simulation: Any) -> Any:
         """Endorse a simulation and remember it until it is submitted."""

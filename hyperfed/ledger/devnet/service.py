@@ -77,6 +77,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self._fault(context, "unavailable_endorse", "endorser unavailable")
         try:
             parsed, simulation = self._endorse_on_peer(request, context)
+            self.peer.refuse_query(simulation)  # a query is evaluated, never ordered into a block
         except (ValidationFailure, ContractViolationError, LedgerConflictError) as exc:
             detail = self.peer.error_detail(self._failure(exc))
             self._abort(context, grpc.StatusCode.ABORTED, _ENDORSE_FAILED, [detail])

@@ -16,6 +16,13 @@ can be tested on hand-made rows.
 A hash chain alone cannot tell a block appended by an attacker at the tip (with matching
 state) from a real one; pass ``expected_head`` — a ``(number, hash)`` recorded elsewhere,
 for example in a run directory — to pin the chain to a known point.
+
+**Signatures.** An unkeyed hash chain can be recomputed by anyone who edits the file, so
+every block also carries ``signature``: the writer's ECDSA P-256 (low-S) signature over
+the block's hash (:func:`signing_message`). Pass ``signer`` — the public key of the writer's
+certificate, ideally one the auditor trusts rather than the one the file records — and
+every block must carry a valid signature by it. Blocks of format-1 ledgers (before
+signing) have ``signature == ""``: ``signature-missing`` from ``require_signatures_from`` on.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from hyperfed.errors import TamperDetectedError
 
@@ -36,6 +48,7 @@ __all__ = [
     "encode_writes",
     "decode_writes",
     "block_hash",
+    "signing_message",
     "verify_chain",
 ]
 
@@ -55,6 +68,7 @@ class Block:
     timestamp: float
     writes: str
     hash: str
+    signature: str = ""  # base64 DER; "" in ledgers written before blocks were signed
 
     def computed_hash(self) -> str:
         """The hash this block's contents should have."""
@@ -95,6 +109,8 @@ class VerifyReport:
     blocks: int
     head: tuple[int, str] | None
     problems: tuple[Problem, ...]
+    unsigned: int = 0  # blocks that carry no signature
+    signer: str = ""  # whose signatures were checked, e.g. "trusted certificate sha256:…"
 
     @property
     def ok(self) -> bool:
@@ -107,7 +123,8 @@ class VerifyReport:
     def __str__(self) -> str:
         if self.ok:
             tip = f"block {self.head[0]} {self.head[1][:12]}…" if self.head else "empty"
-            return f"ledger verified: {self.blocks} blocks, head {tip}"
+            signed = f", signed by the {self.signer}" if self.signer else ""
+            return f"ledger verified: {self.blocks} blocks, head {tip}{signed}"
         lines = [f"ledger FAILED verification: {len(self.problems)} problem(s)"]
         return "\n".join(lines + [f"  - {p}" for p in self.problems])
 
@@ -138,6 +155,54 @@ def block_hash(
     body = [number, prev_hash, tx_id, function, args, creator_msp, timestamp, writes]
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(data).hexdigest()
+
+
+_P256_HALF_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551 >> 1
+
+
+def _verify_low_s(public_key: ec.EllipticCurvePublicKey, message: bytes, der: bytes) -> bool:
+    """ECDSA/SHA-256 over ``message`` with ``s`` in the lower half (what
+    :func:`hyperfed.ledger.gateway.identity.sign_low_s` makes). The same check as the
+    Gateway's ``verify_signature``, kept here so that verifying a chain — an audit — never
+    imports the Gateway package and its gRPC stack."""
+    try:
+        if decode_dss_signature(der)[1] > _P256_HALF_ORDER:
+            return False
+        public_key.verify(der, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def signing_message(digest: str) -> bytes:
+    """What the writer signs for a block: its hash (hex), as ASCII bytes."""
+    return digest.encode("ascii")
+
+
+def _check_signatures(
+    blocks: list[Block], signer: ec.EllipticCurvePublicKey | None, required_from: int | None, problems: list[Problem]
+) -> int:
+    """Add a problem per block whose signature is missing or wrong; return the unsigned count."""
+    unsigned = 0
+    for block in blocks:
+        where = f"block {block.number}"
+        if not block.signature:
+            unsigned += 1
+            if required_from is not None and block.number >= required_from:
+                problems.append(Problem("signature-missing", where, "the block is not signed by the writer"))
+            continue
+        if signer is None:
+            problems.append(Problem("signature-unverifiable", where, "signed, but no writer certificate to check it"))
+            continue
+        try:
+            der = base64.b64decode(block.signature, validate=True)
+        except ValueError:
+            der = b""
+        if not _verify_low_s(signer, signing_message(block.hash), der):
+            problems.append(
+                Problem("signature-invalid", where, "not signed by the writer's key (re-forged or re-signed?)")
+            )
+    return unsigned
 
 
 def _replay(blocks: list[Block], problems: list[Problem]) -> tuple[dict, set]:
@@ -190,6 +255,9 @@ def verify_chain(
     history: Iterable[tuple[str, int]],
     *,
     expected_head: tuple[int, str] | None = None,
+    signer: ec.EllipticCurvePublicKey | None = None,
+    require_signatures_from: int | None = None,
+    signer_name: str = "",
 ) -> VerifyReport:
     """Verify blocks (ordered by number), the state table and the history index.
 
@@ -203,6 +271,14 @@ def verify_chain(
         The stored history index: ``(key, block number)`` pairs.
     expected_head
         Optional anchor ``(number, hash)``: that block must exist with that hash.
+    signer
+        The writer's public key: every signed block must verify against it.
+    require_signatures_from
+        Unsigned blocks from this number on are problems (``signature-missing``); ``0``
+        when the auditor trusts a certificate, the first signed block of a ledger that was
+        written unsigned (format 1) before, ``None``: no signature required.
+    signer_name
+        Who ``signer`` is, for the report (``"trusted certificate sha256:…"``).
     """
     blocks = list(blocks)
     problems: list[Problem] = []
@@ -219,6 +295,7 @@ def verify_chain(
     for key, number in sorted(replayed_history ^ stored_history):
         kind = "history-deleted" if (key, number) in replayed_history else "history-inserted"
         problems.append(Problem(kind, f"history {key!r}@{number}", "history index differs"))
+    unsigned = _check_signatures(blocks, signer, require_signatures_from, problems)
     if expected_head is not None:
         number, digest = expected_head
         anchored = next((b for b in blocks if b.number == number), None)
@@ -227,4 +304,4 @@ def verify_chain(
         elif anchored.hash != digest:
             problems.append(Problem("anchor-mismatch", f"block {number}", "hash differs from the anchored head"))
     head = (blocks[-1].number, blocks[-1].hash) if blocks else None
-    return VerifyReport(blocks=len(blocks), head=head, problems=tuple(problems))
+    return VerifyReport(len(blocks), head, tuple(problems), unsigned=unsigned, signer=signer_name)

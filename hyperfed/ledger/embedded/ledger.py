@@ -14,10 +14,23 @@ write.
 On a new file the constructor submits ``init_ledger(writer_msp)`` as block 0, from
 ``writer_msp``. Afterwards only that MSP may write; ``msp_id`` is the identity this object
 submits and evaluates as.
+
+**Signed blocks.** Every committed block is signed with the writer's key
+(:mod:`~hyperfed.ledger.embedded.identity`: a configured identity folder, else the per-user
+dev identity — never a file of the run directory). The first signed block records the
+writer's certificate in ``ledger_meta``; later commits with another key are refused, so a
+process without the writer's key cannot append. :meth:`verify` checks every signature
+against a certificate the auditor trusts (``trusted_cert=``) or, failing that, the one the
+file records (which only proves internal consistency). Files of format 1 (unsigned) stay
+readable; their first commit adds the signature column and signs from then on.
+
+Query functions (the contract's ``get_evaluate_transactions()``) are never committed:
+submitting one raises :class:`~hyperfed.errors.ContractViolationError` and appends nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -28,10 +41,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from chaincode.contract import HyperFedContract
 from chaincode.fabric_compat import ContractChaincode
 from hyperfed.errors import (
+    ContractViolationError,
     LedgerConflictError,
     LedgerError,
     LedgerUnavailableError,
@@ -45,27 +63,39 @@ from hyperfed.ledger.embedded.chain import (
     block_hash,
     decode_writes,
     encode_writes,
+    signing_message,
     verify_chain,
 )
+from hyperfed.ledger.embedded.identity import (
+    certificate_fingerprint,
+    load_certificate,
+    writer_identity,
+)
 from hyperfed.ledger.embedded.stub import HistoryEntry, Simulation, StateReader, simulate_transaction
+
+if TYPE_CHECKING:  # signing pulls the Gateway package (gRPC): imported on the first commit only
+    from hyperfed.ledger.gateway.identity import SigningIdentity
 
 __all__ = ["EmbeddedLedger", "Simulation", "new_tx_id"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "hyperfed-embedded-ledger/1"
+FORMAT = "hyperfed-embedded-ledger/2"  # /2: signed blocks
+LEGACY_FORMATS = ("hyperfed-embedded-ledger/1",)  # unsigned blocks: read, upgraded on first commit
+_QUERIES = frozenset(HyperFedContract().get_evaluate_transactions())
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     number INTEGER PRIMARY KEY, prev_hash TEXT NOT NULL, tx_id TEXT NOT NULL UNIQUE,
     function TEXT NOT NULL, args TEXT NOT NULL, creator_msp TEXT NOT NULL,
-    timestamp REAL NOT NULL, writes TEXT NOT NULL, hash TEXT NOT NULL);
+    timestamp REAL NOT NULL, writes TEXT NOT NULL, hash TEXT NOT NULL, signature TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS history (
     key TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (key, block)) WITHOUT ROWID;
 """
 _TIP = "SELECT number, hash FROM blocks ORDER BY number DESC LIMIT 1"
+_BLOCK_COLUMNS = "number, prev_hash, tx_id, function, args, creator_msp, timestamp, writes, hash"
 # Composite keys start with "\x00", which sorts before everything else: starting an
 # unbounded scan at "\x01" skips them, as a Fabric peer does.
 _FIRST_SIMPLE_KEY = "\x01"
@@ -130,6 +160,14 @@ class EmbeddedLedger(LedgerBackend):
     busy_timeout
         Seconds to wait for another writer's lock before raising
         :class:`~hyperfed.errors.LedgerUnavailableError`.
+    identity
+        Who signs the blocks this object commits: a
+        :class:`~hyperfed.ledger.gateway.identity.SigningIdentity`, an identity folder
+        (``cert.pem`` + ``key.pem`` or ``signcerts/`` + ``keystore/``), or ``None``: the
+        per-user dev identity of the writer MSP (created on first commit). Loaded only when
+        something is committed, so reading never needs the key.
+    read_only
+        Never commit (an audit's snapshot): a new file is not initialised either.
     """
 
     def __init__(
@@ -139,10 +177,17 @@ class EmbeddedLedger(LedgerBackend):
         writer_msp: str = "HyperFedMSP",
         msp_id: str = "HyperFedMSP",
         busy_timeout: float = 30.0,
+        identity: SigningIdentity | str | os.PathLike[str] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.local_file = self.path
         self.msp_id = msp_id
+        self.read_only = read_only
+        self._writer_msp = writer_msp
+        self._identity_source = identity
+        self._signer: SigningIdentity | None = None if isinstance(identity, (str, os.PathLike)) else identity
+        self._writer_checked = False
         self._lock = threading.RLock()
         self._chaincode = ContractChaincode.new_chaincode(HyperFedContract())
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +200,8 @@ class EmbeddedLedger(LedgerBackend):
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._create_schema()
             self._state = _SqliteState(self._conn)
-            self._ensure_configured(writer_msp)
+            if not read_only:
+                self._ensure_configured(writer_msp)
         except BaseException:
             self.close()
             raise
@@ -193,14 +239,50 @@ class EmbeddedLedger(LedgerBackend):
         return self._conn
 
     def _create_schema(self) -> None:
-        with self._transaction("IMMEDIATE") as conn:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
+        with self._transaction("" if self.read_only else "IMMEDIATE") as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not self.read_only or "ledger_meta" not in tables:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
             row = conn.execute("SELECT value FROM ledger_meta WHERE name = 'format'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO ledger_meta VALUES ('format', ?)", (FORMAT,))
-            elif row[0] != FORMAT:
+            elif row[0] != FORMAT and row[0] not in LEGACY_FORMATS:
                 raise LedgerError(f"{self.path} holds ledger format {row[0]!r}, not {FORMAT!r}")
+
+    def _meta(self, conn: sqlite3.Connection, name: str) -> str | None:
+        row = conn.execute("SELECT value FROM ledger_meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _signing_identity(self) -> SigningIdentity:
+        if self._signer is None:
+            source = None if self._identity_source is None else os.fspath(self._identity_source)  # type: ignore[arg-type]
+            self._signer = writer_identity(self._writer_msp, source)
+        return self._signer
+
+    def _check_writer(self, conn: sqlite3.Connection, signer: SigningIdentity, number: int) -> None:
+        """Record the writer's certificate with the first signed block; refuse any other key."""
+        if self._writer_checked:
+            return
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(blocks)")}
+        if "signature" not in columns:  # format 1: sign from now on
+            conn.execute("ALTER TABLE blocks ADD COLUMN signature TEXT NOT NULL DEFAULT ''")
+            conn.execute("UPDATE ledger_meta SET value = ? WHERE name = 'format'", (FORMAT,))
+            log.warning("%s was written unsigned (format 1): blocks from %d on are signed", self.path, number)
+        recorded = self._meta(conn, "writer_cert")
+        if recorded is None:
+            conn.execute("INSERT INTO ledger_meta VALUES ('writer_cert', ?)", (signer.certificate_pem.decode("ascii"),))
+            conn.execute("INSERT INTO ledger_meta VALUES ('signed_from', ?)", (str(number),))
+        else:
+            ours, theirs = load_certificate(signer.certificate_pem), load_certificate(recorded.encode("ascii"))
+            der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            if ours.public_key().public_bytes(*der) != theirs.public_key().public_bytes(*der):
+                raise LedgerError(
+                    f"{self.path} is written by the key of certificate {certificate_fingerprint(theirs)}, "
+                    f"not by this identity ({certificate_fingerprint(ours)}): configure the writer's "
+                    "identity (LedgerSettings.identity / identity=) or set HYPERFED_HOME to where it lives"
+                )
+        self._writer_checked = True
 
     def _ensure_configured(self, writer_msp: str) -> None:
         if self.head() is None:
@@ -248,17 +330,27 @@ class EmbeddedLedger(LedgerBackend):
         LedgerConflictError
             A key or range it read has changed since, or its tx id is already committed.
         """
+        if sim.function in _QUERIES:
+            raise ContractViolationError(
+                f"[evaluate-only] {sim.function} is a query: evaluate it instead of submitting; nothing was written"
+            )
+        if self.read_only:
+            raise LedgerError(f"{self.path} is opened read-only: nothing can be committed")
+        signer = self._signing_identity()
         with self._transaction("IMMEDIATE") as conn:
             self._validate(sim)
             tip = conn.execute(_TIP).fetchone()
             number, prev_hash = (0, GENESIS_PREV_HASH) if tip is None else (tip[0] + 1, tip[1])
+            self._check_writer(conn, signer, number)
             args, writes = json.dumps(list(sim.args), ensure_ascii=False), encode_writes(sim.writes)
             digest = block_hash(
                 number, prev_hash, sim.tx_id, sim.function, args, sim.creator_msp, sim.timestamp, writes
             )
+            signature = base64.b64encode(signer.sign(signing_message(digest))).decode("ascii")
+            row = (number, prev_hash, sim.tx_id, sim.function, args, sim.creator_msp, sim.timestamp, writes, digest)
             conn.execute(
-                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (number, prev_hash, sim.tx_id, sim.function, args, sim.creator_msp, sim.timestamp, writes, digest),
+                f"INSERT INTO blocks ({_BLOCK_COLUMNS}, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, signature),
             )
             for key, value in sorted(sim.writes.items()):
                 if value is None:
@@ -293,7 +385,17 @@ class EmbeddedLedger(LedgerBackend):
     # ------------------------------------------------------------ LedgerBackend
 
     def submit(self, function: str, *args: str) -> bytes:
-        """Simulate as :attr:`msp_id` and commit; the payload once committed."""
+        """Simulate as :attr:`msp_id` and commit; the payload once committed.
+
+        Raises
+        ------
+        ContractViolationError
+            The contract refused, or ``function`` is a query (evaluate-only).
+        """
+        if function in _QUERIES:
+            raise ContractViolationError(
+                f"[evaluate-only] {function} is a query: call evaluate({function!r}), not submit; nothing was written"
+            )
         sim = self.simulate(function, args, tx_id=new_tx_id(self.msp_id), creator_msp=self.msp_id)
         self.commit(sim)
         return sim.payload
@@ -322,24 +424,63 @@ class EmbeddedLedger(LedgerBackend):
             rows = conn.execute("SELECT * FROM blocks WHERE number >= ? ORDER BY number", (start,)).fetchall()
         return [Block(*row) for row in rows]
 
-    def verify(self, *, expected_head: tuple[int, str] | None = None) -> VerifyReport:
-        """Check the file: page integrity, hash chain, and state == replay of the blocks.
+    def writer_certificate(self) -> bytes | None:
+        """The writer's certificate (PEM) recorded with the first signed block, if any."""
+        with self._transaction() as conn:
+            recorded = self._meta(conn, "writer_cert")
+        return None if recorded is None else recorded.encode("ascii")
+
+    def verify(self, *, expected_head: tuple[int, str] | None = None, trusted_cert: Any = None) -> VerifyReport:
+        """Check the file: page integrity, hash chain, signatures, and state == replay of the blocks.
 
         Parameters
         ----------
         expected_head
             Optional ``(number, hash)`` recorded elsewhere earlier; block ``number`` must
             still exist with that hash (catches truncation and rewritten tips).
+        trusted_cert
+            The writer's certificate as the auditor knows it (PEM path, PEM bytes or
+            ``x509.Certificate``): every block must be signed by its key. ``None``: check
+            against the certificate the file records — which whoever rewrote the file could
+            have replaced, so that proves internal consistency only.
         """
         with self._transaction() as conn:
             check = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
             blocks = [Block(*row) for row in conn.execute("SELECT * FROM blocks ORDER BY number")]
             state = {k: (bytes(v), int(n)) for k, v, n in conn.execute("SELECT * FROM state")}
             history = [(k, int(n)) for k, n in conn.execute("SELECT key, block FROM history")]
-        report = verify_chain(blocks, state, history, expected_head=expected_head)
+            recorded, signed_from = self._meta(conn, "writer_cert"), self._meta(conn, "signed_from")
+        problems: list[Problem] = []
+        if trusted_cert is not None:
+            cert = load_certificate(trusted_cert)
+            signer, required_from, name = cert.public_key(), 0, f"trusted certificate {certificate_fingerprint(cert)}"
+            if recorded is not None and load_certificate(recorded.encode("ascii")) != cert:
+                problems.append(
+                    Problem("writer-certificate-mismatch", "ledger_meta 'writer_cert'", "not the trusted certificate")
+                )
+        elif recorded is not None:
+            cert = load_certificate(recorded.encode("ascii"))
+            signer, name = cert.public_key(), f"recorded certificate {certificate_fingerprint(cert)}"
+            required_from = int(signed_from) if signed_from and signed_from.isdigit() else 0
+        else:
+            signer, required_from, name = None, None, ""
+        if not isinstance(signer, (ec.EllipticCurvePublicKey, type(None))):
+            problems.append(Problem("signature-unverifiable", "writer certificate", "not an EC P-256 certificate"))
+            signer = None
+        report = verify_chain(
+            blocks,
+            state,
+            history,
+            expected_head=expected_head,
+            signer=signer,
+            require_signatures_from=required_from,
+            signer_name=name,
+        )
+        if problems:
+            report = VerifyReport(report.blocks, report.head, tuple(problems) + report.problems, report.unsigned, name)
         if check != ["ok"]:
             problem = Problem("file-corrupt", str(self.path), "; ".join(check)[:500])
-            report = VerifyReport(report.blocks, report.head, (problem,) + report.problems)
+            report = VerifyReport(report.blocks, report.head, (problem,) + report.problems, report.unsigned, name)
         log.info("%s", report)
         return report
 

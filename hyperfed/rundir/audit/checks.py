@@ -3,9 +3,12 @@ against the ledger and its hash chain.
 
 What is checked (each check yields :class:`~hyperfed.rundir.audit.report.Finding` rows):
 
-1. **ledger** — the embedded ledger's hash chain, state and history index replay
-   (:meth:`EmbeddedLedger.verify`), pinned to ``ledger_head.json``. The file is read from
-   a read-only snapshot, so the audit never writes to the run. A non-embedded ledger
+1. **ledger** — the embedded ledger's hash chain, block signatures, state and history
+   index replay (:meth:`EmbeddedLedger.verify`), pinned to ``ledger_head.json``. Signatures
+   are checked against ``trusted_cert`` (the writer's certificate as the auditor knows it)
+   or, without one, against the certificate the file records — internal consistency only,
+   which a note says. The file is copied (read, never opened in place), so the audit never
+   writes to the run, not even SQLite's ``-shm`` index. A non-embedded ledger
    (``"ledger_url"`` in ``run.json``, or ``ledger=``) is read through the :class:`Ledger`
    API only, with a note that its chain is the network's to verify.
 2. **checkpoint** — the shared-weights hash of each ``checkpoints/round-NNNN/`` against the
@@ -21,6 +24,9 @@ What is checked (each check yields :class:`~hyperfed.rundir.audit.report.Finding
    embedding or optimizer state in any checkpoint, no salt and no adapter file; every
    active client must have a salt.
 6. **outbox** — records still waiting for the ledger, or refused by it.
+7. **stray / forget / metrics / checkpoint files** (:mod:`~hyperfed.rundir.audit.files`) —
+   anything outside the layout, a pending forget (reported, never finished here),
+   ``metrics.json``, each checkpoint's metadata, loadability, config and optimizer digests.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections import defaultdict
@@ -45,6 +52,7 @@ from hyperfed.ledger.embedded import EmbeddedLedger
 from hyperfed.ledger.records import CheckpointRecord
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
+from hyperfed.rundir.audit.files import check_checkpoint_files, check_layout, check_metrics, check_pending_forget
 from hyperfed.rundir.audit.forgets import check_regenerated_adapters
 from hyperfed.rundir.audit.report import AuditReport, Finding
 from hyperfed.rundir.fingerprints import (
@@ -54,7 +62,7 @@ from hyperfed.rundir.fingerprints import (
 )
 from hyperfed.rundir.recorder import ledger_url_of
 from hypernet import adapter_hash
-from hypernet.io import HYPERNET_WEIGHTS, read_meta
+from hypernet.io import HYPERNET_META, HYPERNET_WEIGHTS, read_meta
 
 __all__ = ["audit_run"]
 
@@ -74,38 +82,38 @@ def _embedded_path(url: str | None, run_dir: RunDirectory) -> Path | None:
     return Path(rest.split("?", 1)[0]) if scheme.lower() == "sqlite" else None
 
 
-def _read_only(path: Path) -> sqlite3.Connection:
-    """Open a SQLite file without writing anything beside it.
-
-    A closed database (no ``-wal`` file) is opened ``immutable``: no lock, no ``-shm``.
-    One with a live WAL is opened ``mode=ro``, which may create the ``-shm`` index
-    SQLite needs to read the WAL, but never changes the database.
-    """
-    wal = path.with_name(path.name + "-wal")
-    query = "mode=ro" if wal.exists() else "immutable=1"
-    return sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True)
-
-
 def _snapshot(path: Path, folder: Path) -> Path:
-    """A consistent copy of a SQLite file (WAL included), read without writing to it."""
-    copy = folder / "ledger.db"
-    source = _read_only(path)
-    target = sqlite3.connect(copy)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
+    """A private copy of a SQLite file and its ``-wal``, made by reading them only.
+
+    Opening the run's own file — even ``mode=ro`` — lets SQLite create or update the
+    ``-shm`` index beside it; a byte copy opened in ``folder`` touches nothing of the run.
+    SQLite replays the copied WAL on open; a copy torn by a concurrent writer shows as a
+    corrupt file (``PRAGMA quick_check``) or a broken chain, never as a silent pass.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / path.name
+    wal = path.with_name(path.name + "-wal")
+    shutil.copyfile(path, copy)
+    if wal.exists():
+        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
     return copy
+
+
+def _read_only(path: Path, folder: Path) -> sqlite3.Connection:
+    """A connection to a private copy (:func:`_snapshot`) of a SQLite file."""
+    return sqlite3.connect(_snapshot(path, folder))
 
 
 class AuditContext:
     """One audit: collects findings while it walks the run directory and the ledger."""
 
-    def __init__(self, run_dir: RunDirectory) -> None:
+    def __init__(self, run_dir: RunDirectory, trusted_cert: Any = None) -> None:
         self.run_dir = run_dir
+        self.trusted_cert = trusted_cert
         self.findings: list[Finding] = []
         self.notes: list[str] = []
+        self.active: set[str] = set()  # registered, not forgotten (check_clients)
+        self.files: dict[tuple[int, str], dict[str, str]] | None = None  # record_checkpoint_files
         self.block_of: dict[str, int] = {}  # tx id -> block number (embedded ledgers)
 
     # --------------------------------------------------------------- helpers
@@ -154,9 +162,13 @@ class AuditContext:
                 anchor = (int(data["number"]), str(data["hash"]))
             except (CorruptFileError, KeyError, TypeError, ValueError) as exc:
                 self.add("ledger", "mismatch", head_path, f"unreadable anchor: {exc}")
-        report = backend.verify(expected_head=anchor)
+        if isinstance(backend, EmbeddedLedger):
+            report = backend.verify(expected_head=anchor, trusted_cert=self.trusted_cert)
+        else:
+            report = backend.verify(expected_head=anchor)
         if report is None:
             return False
+        self.note_signatures(report.signer, report.unsigned)
         self.block_of = {b.tx_id: b.number for b in backend.blocks()}
         for problem in report.problems:
             status = "missing" if problem.kind in _MISSING_KINDS else "mismatch"
@@ -166,9 +178,28 @@ class AuditContext:
             self.add("ledger", "match", label, f"{report.blocks} blocks: hash chain, state and history replay{pinned}")
         return True
 
+    def note_signatures(self, signer: str, unsigned: int) -> None:
+        """Say plainly what the block signatures prove."""
+        if self.trusted_cert is not None:
+            self.notes.append(f"block signatures verified against the {signer}: nobody without its key wrote them")
+        elif signer:
+            self.notes.append(
+                f"no trusted certificate given: block signatures were checked against the {signer} "
+                "that the ledger file itself holds, which proves internal consistency only (whoever "
+                "rewrites the file can replace it); pass --trust-cert WRITER-CERT.pem to prove who wrote it"
+            )
+        if unsigned:
+            self.notes.append(f"{unsigned} blocks carry no signature (written before the ledger signed its blocks)")
+
     # ----------------------------------------------------------- checkpoints
     def check_checkpoints(self, ledger: Ledger, forgotten: set[str], salts: dict[str, bytes]) -> None:
         records = self.query("list_checkpoints", ledger.list_checkpoints, [])
+        self.files = self.query("list_checkpoint_files", ledger.checkpoint_files, {}) or None
+        if self.files is None and records:
+            self.notes.append(
+                "the ledger records no checkpoint file digests (a run recorded before them): checkpoint "
+                "configs and optimizer files were checked for readability only"
+            )
         by_round: dict[int, dict[int, CheckpointRecord]] = defaultdict(dict)
         for ckpt in records:
             by_round[ckpt.round][ckpt.version] = ckpt
@@ -201,7 +232,12 @@ class AuditContext:
     ) -> None:
         weights = folder / HYPERNET_WEIGHTS
         try:
-            wanted = read_meta(folder).get("extra", {}).get("version")
+            meta = read_meta(folder)
+        except CorruptFileError as exc:
+            self.add("checkpoint", "mismatch", folder / HYPERNET_META, f"unreadable: {exc}")
+            return
+        try:
+            wanted = meta.get("extra", {}).get("version")
             ckpt = versions[int(wanted)] if wanted is not None else versions[max(versions)]
             files = read_checkpoint_tensors(folder, also_look_for=sorted(forgotten))
         except (CorruptFileError, KeyError, TypeError, ValueError) as exc:
@@ -227,7 +263,11 @@ class AuditContext:
             self.add("checkpoint", "match", weights, f"shared weights hash = {recorded}")
         for cid in sorted(forgotten & set(files.embeddings)):
             self.add("embedding", "mismatch", weights, f"forgotten client {cid!r} still has an embedding here")
-        leftover = forgotten & optimizer_clients(folder)
+        try:
+            leftover = forgotten & optimizer_clients(folder)
+        except CorruptFileError as exc:  # named once more by check_checkpoint_files
+            self.add("checkpoint", "mismatch", folder / OPTIMIZER_FILE, str(exc))
+            leftover = set()
         if leftover:
             self.add(
                 "embedding",
@@ -244,6 +284,7 @@ class AuditContext:
                 self.add("embedding", "missing", weights, f"no embedding of {cid!r}, which {recorded} commits to")
                 continue
             self.check_embedding(ledger, weights, ckpt, cid, files.embeddings[cid], salts[cid])
+        check_checkpoint_files(self, folder, ckpt, self.files, forgotten)
 
     def check_embedding(
         self, ledger: Ledger, weights: Path, ckpt: CheckpointRecord, cid: str, vector: Any, salt: bytes
@@ -359,19 +400,22 @@ class AuditContext:
                 )
         for cid in sorted(set(salts) - set(clients)):
             self.add("salt", "missing", f"ledger: client {cid!r}", "has a salt but was never registered")
-        return set(forgets) | {c for c, r in clients.items() if r.forgotten}
+        forgotten = set(forgets) | {c for c, r in clients.items() if r.forgotten}
+        self.active = set(clients) - forgotten
+        return forgotten
 
     def check_outbox(self) -> None:
         path = self.run_dir.outbox_path
         if not path.exists():
             return
         try:
-            conn = _read_only(path)
-            try:
-                rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
+            with tempfile.TemporaryDirectory(prefix="hyperfed-audit-") as tmp:
+                conn = _read_only(path, Path(tmp))
+                try:
+                    rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
+                finally:
+                    conn.close()
+        except (sqlite3.Error, OSError) as exc:
             self.add("outbox", "mismatch", path, f"unreadable: {exc}")
             return
         if rows.get("pending"):
@@ -390,6 +434,8 @@ def _ledger_for(audit: AuditContext, ledger: Ledger | None, url: str | None) -> 
     """The ledger to audit against (verifying its chain when it is embedded)."""
     if ledger is not None:
         local = ledger.backend.local_file
+        if audit.trusted_cert is not None and not isinstance(ledger.backend, EmbeddedLedger):
+            audit.notes.append("the trusted certificate was not used: this ledger keeps no local signed chain")
         label = audit.rel(local) if local is not None else repr(ledger.backend)
         if not audit.verify_chain(ledger.backend, label):
             audit.notes.append(
@@ -414,8 +460,8 @@ def _ledger_for(audit: AuditContext, ledger: Ledger | None, url: str | None) -> 
         return
     with tempfile.TemporaryDirectory(prefix="hyperfed-audit-") as tmp:
         try:
-            backend = EmbeddedLedger(_snapshot(path, Path(tmp)))
-        except (sqlite3.Error, HyperFedError) as exc:
+            backend = EmbeddedLedger(_snapshot(path, Path(tmp)), read_only=True)
+        except (sqlite3.Error, HyperFedError, OSError) as exc:
             audit.add("ledger", "mismatch", label, f"not a readable HyperFed ledger: {exc}")
             yield None, label
             return
@@ -425,9 +471,14 @@ def _ledger_for(audit: AuditContext, ledger: Ledger | None, url: str | None) -> 
 
 
 def audit_run(
-    run_dir: RunDirectory | str | os.PathLike, *, ledger: Ledger | None = None, ledger_url: str | None = None
+    run_dir: RunDirectory | str | os.PathLike,
+    *,
+    ledger: Ledger | None = None,
+    ledger_url: str | None = None,
+    trusted_cert: Any = None,
 ) -> AuditReport:
-    """Audit a run directory against its ledger. Never writes to the run.
+    """Audit a run directory against its ledger. Never writes to the run, never finishes a
+    pending forget (it reports it).
 
     Parameters
     ----------
@@ -438,6 +489,11 @@ def audit_run(
     ledger_url
         Audit against this ledger URL; default: ``"ledger_url"`` of ``run.json``, else
         the embedded ``ledger.db`` of the run.
+    trusted_cert
+        The ledger writer's certificate as the auditor knows it (PEM file path, PEM bytes
+        or ``x509.Certificate``): every block must be signed by its key, so a chain
+        re-forged without that key fails. ``None``: the certificate the ledger file
+        records is used, which proves internal consistency only (said in the notes).
 
     Returns
     -------
@@ -446,9 +502,14 @@ def audit_run(
         finding names its culprit.
     """
     run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-    audit = AuditContext(run_dir)
+    if trusted_cert is not None:
+        from hyperfed.ledger.embedded.identity import load_certificate
+
+        trusted_cert = load_certificate(trusted_cert)  # a bad path is the caller's error, raised now
+    audit = AuditContext(run_dir, trusted_cert)
     url = ledger_url or (None if ledger is not None else ledger_url_of(run_dir))
     forgotten: set[str] = set()
+    check_pending_forget(audit)
     with _ledger_for(audit, ledger, url) as (opened, label):
         salts = audit.read_salts()
         if opened is not None:
@@ -456,7 +517,9 @@ def audit_run(
             audit.check_checkpoints(opened, forgotten, salts)
             audit.check_adapters(opened, forgotten)
             check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
+            check_metrics(audit, audit.active, forgotten)
         audit.check_outbox()
+    check_layout(audit)
     report = AuditReport(str(run_dir.root), label, tuple(audit.findings), tuple(sorted(forgotten)), tuple(audit.notes))
     log.info("audit of %s: %s (%s)", run_dir.root, "ok" if report.ok else "FAILED", report.counts())
     return report

@@ -3,7 +3,9 @@
 ``forget_client`` regenerates every remaining client's adapter and records only the Merkle
 root of their hashes (``adapters_root``) with the forget. This check recomputes each
 regenerated file's hash, rebuilds the root and compares it with the record; the local
-``adapter_hashes.json`` (not trusted on its own) only helps name the altered file.
+``adapter_hashes.json`` (not trusted on its own) only helps name the altered file. Every
+file in the forget's ``adapters/`` that is not a remaining client's regenerated adapter,
+and every ``forgets/<id>/`` folder of a client the ledger never forgot, fails the audit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hyperfed.ledger.commitment import adapters_root
+from hyperfed.rundir.layout import client_from_file_name
 from hypernet import adapter_hash
 
 if TYPE_CHECKING:
@@ -26,10 +29,25 @@ __all__ = ["check_regenerated_adapters"]
 
 def check_regenerated_adapters(audit: AuditContext, forget_events: Sequence[ForgetRecord]) -> None:
     """Add one finding per forget event to ``audit`` (the audit's findings so far)."""
+    forgets_dir = audit.run_dir.root / "forgets"
+    recorded = {event.client_id for event in forget_events}
+    if forgets_dir.is_dir():
+        for path in sorted(p for p in forgets_dir.iterdir() if p.is_dir()):
+            if client_from_file_name(path.name) not in recorded:
+                audit.add("regenerated", "mismatch", path, "no forget of this client is recorded on the ledger")
     for event in forget_events:
         regenerated = audit.run_dir.regenerated(event.client_id)
         folder = regenerated.root / "adapters"
         expected = set(event.remaining_client_ids)
+        wanted = {regenerated.adapter_path(0, cid) for cid in expected}
+        if folder.is_dir():
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p not in wanted):
+                audit.add(
+                    "regenerated",
+                    "mismatch",
+                    path,
+                    f"not an adapter regenerated for a remaining client when {event.client_id!r} was forgotten",
+                )
         hashes: dict[str, str] = {}
         for cid in sorted(expected):
             path = regenerated.adapter_path(0, cid)

@@ -245,6 +245,18 @@ def test_contract_refusals_raise_contract_violation_and_write_nothing(gateway):
     assert gateway.server.stats.commits == commits
 
 
+def test_submitting_a_query_function_is_refused_and_appends_no_block(gateway, tmp_path):
+    gateway.submit("register_client", "alice", COMMITMENT)
+    commits = gateway.server.stats.commits
+    for query in ("get_config", "list_clients"):
+        with pytest.raises(ContractViolationError, match=r"\[evaluate-only\] " + query):
+            gateway.submit(query)
+    assert gateway.server.stats.commits == commits
+    gateway.close()
+    with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
+        assert [b.function for b in ledger.blocks()] == ["init_ledger", "register_client"]
+
+
 def test_untrusted_organisations_and_non_writers_are_refused(tmp_path, ca):
     other = new_identity(ca, "OtherMSP")
     roots = {MSP: [ca.cert_pem]}

@@ -94,7 +94,11 @@ def test_edited_block_with_recomputed_hash_breaks_the_next_link(path):
     conn.execute("UPDATE blocks SET args = ?, hash = ? WHERE number = 5", (row[4], row[8]))
     conn.close()
     report = report_of(path)
-    assert [(p.kind, p.location) for p in report.problems] == [("chain-broken", "block 6")]
+    # the re-hashed block no longer carries the writer's signature over its hash
+    assert [(p.kind, p.location) for p in report.problems] == [
+        ("chain-broken", "block 6"),
+        ("signature-invalid", "block 5"),
+    ]
 
 
 def test_swapped_blocks(path):
@@ -102,8 +106,9 @@ def test_swapped_blocks(path):
     two, three = (conn.execute("SELECT * FROM blocks WHERE number = ?", (n,)).fetchone() for n in (2, 3))
     conn.execute("BEGIN")
     conn.execute("DELETE FROM blocks WHERE number IN (2, 3)")
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (2, *three[1:]))
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (3, *two[1:]))
+    marks = ", ".join("?" * len(two))
+    conn.execute(f"INSERT INTO blocks VALUES ({marks})", (2, *three[1:]))
+    conn.execute(f"INSERT INTO blocks VALUES ({marks})", (3, *two[1:]))
     conn.execute("COMMIT")
     conn.close()
     report = report_of(path)
@@ -116,12 +121,13 @@ def test_inserted_block_at_the_tip_is_caught_by_its_missing_effects(path):
     number, prev = conn.execute("SELECT number, hash FROM blocks ORDER BY number DESC").fetchone()
     writes = '[["client/mallory","e30="]]'
     body = (number + 1, prev, "forged-tx", "register_client", '["mallory"]', WRITER, 1.0, writes)
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*body, block_hash(*body)))
+    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '')", (*body, block_hash(*body)))
     conn.close()
     report = report_of(path)
     assert [(p.kind, p.location) for p in report.problems] == [
         ("state-deleted", "state 'client/mallory'"),
         ("history-deleted", "history 'client/mallory'@7"),
+        ("signature-missing", "block 7"),  # and nobody without the writer's key can sign it
     ]
 
 

@@ -71,7 +71,8 @@ def test_a_clean_run_passes(run_dir):
     counts = report.counts()
     checkpoints, generations = ROUNDS + 1, ROUNDS * len(CLIENTS)
     assert counts == {
-        "match": 1 + checkpoints + checkpoints * len(CLIENTS) + generations,
+        # the ledger; per checkpoint its weights, its config + optimizer digests, its embeddings
+        "match": 1 + 2 * checkpoints + checkpoints * len(CLIENTS) + generations,
         "mismatch": 0,
         "missing": 0,
         "forgotten": 0,
@@ -79,7 +80,7 @@ def test_a_clean_run_passes(run_dir):
     assert {f.check for f in report.findings} == {"ledger", "checkpoint", "embedding", "adapter"}
     assert json.loads(json.dumps(report.to_dict()))["ok"] is True
     text = render(report)
-    assert text.startswith("audit PASSED") and "matched: 1 ledger, 3 checkpoint" in text
+    assert text.startswith("audit PASSED") and "matched: 1 ledger, 6 checkpoint" in text
     report.raise_if_failed()
 
 
@@ -132,8 +133,9 @@ def test_swapped_blocks(run_dir):
     two, three = (conn.execute("SELECT * FROM blocks WHERE number = ?", (n,)).fetchone() for n in (2, 3))
     conn.execute("BEGIN")
     conn.execute("DELETE FROM blocks WHERE number IN (2, 3)")
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (2, *three[1:]))
-    conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (3, *two[1:]))
+    marks = ", ".join("?" * len(two))
+    conn.execute(f"INSERT INTO blocks VALUES ({marks})", (2, *three[1:]))
+    conn.execute(f"INSERT INTO blocks VALUES ({marks})", (3, *two[1:]))
     conn.execute("COMMIT")
     conn.close()
     culprits = audit_run(run_dir).culprits()
@@ -142,12 +144,15 @@ def test_swapped_blocks(run_dir):
 
 def test_cleanly_truncated_chain_is_caught_by_the_head_anchor(run_dir):
     with EmbeddedLedger(run_dir.ledger_path) as ledger:
-        last = ledger.blocks()[-1]  # round 2's checkpoint
-    sql(run_dir, "DELETE FROM blocks WHERE number = ?", (last.number,))
-    for key in last.decoded_writes():
-        sql(run_dir, "DELETE FROM history WHERE key = ? AND block = ?", (key, last.number))
-    for key in [k for k in last.decoded_writes() if k.startswith(("ckpt/", "leaf/", "weights/"))]:
-        sql(run_dir, "DELETE FROM state WHERE key = ?", (key,))
+        tip = ledger.blocks()[-2:]  # round 2's checkpoint and its files record
+    assert [b.function for b in tip] == ["record_checkpoint", "record_checkpoint_files"]
+    for last in tip:
+        sql(run_dir, "DELETE FROM blocks WHERE number = ?", (last.number,))
+        for key in last.decoded_writes():
+            sql(run_dir, "DELETE FROM history WHERE key = ? AND block = ?", (key, last.number))
+        for key in [k for k in last.decoded_writes() if k.startswith(("ckpt/", "leaf/", "weights/", "files/"))]:
+            sql(run_dir, "DELETE FROM state WHERE key = ?", (key,))
+    last = tip[-1]  # the anchored head
     head = b'{"round":1,"type":"head","version":0}'
     sql(run_dir, "UPDATE state SET value = ? WHERE key = 'head'", (head,))
     report = audit_run(run_dir)
@@ -189,8 +194,10 @@ def test_altered_embedding_in_a_checkpoint(run_dir):
     bob = embedding_name(run_dir, 1, "bob")
     edit_tensor(path, lambda name: name == bob)
     report = audit_run(run_dir)
-    assert failed(report) == {("embedding", "mismatch", WEIGHTS_1)}
-    assert "'bob'" in report.failures()[0].message  # the other clients still verify
+    # the file no longer matches its own hypernet.json either (weights_sha256)
+    assert failed(report) == {("embedding", "mismatch", WEIGHTS_1), ("checkpoint", "mismatch", WEIGHTS_1)}
+    (embedding,) = [f for f in report.failures() if f.check == "embedding"]
+    assert "'bob'" in embedding.message  # the other clients still verify
     assert (
         sum(f.check == "embedding" and f.status == "match" for f in report.findings) == (ROUNDS + 1) * len(CLIENTS) - 1
     )

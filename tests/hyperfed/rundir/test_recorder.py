@@ -19,7 +19,8 @@ from hypernet import adapter_hash
 
 WRITER = "HyperFedMSP"
 GENERATIONS = ["record_generation"] * len(CLIENTS)
-ONE_ROUND = GENERATIONS + ["record_checkpoint"]
+CHECKPOINT = ["record_checkpoint", "record_checkpoint_files"]  # weights, then config + optimizer
+ONE_ROUND = GENERATIONS + CHECKPOINT
 
 
 @pytest.fixture
@@ -36,9 +37,7 @@ def test_every_record_lands_in_order(run):
         checkpoints = ledger.list_checkpoints()
         generations = ledger.list_generations()
         last_commitments = ledger.checkpoint_commitments(ROUNDS)
-    assert functions == (
-        ["init_ledger"] + ["register_client"] * len(CLIENTS) + ["record_checkpoint"] + ONE_ROUND * ROUNDS
-    )
+    assert functions == (["init_ledger"] + ["register_client"] * len(CLIENTS) + CHECKPOINT + ONE_ROUND * ROUNDS)
     assert clients == sorted(CLIENTS)
     assert [(c.round, c.version, c.client_ids) for c in checkpoints] == [
         (r, 0, tuple(sorted(CLIENTS))) for r in range(ROUNDS + 1)
@@ -184,7 +183,7 @@ def test_registration_is_idempotent_and_late_joiners_are_registered(run):
         functions = [b.function for b in backend.blocks()]
         assert [c.client_id for c in Ledger(backend).list_clients()] == sorted([*CLIENTS, "dave"])
     assert functions.count("register_client") == len(CLIENTS) + 1
-    assert functions[-2:] == ["register_client", "record_checkpoint"]
+    assert functions[-3:] == ["register_client", *CHECKPOINT]
     recorder.close()
     assert audit_run(run.run_dir).ok
 
