@@ -190,7 +190,9 @@ def read_view(run_dir: RunDirectory | str | os.PathLike) -> Iterator[RunDirector
     try:
         fd = os.open(rd.lock_path, os.O_RDONLY)
     except FileNotFoundError:
-        yield rd  # never written under a lock: nothing to share
+        fd = -1  # never written under a lock: nothing to share
+    if fd < 0:
+        yield rd
         return
     try:
         if fcntl is not None:

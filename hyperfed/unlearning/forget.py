@@ -166,7 +166,7 @@ def forget_client(
     """
     forget_mode(mode)  # a typed error for a mode that is not registered
     rd = _run_dir(run_dir).require_run()
-    with run_lock(rd, f"forget {client_id}"):
+    with run_lock(rd, "forget"):  # not naming the client: the lock file outlives the forget
         pending = _read_journal(rd)
         if pending and pending["client_id"] == client_id and pending["mode"] == mode:
             return _finish(rd, pending, server, after_step)  # a retry finishes the same forget
