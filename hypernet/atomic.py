@@ -1,15 +1,19 @@
 """Crash-safe writes: a reader sees the old file or folder or the new one, never a mix.
 
-Files are written to a temporary name beside the target (``.<name>.<random>.tmp``), fsynced
-and renamed over it. A folder is built beside its target as ``.<name>.new``, then swapped
-in with two renames (the old version parks at ``.<name>.old`` and is deleted).
+A file is written to a temporary name beside its target (``.<name>.<random>.tmp``), fsynced
+and renamed over it. A folder is filled and fsynced under such a temporary name, then
+swapped in with two renames: the old version parks at ``.<name>.old``, the new one takes
+its name, the old one is deleted.
 
-A process killed mid-way leaves one of those names behind. :func:`recover_directory`
-settles the swap of one folder (roll forward if the new folder was complete, else keep the
-old one) and deletes every leftover — the old version's bytes included; :func:`recover_tree`
-does it for everything under a root. :func:`atomic_directory` recovers its own target
-before swapping it, and a run directory is recovered each time a writer takes its lock
-(``hyperfed.rundir.lock``). Recovery writes, so it is only for a process that may write.
+A process killed mid-way leaves one of those names behind: a ``.tmp`` (an unfinished write
+or an unswapped fill: the target still holds the old version) or an ``.old`` (a replaced
+version, or — if the target is missing — the only version). :func:`recover_directory`
+settles one folder's swap: it puts a lone ``.old`` back (roll back) or deletes it, so the
+old version's bytes never outlive a completed swap. :func:`recover_tree` does that for
+every folder under a root and deletes every ``.tmp``. :func:`atomic_directory` settles its
+own target first; a run directory is recovered as a whole each time a writer takes its
+lock (``hyperfed.rundir.lock``) — ``.tmp`` names are deleted only there, where no other
+writer can be filling one. Recovery writes, so it is only for a process that may write.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_NEW, _OLD = ".new", ".old"
-# A temp file of atomic_write_bytes, or a temp folder of an older atomic_directory (mkdtemp).
+_OLD = ".old"
+# A temp file of atomic_write_bytes or a temp folder of atomic_directory (both mkstemp/mkdtemp).
 _TMP = re.compile(r"^\..+\.tmp$")
 
 
@@ -69,8 +73,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _parked(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}{kind}")
+def _parked(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_OLD}")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -91,29 +95,31 @@ def _remove(path: Path) -> None:
 def atomic_directory(path: str | os.PathLike[str], fill: Callable[[Path], None]) -> None:
     """Build a directory with ``fill(tmp_dir)`` and swap it in place of ``path``.
 
-    ``path`` never holds a half-filled directory, and a crash at any point leaves either
-    the old or the new version at ``path`` plus a leftover that :func:`recover_directory`
-    settles — this function calls it first, so the next swap of ``path`` finishes or
-    rolls back an interrupted one. The steps: fill and fsync ``.<name>.new``; rename
-    ``path`` to ``.<name>.old``; rename ``.<name>.new`` to ``path``; delete ``.<name>.old``.
+    ``path`` never holds a half-filled directory, and a crash at any point leaves the old
+    or the new version at ``path`` (or the old one parked at ``.<name>.old``) plus a
+    leftover that :func:`recover_directory` / :func:`recover_tree` settle; this function
+    settles an earlier interrupted swap of ``path`` first. The steps: fill and fsync
+    ``.<name>.<random>.tmp``; rename ``path`` to ``.<name>.old``; rename the fill to
+    ``path``; delete ``.<name>.old``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
-    new, old = _parked(path, _NEW), _parked(path, _OLD)
-    new.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = _parked(path)
     try:
-        fill(new)
-        _fsync_tree(new)
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    # From here ``new`` is complete: a crash rolls forward (recover_directory).
-    if path.exists():
-        os.replace(path, old)
+        fill(tmp)
+        _fsync_tree(tmp)
+        if path.exists():
+            os.replace(path, old)
+            fsync_dir(path.parent)
+        os.replace(tmp, path)
         fsync_dir(path.parent)
-    os.replace(new, path)
-    fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)  # roll back: the swap did not happen
+        raise
     if old.exists():
         shutil.rmtree(old)
         fsync_dir(path.parent)
@@ -122,60 +128,56 @@ def atomic_directory(path: str | os.PathLike[str], fill: Callable[[Path], None])
 def recover_directory(path: str | os.PathLike[str]) -> list[Path]:
     """Settle an interrupted :func:`atomic_directory` swap of ``path``; return what was removed.
 
-    * ``path`` missing, ``.<name>.new`` present: the crash came after the new folder was
-      complete and the old one was parked — roll forward (rename ``.new`` to ``path``).
-    * ``path`` missing, only ``.<name>.old``: put the old folder back.
-    * then delete every ``.new`` / ``.old`` left beside ``path``: with ``path`` present
-      a ``.new`` is an unfinished fill (roll back) and an ``.old`` a replaced version.
+    ``path`` missing and ``.<name>.old`` present: the crash came between the two renames —
+    put the old folder back (the new one, if complete, is a ``.tmp`` that
+    :func:`recover_tree` deletes; the writer that was killed redoes its work). ``path``
+    present: a ``.<name>.old`` beside it is a replaced version and is deleted.
     """
     path = Path(path)
-    new, old = _parked(path, _NEW), _parked(path, _OLD)
-    if not path.exists():
-        if new.is_dir():
-            os.replace(new, path)
-            log.warning("finished an interrupted swap of %s (the new version was complete)", path)
-        elif old.is_dir():
-            os.replace(old, path)
-            log.warning("restored %s from an interrupted swap", path)
-    removed = []
-    for leftover in (new, old):
-        if leftover.exists() or leftover.is_symlink():
-            _remove(leftover)
-            removed.append(leftover)
-    if removed:
+    old = _parked(path)
+    if not (old.exists() or old.is_symlink()):
+        return []
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
         fsync_dir(path.parent)
-    return removed
+        log.warning("restored %s from an interrupted swap", path)
+        return []
+    _remove(old)
+    fsync_dir(path.parent)
+    return [old]
 
 
 def is_leftover(path: Path) -> bool:
     """Whether ``path`` is a name only an interrupted atomic write or swap leaves behind."""
     name = path.name
-    return bool(_TMP.match(name)) or (name.startswith(".") and name.endswith((_NEW, _OLD)) and len(name) > 5)
+    return bool(_TMP.match(name)) or (name.startswith(".") and name.endswith(_OLD) and len(name) > len(_OLD) + 1)
 
 
 def recover_tree(root: str | os.PathLike[str]) -> list[Path]:
-    """:func:`recover_directory` for every interrupted swap under ``root``, and delete every
-    temporary file of :func:`atomic_write_bytes`; return the paths removed (or settled)."""
+    """Settle every interrupted write under ``root``: each ``.<name>.old`` folder is put back
+    or deleted (:func:`recover_directory`) and every ``.tmp`` file or folder is deleted.
+
+    Only for a process that holds the lock of ``root``: a ``.tmp`` may be a live writer's.
+    Returns the paths removed.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
     removed: list[Path] = []
-    targets: set[Path] = set()
+    targets: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in (*dirnames, *filenames):
             entry = here / name
             if not is_leftover(entry):
                 continue
-            if name.endswith((_NEW, _OLD)) and not _TMP.match(name):
-                targets.add(here / name[1 : -len(_NEW)])  # .new and .old have the same length
-            else:
+            if _TMP.match(name):
                 _remove(entry)
                 removed.append(entry)
+            else:
+                targets.append(here / name[1 : -len(_OLD)])
         dirnames[:] = [d for d in dirnames if not is_leftover(here / d)]  # not into what goes
-    for target in sorted(targets):
-        if not target.exists() and not _parked(target, _NEW).exists() and not _parked(target, _OLD).exists():
-            continue
+    for target in targets:
         removed.extend(recover_directory(target))
     if removed:
         log.warning("removed %d leftovers of interrupted writes under %s", len(removed), root)

@@ -122,15 +122,15 @@ def _versions(tmp_path):
 
     target = tmp_path / "folder"
     atomic_directory(target, lambda d: (d / "v").write_text("old"))
-    return target, target.with_name(".folder.new"), target.with_name(".folder.old")
+    return target, target.with_name(".folder.x1y2.tmp"), target.with_name(".folder.old")
 
 
 @pytest.mark.parametrize(
     ("crash_after", "expect"),
     [
-        ("half a fill", "old"),  # .new incomplete, the folder untouched: roll back
-        ("the fill", "old"),  # .new complete, not swapped: roll back (the old one is still there)
-        ("parking the old", "new"),  # folder missing, .new complete: roll forward
+        ("half a fill", "old"),  # the fill incomplete, the folder untouched: roll back
+        ("the fill", "old"),  # the fill complete, not swapped: roll back (the old one is still there)
+        ("parking the old", "old"),  # the folder missing between the renames: put the old one back
         ("the swap", "new"),  # both renames done, .old not deleted yet
         ("half the delete", "new"),  # .old partly deleted
     ],
@@ -163,7 +163,26 @@ def test_the_next_swap_of_a_folder_settles_an_interrupted_one_first(tmp_path):
 
     from hypernet.atomic import atomic_directory
 
-    target, new, old = _versions(tmp_path)
-    os.replace(target, old)  # killed between the renames, before .new existed
+    target, _, old = _versions(tmp_path)
+    os.replace(target, old)  # killed between the renames
     atomic_directory(target, lambda d: (d / "v").write_text("next"))
     assert (target / "v").read_text() == "next" and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_a_failed_swap_rolls_back(tmp_path, monkeypatch):
+    import os
+
+    from hypernet.atomic import atomic_directory
+
+    target, _, _ = _versions(tmp_path)
+    real = os.replace
+
+    def fail_second(src, dst):
+        if str(dst) == str(target) and str(src).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second)
+    with pytest.raises(OSError):
+        atomic_directory(target, lambda d: (d / "v").write_text("next"))
+    assert (target / "v").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]

@@ -125,8 +125,8 @@ with run_lock({str(run.root)!r}, "train"):
 def test_taking_the_lock_settles_leftovers_and_the_read_view_writes_nothing(run):
     ckpt = run.checkpoint_dir(1)
     parked = ckpt.with_name(f".{ckpt.name}.old")
-    os.replace(ckpt, parked)  # a swap killed between its renames, before .new was complete…
-    (run.checkpoint_dir(2).with_name(".round-0002.new")).mkdir()  # …and a fill that never finished
+    os.replace(ckpt, parked)  # a swap killed between its renames…
+    (run.checkpoint_dir(2).with_name(".round-0002.k3j4.tmp")).mkdir()  # …and a fill that never finished
     tmp = run.root / ".metrics.json.abc123.tmp"
     tmp.write_text("half")
     before = sorted(str(p) for p in run.root.rglob("*"))
@@ -135,7 +135,7 @@ def test_taking_the_lock_settles_leftovers_and_the_read_view_writes_nothing(run)
     assert sorted(str(p) for p in run.root.rglob("*")) == before  # the audit's view changes nothing
     with run_lock(run.root, "forget"):
         names = {p.name for p in run.root.rglob("*")}
-        assert ckpt.is_dir() and not parked.exists() and not tmp.exists() and ".round-0002.new" not in names
+        assert ckpt.is_dir() and not parked.exists() and not tmp.exists() and ".round-0002.k3j4.tmp" not in names
     assert audit_run(run.root).ok
 
 
@@ -144,3 +144,28 @@ def test_a_read_view_of_a_run_never_locked_creates_no_lock_file(tmp_path):
     with read_view(rd):
         pass
     assert not rd.lock_path.exists()
+
+
+def test_the_server_apps_recorded_run_takes_the_lock(run):
+    import threading
+
+    from hyperfed.config import RunConfig
+    from hyperfed.flower.server_app import run_recorded
+
+    config = RunConfig(run_dir=str(run.root))
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with run_lock(run.root, "train"):
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait()
+    try:
+        with pytest.raises(RunBusyError, match="`train`"):
+            run_recorded(None, config)  # refused before it touches the grid or the run
+    finally:
+        release.set()
+        thread.join()

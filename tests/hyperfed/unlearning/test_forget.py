@@ -371,7 +371,7 @@ real = os.replace
 calls = [0]
 def replace(src, dst, *a, **k):
     calls[0] += 1
-    if calls[0] == {kill_at} and (str(dst).endswith(".old") or str(src).endswith(".new")):
+    if calls[0] == {kill_at} and os.path.isdir(src):
         os.kill(os.getpid(), signal.SIGKILL)  # between the two renames of a folder swap
     return real(src, dst, *a, **k)
 os.replace = replace
@@ -390,14 +390,14 @@ def _swap_renames(run: RunDirectory, victim: str) -> list[int]:
     real = os.replace
 
     def replace(src, dst, *a, **k):
-        seen.append(str(dst) if str(dst).endswith(".old") else str(src))
+        seen.append("swap" if os.path.isdir(src) else "file")
         return real(src, dst, *a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hypernet.atomic.os, "replace", replace)
         forget_client(probe, victim, "delete")
     shutil.rmtree(probe)
-    return [i + 1 for i, s in enumerate(seen) if s.endswith((".old", ".new"))]
+    return [i + 1 for i, s in enumerate(seen) if s == "swap"]
 
 
 def test_a_process_killed_inside_a_folder_swap_leaves_no_old_bytes_after_the_retry(run):
@@ -422,3 +422,30 @@ def test_a_process_killed_inside_a_folder_swap_leaves_no_old_bytes_after_the_ret
             if path.is_file():
                 assert not any(e in path.read_bytes() for e in embeddings), path
         assert audit_run(root).ok
+
+
+def test_a_flower_runs_metrics_lose_the_client_and_the_means_that_held_it():
+    from hyperfed.experiment import metrics_without_client
+
+    metrics = {
+        "method": "hyperlora",
+        "clients": {"org/x": 1, "b": 2, "c": 3},
+        "sampled": {"1": ["org/x", "b"], "2": ["b", "c"]},
+        "rounds": [
+            {
+                "round": 1,
+                "accepted": ["org/x", "b"],
+                "rejected": {},
+                "update_norms": {"org/x": 1.0, "b": 2.0},
+                "train_loss": 3.0,
+            },
+            {"round": 2, "accepted": ["b", "c"], "rejected": {"org/x": "late"}, "update_norms": {}, "train_loss": 2.5},
+        ],
+        "eval_losses": {"2": {"org/x": 1.0, "b": 2.0, "c": 3.0}},
+    }
+    out = metrics_without_client(metrics, "org/x")
+    assert "org/x" not in str(out)
+    assert out["rounds"][0]["train_loss"] is None  # a mean over a and b: its parts are not kept
+    assert out["rounds"][1]["train_loss"] == 2.5  # a did not train in round 2
+    assert out["sampled"] == {"1": ["b"], "2": ["b", "c"]} and out["eval_losses"] == {"2": {"b": 2.0, "c": 3.0}}
+    assert metrics["clients"] == {"org/x": 1, "b": 2, "c": 3}  # the input is left alone

@@ -134,33 +134,49 @@ def _same(a: dict, b: dict) -> list[str]:
     return problems
 
 
-@pytest.fixture(scope="module")
-def clean(recorded, tmp_path_factory):
-    """A copy of the run forgotten without interruption, and the calls that took."""
-    rd = RunDirectory(tmp_path_factory.mktemp("clean") / "run")
+def _clean(recorded: Path, root: Path, mode: str) -> tuple[RunDirectory, dict, int]:
+    """A copy of the run forgotten without interruption, its state and the calls it took."""
+    rd = RunDirectory(root)
     shutil.copytree(recorded, rd.root)
     counter = Injector()
     victim = _victim(rd)
     with pytest.MonkeyPatch.context() as mp:
         counter.install(mp)
-        forget_client(rd.root, victim, "delete")
+        forget_client(rd.root, victim, mode)
     return rd, _state(rd), counter.calls
 
 
-def _kill_and_retry(recorded: Path, root: Path, kill_at: int, retry_with_resume: bool) -> tuple[RunDirectory, str]:
-    shutil.copytree(recorded, root)
-    rd = RunDirectory(root)
-    victim = _victim(rd)
+@pytest.fixture(scope="module")
+def clean(recorded, tmp_path_factory):
+    return _clean(recorded, tmp_path_factory.mktemp("clean") / "run", "delete")
+
+
+def _kill(root: Path, victim: str, mode: str, kill_at: int, attempt) -> str:
     injector = Injector(kill_at)
     with pytest.MonkeyPatch.context() as mp:
         injector.install(mp)
-        with pytest.raises(Killed):
-            forget_client(rd.root, victim, "delete")
+        try:
+            attempt()
+        except Killed:
+            return injector.where
+    return ""  # the attempt needed fewer calls: it finished
+
+
+def _kill_and_retry(
+    recorded: Path, root: Path, kill_at: int, retry_with_resume: bool, mode: str = "delete", then_kill_at: int = 0
+) -> tuple[RunDirectory, str]:
+    shutil.copytree(recorded, root)
+    rd = RunDirectory(root)
+    victim = _victim(rd)
+    where = _kill(root, victim, mode, kill_at, lambda: forget_client(rd.root, victim, mode))
+    assert where, f"no kill at call {kill_at}"
+    if then_kill_at:  # the retry itself (recovery under the lock, then the roll forward) killed too
+        where += " + " + (_kill(root, victim, mode, then_kill_at, lambda: forget_client(rd.root, victim, mode)) or "-")
     if retry_with_resume and (rd.root / JOURNAL).exists():
         assert recover_pending_forget(rd.root) is not None
     else:
-        forget_client(rd.root, victim, "delete")
-    return rd, injector.where
+        forget_client(rd.root, victim, mode)
+    return rd, where
 
 
 def _check_after_retry(rd: RunDirectory, embeddings: list[bytes], clean_state: dict, where: str) -> None:
@@ -199,7 +215,9 @@ def _run_points(recorded, clean, tmp_path, count: int, seed: int) -> dict[str, i
     for i, kill_at in enumerate(points):
         rd, where = _kill_and_retry(recorded, tmp_path / f"run-{kill_at}", kill_at, retry_with_resume=i % 2 == 0)
         _check_after_retry(rd, embeddings, clean_state, where)
-        in_swap = any(mark in where for mark in (".new", ".old"))
+        in_swap = ".old" in where or (
+            "os.replace" in where and "hypernet.safetensors" not in where and ".tmp" in where and "json" not in where
+        )
         kind = where.split("(")[0] + (" in a folder swap" if in_swap else "")
         kinds[kind] = kinds.get(kind, 0) + 1
         shutil.rmtree(rd.root)
@@ -218,3 +236,25 @@ def test_a_forget_killed_at_every_file_operation_then_retried_is_a_clean_forget(
     kinds = _run_points(recorded, clean, tmp_path, count=10**6, seed=0)
     assert sum(kinds.values()) >= 100
     assert any("folder swap" in kind for kind in kinds)
+
+
+@pytest.mark.slow
+def test_a_kill_during_the_retry_of_a_killed_forget_is_recovered_too(recorded, clean, tmp_path):
+    _, clean_state, total = clean
+    embeddings = _embeddings(RunDirectory(recorded), _victim(RunDirectory(recorded)))
+    rng = random.Random(7)
+    for i in range(12):
+        first, second = rng.randint(1, total), rng.randint(1, 40)
+        rd, where = _kill_and_retry(recorded, tmp_path / f"run-{i}", first, i % 2 == 0, then_kill_at=second)
+        _check_after_retry(rd, embeddings, clean_state, where)
+        shutil.rmtree(rd.root)
+
+
+@pytest.mark.slow
+def test_an_exact_forget_killed_at_random_points_then_retried_is_a_clean_one(recorded, tmp_path):
+    _, clean_state, total = _clean(recorded, tmp_path / "clean", "exact")
+    embeddings = _embeddings(RunDirectory(recorded), _victim(RunDirectory(recorded)))
+    for i, kill_at in enumerate(_kill_points(total, 10, seed=3)):
+        rd, where = _kill_and_retry(recorded, tmp_path / f"run-{kill_at}", kill_at, i % 2 == 0, mode="exact")
+        _check_after_retry(rd, embeddings, clean_state, where)
+        shutil.rmtree(rd.root)
