@@ -184,7 +184,7 @@ def forget_client(
             "started": time.time(),
         }
         rd.write_json(rd.root / JOURNAL, journal)  # the commit point: from here we roll forward
-        return _finish(rd, journal, server, after_step)
+        return _finish(rd, journal, server, after_step, checked=True)
 
 
 def recover_pending_forget(run_dir: str | Path | RunDirectory) -> ForgetResult | None:
@@ -203,9 +203,14 @@ def pending_forget(run_dir: str | Path | RunDirectory) -> dict[str, Any] | None:
 
 
 def _finish(
-    rd: RunDirectory, journal: dict[str, Any], server: HyperLoRAServer | None, after_step: Callable[[str], None] | None
+    rd: RunDirectory,
+    journal: dict[str, Any],
+    server: HyperLoRAServer | None,
+    after_step: Callable[[str], None] | None,
+    checked: bool = False,
 ) -> ForgetResult:
-    _check_files(rd)  # a resumed forget too starts from intact files
+    if not checked:
+        _check_files(rd)  # a resumed forget too starts from intact files
     try:
         return _complete(rd, journal, server, after_step)
     except OSError as exc:
