@@ -120,7 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nForgetting {DEMO_FORGET_CLIENT!r} (it holds {config.corpus.canary_count} planted canaries) …")
     status = _forget_and_report(args.out, DEMO_FORGET_CLIENT, "delete", ())
     print()
-    audit_args = argparse.Namespace(run_dir=args.out, ledger=None, json=None, all=False)
+    audit_args = argparse.Namespace(run_dir=args.out, ledger=None, json=None, all=False, trust_cert=None)
     return status or _cmd_audit(audit_args)
 
 
@@ -140,13 +140,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    """Read only: a pending forget is reported by the audit, never finished by it (that is
+    ``hyperfed forget RUN --resume``); a run being written is refused (RunBusyError)."""
+    from hyperfed.rundir import RunDirectory
     from hyperfed.rundir.audit import audit_run
     from hyperfed.rundir.audit.report import render
-    from hyperfed.unlearning.forget import recover_pending_forget
+    from hyperfed.rundir.lock import read_view
 
-    if recover_pending_forget(args.run_dir) is not None:
-        print("finished an interrupted forget before auditing")
-    report = audit_run(args.run_dir, ledger_url=args.ledger, trusted_cert=getattr(args, "trust_cert", None))
+    rd = RunDirectory(args.run_dir).require_run()
+    with read_view(rd):
+        report = audit_run(rd, ledger_url=args.ledger, trusted_cert=args.trust_cert)
     print(render(report, verbose=args.all))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
@@ -154,11 +157,25 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
-    from hyperfed.unlearning.forget import forget_client
+    from hyperfed.unlearning.forget import ForgetResult, forget_client, pending_forget, recover_pending_forget
 
-    if args.verify:
+    result: ForgetResult | None
+    if args.resume:
+        if args.verify or args.compare:
+            raise _usage("--resume finishes a pending forget; it takes no --verify or --compare")
+        pending = pending_forget(args.run_dir)
+        if pending is not None and args.client_id not in (None, pending["client_id"]):
+            raise _usage(f"the pending forget is of {pending['client_id']!r}, not {args.client_id!r}")
+        result = recover_pending_forget(args.run_dir)
+        if result is None:
+            print(f"no pending forget in {args.run_dir}: nothing to resume")
+            return 0
+    elif args.client_id is None:
+        raise _usage("give the CLIENT_ID to forget, or --resume to finish a pending forget")
+    elif args.verify:
         return _forget_and_report(args.run_dir, args.client_id, args.mode, tuple(args.compare or ()))
-    result = forget_client(args.run_dir, args.client_id, args.mode)
+    else:
+        result = forget_client(args.run_dir, args.client_id, args.mode)
     print(
         f"forgot {result.client_id!r} ({result.mode}) in {result.seconds:.2f} s; "
         f"{len(result.remaining_clients)} clients remain; ledger: {result.ledger_status}"
@@ -166,6 +183,12 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     if result.replayed_rounds:
         print(f"replayed rounds {result.replayed_rounds[0]}..{result.replayed_rounds[-1]} without it")
     return 0
+
+
+def _usage(message: str) -> HyperFedError:
+    from hyperfed.errors import ConfigError
+
+    return ConfigError(message)
 
 
 _VERBOSE_HELP = "also show INFO logs of hyperfed and Flower (default: warnings and errors only)"
@@ -221,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
         "forget", parents=[verbose], help="forget a client of a run (delete its embedding and every trace)"
     )
     forget.add_argument("run_dir")
-    forget.add_argument("client_id")
+    forget.add_argument("client_id", nargs="?", default=None)
+    forget.add_argument(
+        "--resume", action="store_true", help="finish the forget a crash interrupted (forget_journal.json)"
+    )
     forget.add_argument(
         "--mode",
         choices=list(FORGET_MODES),
@@ -247,8 +273,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except HyperFedError as exc:  # a typed, explained failure: no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc))
+    except OSError as exc:  # the disk or the OS refused (read-only, full, permissions)
+        return _fail(args, _os_error(exc))
+    except Exception as exc:  # a bug: still one line, the traceback with -v
+        return _fail(args, f"internal error {type(exc).__name__}: {exc} (rerun with -v for the traceback)", 3)
+
+
+def _os_error(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot access{where}: {exc.strerror or exc} (check the path, its permissions and free space)"
+
+
+def _fail(args: argparse.Namespace, message: str, code: int = 2) -> int:
+    if args.verbose:
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ __all__ = [
     "ContractViolationError",
     "TamperDetectedError",
     "MissingExtraError",
+    "NotARunError",
+    "RunBusyError",
+    "ForgetJournalError",
+    "ForgetInterruptedError",
 ]
 
 
@@ -63,3 +67,26 @@ class TamperDetectedError(LedgerError):
 class MissingExtraError(HyperFedError, ImportError):
     """A feature needs packages of an optional extra that is not installed; the message
     names the ``pip install 'hyperfed[extra]'`` that fixes it."""
+
+
+class NotARunError(ConfigError):
+    """The path is not a run directory (missing, not a folder, or no ``run.json`` /
+    checkpoints in it); the message names the path."""
+
+
+class RunBusyError(HyperFedError):
+    """Another process holds the run's lock (``RUN/.lock``): a writer (train, forget) or an
+    audit reading it. Nothing was changed; retry once it has finished (the message says
+    which command holds it, when known)."""
+
+
+class ForgetJournalError(CorruptFileError):
+    """``RUN/forget_journal.json`` cannot be completed (unparsable, not an object, missing
+    keys, or naming a client or round the run never had). The message names the file and
+    what to do; nothing was changed."""
+
+
+class ForgetInterruptedError(HyperFedError):
+    """A committed forget stopped on an operating-system error (read-only disk, full disk…).
+    It is pending in ``forget_journal.json``: fix the cause, then ``hyperfed forget RUN
+    --resume`` (or call ``forget_client`` again) finishes it."""

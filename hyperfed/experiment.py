@@ -3,7 +3,12 @@
 ``run_experiment`` builds the offline corpus, loads (or pretrains once) the base model,
 then runs each method for the same rounds, sampling and local steps, evaluates every
 client's held-out loss, and writes the run directory: ``metrics.json``, a PNG of the loss
-curves, and — for HyperLoRA — checkpoints, generated adapters and the ledger records.
+curves, and — for HyperLoRA — checkpoints, generated adapters and the ledger records. It
+holds the run lock (:func:`hyperfed.rundir.lock.run_lock`) while it writes.
+
+Every aggregate in ``metrics.json`` (the means, the curves) is kept with the per-client
+values it is computed from, so :func:`metrics_without_client` can recompute it after a
+forget instead of leaving a mean from which the forgotten client's losses follow.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -25,14 +30,27 @@ from hyperfed.data.corpus import FederatedCorpus, build_corpus
 from hyperfed.federation import evaluate_all, make_server, method_label, run_rounds
 from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome
 from hyperfed.rundir import RunDirectory
+from hyperfed.rundir.lock import run_lock
 from hyperfed.rundir.recorder import RunRecorder
 from hypernet import evaluate_loss
+from hypernet.atomic import atomic_write_bytes
 from hypernet.base_models import add_lora
 from hypernet.errors import ConfigError
 
-__all__ = ["RunConfig", "ExperimentResult", "run_experiment", "summary_rows"]
+__all__ = [
+    "RunConfig",
+    "ExperimentResult",
+    "run_experiment",
+    "summary_rows",
+    "plot_curves",
+    "metrics_without_client",
+    "redraw_plots",
+    "corpus_manifest",
+]
 
 log = logging.getLogger(__name__)
+
+LOSS_CURVES = "loss_curves.png"
 
 
 @dataclass
@@ -47,21 +65,44 @@ class ExperimentResult:
     run_dir: Path
     rejected: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
     servers: dict[str, AdapterServer] = field(default_factory=dict, repr=False)
+    # method → [(round, client → val loss)]: what each point of ``curves`` is the mean of
+    curve_losses: dict[str, list[tuple[int, dict[str, float]]]] = field(default_factory=dict)
 
     def mean(self, method: str) -> float:
-        values = self.final[method].values()
-        return sum(values) / len(values)
+        return _mean(self.final[method])
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "final": self.final,
             "base": self.base,
             "curves": self.curves,
+            "curve_losses": {m: [[r, losses] for r, losses in pts] for m, pts in self.curve_losses.items()},
             "seconds": self.seconds,
             "domain_of": self.domain_of,
-            "mean": {m: self.mean(m) for m in self.final} | {"base": sum(self.base.values()) / len(self.base)},
+            "mean": {m: self.mean(m) for m in self.final} | {"base": _mean(self.base)},
             "rejected": {m: {str(r): v for r, v in rounds.items()} for m, rounds in self.rejected.items()},
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], run_dir: str | Path) -> ExperimentResult:
+        """The result :meth:`to_dict` wrote (``metrics.json`` of ``run_experiment``); the
+        means are recomputed from the per-client values, and so are the curves where their
+        per-client values are there (``curve_losses``)."""
+        curve_losses = {
+            m: [(int(r), dict(losses)) for r, losses in pts] for m, pts in data.get("curve_losses", {}).items()
+        }
+        curves = {m: [(int(r), float(v)) for r, v in pts] for m, pts in data.get("curves", {}).items()}
+        curves |= {m: [(r, _mean(losses)) for r, losses in pts] for m, pts in curve_losses.items()}
+        return cls(
+            final={m: dict(v) for m, v in data["final"].items()},
+            base=dict(data["base"]),
+            curves=curves,
+            seconds=dict(data.get("seconds", {})),
+            domain_of=dict(data.get("domain_of", {})),
+            run_dir=Path(run_dir),
+            rejected={m: {int(r): dict(v) for r, v in rs.items()} for m, rs in data.get("rejected", {}).items()},
+            curve_losses=curve_losses,
+        )
 
 
 def summary_rows(result: ExperimentResult) -> list[dict[str, Any]]:
@@ -85,8 +126,9 @@ def run_method(
     config: RunConfig,
     on_round: Callable[[str, RoundOutcome], None] | None = None,
     run_dir: RunDirectory | None = None,
-) -> tuple[AdapterServer, dict[str, float], list[tuple[int, float]], dict[int, dict[str, str]]]:
-    """Train one method; return its server, final per-client losses, loss curve, rejections.
+) -> tuple[AdapterServer, dict[str, float], list[tuple[int, dict[str, float]]], dict[int, dict[str, str]]]:
+    """Train one method; return its server, final per-client losses, per-client loss curve
+    (``[(round, client → loss)]``), rejections.
 
     With ``run_dir``, a HyperLoRA run is recorded: every registration, checkpoint and
     generated adapter goes to the run directory and the ledger (:class:`RunRecorder`).
@@ -101,7 +143,7 @@ def run_method(
         recorder = RunRecorder.open(run_dir, config.ledger.url or None, writer_msp=config.ledger.writer_msp)
         recorder.record_checkpoint(0, server.hypernet, server.trainer)  # registers every client
     rejected: dict[int, dict[str, str]] = {}
-    curve: list[tuple[int, float]] = []
+    curve: list[tuple[int, dict[str, float]]] = []
     every = config.evaluation.every
 
     def after_round(outcome: RoundOutcome) -> None:
@@ -110,7 +152,7 @@ def run_method(
         if outcome.rejected:
             rejected[outcome.round] = outcome.rejected
         if config.engine == "loop" and ((every and outcome.round % every == 0) or outcome.round == fed.rounds):
-            curve.append((outcome.round, _mean(evaluate_all(server, peft_model, corpus.clients))))
+            curve.append((outcome.round, evaluate_all(server, peft_model, corpus.clients)))
         if on_round:
             on_round(method, outcome)
 
@@ -118,7 +160,7 @@ def run_method(
         if config.engine == "flower":
             final = _run_flower(server, config, after_round, curve)
         else:
-            curve.append((0, _mean(evaluate_all(server, peft_model, corpus.clients))))
+            curve.append((0, evaluate_all(server, peft_model, corpus.clients)))
             run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
             final = evaluate_all(server, peft_model, corpus.clients)
     finally:
@@ -131,7 +173,7 @@ def _run_flower(
     server: AdapterServer,
     config: RunConfig,
     after_round: Callable[[RoundOutcome], None],
-    curve: list[tuple[int, float]],
+    curve: list[tuple[int, dict[str, float]]],
 ) -> dict[str, float]:
     """Train through Flower (in-process grid, real ServerApp strategy and ClientApps);
     curves and final losses come from the clients' own federated evaluation."""
@@ -139,7 +181,7 @@ def _run_flower(
 
     run = run_inprocess(config.to_run_config(), server=server, finish=None, on_round=after_round)
     losses = run.history.eval_losses
-    curve.extend((r, _mean(losses[r])) for r in sorted(losses))
+    curve.extend((r, dict(losses[r])) for r in sorted(losses))
     return dict(losses[max(losses)])
 
 
@@ -154,23 +196,41 @@ def run_experiment(
 
     A directory that already holds a run is refused (its ledger and forget log would mix
     with the new run's) unless ``overwrite``, which deletes it first.
+
+    Raises
+    ------
+    RunBusyError
+        Another process writes or audits the run directory.
     """
     config = config or RunConfig()
     rd = RunDirectory(run_dir)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    with run_lock(rd, "train"):
+        return _run_experiment(rd, config, on_round, on_pretrain, overwrite)
+
+
+def _run_experiment(
+    rd: RunDirectory,
+    config: RunConfig,
+    on_round: Callable[[str, RoundOutcome], None] | None,
+    on_pretrain: Callable[[int, float], None] | None,
+    overwrite: bool,
+) -> ExperimentResult:
     if rd.config_path.exists():
         if not overwrite:
             raise ConfigError(f"{rd.root} already holds a run; choose another directory or delete it (overwrite=True)")
-        shutil.rmtree(rd.root)
-    rd.root.mkdir(parents=True, exist_ok=True)
+        for entry in rd.root.iterdir():  # all but the lock this process holds
+            if entry != rd.lock_path:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     rd.write_json(rd.config_path, config.to_dict())
     corpus = build_corpus(config.corpus)
-    rd.write_json(rd.manifest_path, corpus.manifest)
+    rd.write_json(rd.manifest_path, corpus_manifest(corpus))
     base_model = load_or_build_base_model(config.base_model, callback=on_pretrain)
 
-    final, curves, seconds, rejected, servers = {}, {}, {}, {}, {}
+    final, curve_losses, seconds, rejected, servers = {}, {}, {}, {}, {}
     for method in config.methods:
         start = time.perf_counter()
-        server, final[method], curves[method], rejected[method] = run_method(
+        server, final[method], curve_losses[method], rejected[method] = run_method(
             method, base_model, corpus, config, on_round, rd
         )
         seconds[method] = time.perf_counter() - start
@@ -178,20 +238,97 @@ def run_experiment(
         log.info("%s: mean val loss %.4f in %.1f s", method, _mean(final[method]), seconds[method])
     probe = add_lora(copy.deepcopy(base_model), rank=config.federation.lora_rank)
     base_losses = {cid: evaluate_loss(probe, None, data.val) for cid, data in corpus.clients.items()}
-    result = ExperimentResult(final, base_losses, curves, seconds, corpus.domain_of, rd.root, rejected, servers)
+    curves = {m: [(r, _mean(losses)) for r, losses in pts] for m, pts in curve_losses.items()}
+    result = ExperimentResult(
+        final, base_losses, curves, seconds, corpus.domain_of, rd.root, rejected, servers, curve_losses
+    )
     rd.write_json(rd.metrics_path, result.to_dict())
-    plot_curves(result, rd.plots_dir / "loss_curves.png")
+    plot_curves(result, rd.plots_dir / LOSS_CURVES)
     return result
 
 
-def plot_curves(result: ExperimentResult, path: Path) -> Path:
+def corpus_manifest(corpus: FederatedCorpus) -> dict[str, dict[str, int]]:
+    """``corpus_manifest.json``: per client, how many train and validation tokens it has.
+
+    No content hash: an unsalted sha256 of a client's text would answer "is this their
+    text?" for anyone holding the run (a guessing oracle), for the forgotten and the
+    remaining clients alike; a run's data is re-derived from ``run.json`` by the replay
+    anyway, and a deployment's server never holds the clients' text to hash.
+    """
+    return {
+        cid: {"train_tokens": int(data.train.numel()), "val_tokens": int(data.val.numel())}
+        for cid, data in corpus.clients.items()
+    }
+
+
+def _without(value: Any, client_id: str) -> Any:
+    """``value`` with every dict key and list item equal to ``client_id`` removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without(v, client_id) for k, v in value.items() if k != client_id}
+    if isinstance(value, list):
+        return [_without(v, client_id) for v in value if v != client_id]
+    return value
+
+
+def metrics_without_client(metrics: dict[str, Any], client_id: str) -> dict[str, Any]:
+    """``metrics.json`` as if ``client_id`` had never been evaluated.
+
+    Every per-client entry of the client goes, and every aggregate is recomputed over the
+    remaining clients: a mean kept from before would give the client's loss away
+    (n × mean − Σ others). For the file of :func:`run_experiment` that is ``mean`` and
+    ``curves`` (from ``curve_losses``; a curve written without its per-client values
+    cannot be recomputed and is dropped). A Flower run's per-round ``train_loss`` is a mean
+    over the accepted clients whose parts are not kept: where the client was accepted it
+    becomes ``None``.
+    """
+    rounds = metrics.get("rounds")
+    if isinstance(rounds, list):  # a Flower run (hyperfed.flower.history)
+        rounds = [
+            {**row, "train_loss": None} if isinstance(row, dict) and client_id in row.get("accepted", []) else row
+            for row in rounds
+        ]
+        metrics = {**metrics, "rounds": rounds}
+    scrubbed = _without(copy.deepcopy(metrics), client_id)
+    if not isinstance(scrubbed.get("final"), dict) or not isinstance(scrubbed.get("base"), dict):
+        return scrubbed
+    result = ExperimentResult.from_dict(scrubbed, ".")
+    for method in list(result.curves):
+        if method not in result.curve_losses:
+            log.warning("dropping the %s loss curve: it was saved without per-client values to recompute", method)
+            result.curves[method] = []
+    recomputed = result.to_dict()
+    if not result.base:  # nobody left to average over
+        recomputed["mean"] = {}
+    return {**scrubbed, **recomputed}
+
+
+def redraw_plots(rd: RunDirectory) -> None:
+    """Redraw ``plots/loss_curves.png`` from ``metrics.json`` (after a forget changed it).
+
+    Only a plot that exists is redrawn, and only from a :func:`run_experiment` metrics file.
+    """
+    path = rd.plots_dir / LOSS_CURVES
+    metrics = rd.read_json(rd.metrics_path, default={})
+    if not path.exists() or not isinstance(metrics.get("final"), dict) or not metrics.get("base"):
+        return
+    result = ExperimentResult.from_dict(metrics, rd.root)
+    from io import BytesIO
+
+    buffer = BytesIO()
+    plot_curves(result, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_curves(result: ExperimentResult, path: Path | BinaryIO) -> Path | BinaryIO:
     """Mean validation loss per round for each method, with the base model as a line; and
-    each client's final loss per method."""
+    each client's final loss per method (to a file path or a binary stream)."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     fig = Figure(figsize=(12, 4.5))
     left, right = fig.subplots(1, 2)
     for method, curve in result.curves.items():
+        if not curve:
+            continue
         rounds, losses = zip(*curve, strict=True)
         left.plot(rounds, losses, marker="o", label=method_label(method))
     left.axhline(sum(result.base.values()) / len(result.base), color="grey", ls="--", label="base model")
@@ -216,10 +353,11 @@ def plot_curves(result: ExperimentResult, path: Path) -> Path:
     right.set_ylim(bottom=lo - 0.2)
     right.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, format="png")
     return path
 
 
 def _mean(losses: dict[str, float]) -> float:
-    return sum(losses.values()) / len(losses)
+    return sum(losses.values()) / len(losses) if losses else float("nan")

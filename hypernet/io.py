@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from hypernet.atomic import atomic_directory, atomic_write_bytes
-from hypernet.errors import CheckpointMismatchError, CorruptFileError
+from hypernet.errors import CheckpointMismatchError, ConfigError, CorruptFileError
 from hypernet.generators import DEFAULT_ARCHITECTURE, GENERATORS, Generator
 from hypernet.targets import TargetSpec
 
@@ -40,6 +41,7 @@ __all__ = [
     "save_hypernet",
     "load_hypernet",
     "read_meta",
+    "verify_checkpoint",
     "checkpoint_architecture",
     "export_adapter",
     "HYPERNET_WEIGHTS",
@@ -84,10 +86,19 @@ def _tensors(hypernet: Generator) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in hypernet.state_dict().items()}
 
 
-def save_hypernet(hypernet: Generator, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> Path:
+def save_hypernet(
+    hypernet: Generator,
+    path: str | os.PathLike[str],
+    extra: Mapping[str, Any] | None = None,
+    files: Mapping[str, bytes] | None = None,
+) -> Path:
     """Write a checkpoint directory atomically and return its path.
 
     ``extra`` is stored under ``"extra"`` in ``hypernet.json`` (e.g. the round number).
+    Files that live beside the checkpoint in an existing ``path`` (e.g. a trainer's
+    ``optimizer.safetensors``) are kept; ``files`` (``{name: bytes}``) writes or replaces
+    such siblings in the same swap, so the weights and their siblings change together
+    (:func:`hypernet.atomic.atomic_directory`: a crash leaves the old or the new set).
     """
     blob = save(_tensors(hypernet))
     meta = {
@@ -100,13 +111,31 @@ def save_hypernet(hypernet: Generator, path: str | os.PathLike[str], extra: Mapp
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "extra": dict(extra or {}),
     }
+    written = {HYPERNET_WEIGHTS: blob, HYPERNET_META: json.dumps(meta, indent=1, sort_keys=True).encode()}
+    for name in files or {}:
+        if name in written or Path(name).name != name or name.startswith("."):
+            raise ConfigError(f"cannot write a sibling file named {name!r} beside a checkpoint")
+    written |= dict(files or {})
+    old = Path(path)
 
     def fill(tmp: Path) -> None:
-        (tmp / HYPERNET_WEIGHTS).write_bytes(blob)
-        (tmp / HYPERNET_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if old.is_dir():
+            for sibling in old.iterdir():
+                if sibling.is_file() and sibling.name not in written:
+                    _carry_over(sibling, tmp / sibling.name)
+        for name, data in written.items():
+            (tmp / name).write_bytes(data)
 
     atomic_directory(path, fill)
     return Path(path)
+
+
+def _carry_over(source: Path, target: Path) -> None:
+    """Keep a sibling file in the new version of a folder (a hard link: no copy, same bytes)."""
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(source, target)
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -127,6 +156,27 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CorruptFileError(f"{meta_path}: unsupported format {found!r}")
+    return meta
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`read_meta`, and check the weights file against the sha256 it records.
+
+    Reads no tensors: a cheap check that :func:`load_hypernet` will find intact files.
+
+    Raises
+    ------
+    CorruptFileError
+        Missing or unparsable metadata, missing weights, or weights that do not match.
+    """
+    meta = read_meta(path)
+    weights = Path(path) / HYPERNET_WEIGHTS
+    try:
+        digest = file_sha256(weights)
+    except FileNotFoundError:
+        raise CorruptFileError(f"{weights} is missing") from None
+    if digest != meta.get("weights_sha256"):
+        raise CorruptFileError(f"{weights} does not match the sha256 recorded in {HYPERNET_META}")
     return meta
 
 
@@ -171,15 +221,9 @@ def load_hypernet(
         The checkpoint does not fit ``spec``, or its architecture tag is unknown.
     """
     path = Path(path)
-    meta = read_meta(path)
+    meta = verify_checkpoint(path)
     cls = checkpoint_architecture(meta)
     weights = path / HYPERNET_WEIGHTS
-    try:
-        blob = weights.read_bytes()
-    except FileNotFoundError:
-        raise CorruptFileError(f"{weights} is missing") from None
-    if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
-        raise CorruptFileError(f"{weights} does not match the sha256 recorded in {HYPERNET_META}")
     saved_spec = TargetSpec.from_json(json.dumps(meta["spec"]))
     if spec is not None:
         spec.check_compatible(saved_spec)

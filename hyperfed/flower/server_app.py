@@ -72,13 +72,22 @@ def run_recorded(grid: Grid, config: RunConfig) -> AdapterStrategy:
     (``ledger-url``, default ``run-dir/ledger.db``), through the same
     :meth:`~hyperfed.rundir.recorder.RunRecorder.record_round` as the experiment. Forget
     (both modes), its report and ``hyperfed audit`` then work on the run.
+
+    It holds the run lock (:func:`hyperfed.rundir.lock.run_lock`) while it writes: a
+    second writer of the same ``run-dir`` gets :class:`~hyperfed.errors.RunBusyError`.
     """
     if not config.run_dir:
         return run_server(grid, config)
     from hyperfed.rundir import RunDirectory
+    from hyperfed.rundir.lock import run_lock
 
     run_dir = RunDirectory(config.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, "flower ServerApp"):
+        return _run_recorded(grid, config, run_dir)
+
+
+def _run_recorded(grid: Grid, config: RunConfig, run_dir: Any) -> AdapterStrategy:
     run_dir.write_json(run_dir.config_path, replace(config, methods=(config.federation.method,)).to_dict())
     if config.federation.method != "hyperlora":
         return run_server(grid, config)
@@ -155,10 +164,16 @@ def build_server_app(
         _show_logs_with_flower()
         config = RunConfig.from_run_config({**defaults, **context.run_config})
         log.info("HyperFed ServerApp: method %s, %d rounds", config.federation.method, config.federation.rounds)
-        strategy = run_recorded(grid, config)
-        if config.run_dir and finish is not None:
-            finish(strategy.server, strategy, Path(config.run_dir), config)
-        elif not config.run_dir:
+        if config.run_dir:
+            from hyperfed.rundir.lock import run_lock
+
+            Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+            with run_lock(config.run_dir, "flower ServerApp"):  # the recorded run and its metrics
+                strategy = run_recorded(grid, config)
+                if finish is not None:
+                    finish(strategy.server, strategy, Path(config.run_dir), config)
+        else:
+            run_server(grid, config)
             log.warning("run-dir is empty: the results of this run are not written anywhere")
 
     return server_app

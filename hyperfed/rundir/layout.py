@@ -4,7 +4,8 @@
 
     RUN/
       run.json                      the run's configuration (federation, corpus, base model)
-      corpus_manifest.json          sha256 of each client's text
+      .lock                         the run lock (hyperfed.rundir.lock): who writes it now
+      corpus_manifest.json          how much text each client has (token counts, no content hash)
       metrics.json                  per-round outcomes and per-client evaluation
       ledger.db, outbox.db          the embedded ledger and its durable outbox
       ledger_head.json              last block (number, hash) seen, to detect truncation
@@ -14,7 +15,11 @@
       forgets/<id>/                 a forget's report and the adapters it regenerated
       plots/*.png
 
-All writes are atomic (temp file + rename), so a crash leaves the old or the new file.
+All writes are atomic (temp file + rename; a checkpoint folder is swapped as a whole, its
+optimizer state with it), so a crash leaves the old or the new file, plus at most a
+leftover (``.<name>.<random>.tmp``, ``.<name>.new``, ``.<name>.old``) that the next writer
+settles when it takes the run lock (:func:`hypernet.atomic.recover_tree`). A completed
+write leaves none; the names are not part of the layout.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from hyperfed.errors import NotARunError
 from hypernet import HyperLoRA, TargetSpec, adapter_hash, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes, atomic_write_text
 from hypernet.errors import CorruptFileError
@@ -37,10 +43,11 @@ from hypernet.errors import CorruptFileError
 if TYPE_CHECKING:  # only for annotations: the trainer pulls peft, an audit needs neither
     from hypernet.trainer import HypernetTrainer
 
-__all__ = ["RunDirectory", "client_file_name", "client_from_file_name", "load_optimizer_file"]
+__all__ = ["RunDirectory", "client_file_name", "client_from_file_name", "load_optimizer_file", "LOCK_FILE"]
 
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 OPTIMIZER_FILE = "optimizer.safetensors"
+LOCK_FILE = ".lock"
 
 
 def client_file_name(client_id: str) -> str:
@@ -62,6 +69,28 @@ class RunDirectory:
     @property
     def config_path(self) -> Path:
         return self.root / "run.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def require_run(self) -> RunDirectory:
+        """This run directory, checked to be one: an existing folder holding ``run.json``
+        or checkpoints.
+
+        Raises
+        ------
+        NotARunError
+            Missing, not a folder, or a folder no run was written to.
+        """
+        what = "the folder `hyperfed train --out` (or a recorded Flower run) wrote"
+        if not self.root.exists():
+            raise NotARunError(f"{self.root} does not exist: not a run directory; pass {what}")
+        if not self.root.is_dir():
+            raise NotARunError(f"{self.root} is not a directory: not a run directory; pass {what}")
+        if not self.config_path.is_file() and not (self.root / "checkpoints").is_dir():
+            raise NotARunError(f"{self.root} holds no run.json and no checkpoints: not a run directory; pass {what}")
+        return self
 
     @property
     def metrics_path(self) -> Path:
@@ -127,13 +156,21 @@ class RunDirectory:
             return []
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _ROUND_DIR.match(p.name)))
 
-    def save_checkpoint(self, round_: int, hypernet: HyperLoRA, trainer: HypernetTrainer | None = None) -> Path:
+    def save_checkpoint(
+        self,
+        round_: int,
+        hypernet: HyperLoRA,
+        trainer: HypernetTrainer | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
         """Save the hypernetwork (and the trainer's :meth:`~hypernet.HypernetTrainer.state_dict`,
-        as ``optimizer.safetensors``) after ``round_``."""
+        as ``optimizer.safetensors``) after ``round_``, in one atomic swap of the folder.
+
+        Without ``trainer`` an optimizer file already in the folder is kept.
+        """
         folder = self.checkpoint_dir(round_)
-        save_hypernet(hypernet, folder, extra={"round": round_})
-        if trainer is not None:
-            atomic_write_bytes(folder / OPTIMIZER_FILE, save(trainer.state_dict()))
+        files = {OPTIMIZER_FILE: save(trainer.state_dict())} if trainer is not None else None
+        save_hypernet(hypernet, folder, extra={"round": round_, **(extra or {})}, files=files)
         return folder
 
     def load_checkpoint(self, round_: int, spec: TargetSpec | None = None) -> HyperLoRA:

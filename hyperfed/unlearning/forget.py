@@ -13,18 +13,30 @@ Modes
     (bit for bit on the same machine).
 
 Both modes then purge the client from *every* checkpoint on disk (embedding and optimizer
-state), delete every adapter generated for it, destroy its commitment salt (its on-chain
-commitments can never be opened again), scrub it from ``metrics.json``, and record the
-forget, the new checkpoint and the root of the regenerated adapters on the ledger.
+state, in one atomic swap of each checkpoint folder), delete every adapter generated for
+it, destroy its commitment salt (its on-chain commitments can never be opened again),
+scrub it from ``metrics.json`` (every aggregate recomputed without it, the loss plot
+redrawn) and from ``corpus_manifest.json``, and record the forget, the new checkpoint and
+the root of the regenerated adapters on the ledger.
 
-Crash safety: the first durable write is a journal (``forget_journal.json``). Before it
-exists nothing has changed; once it exists the forget *rolls forward* — every step is
-idempotent, and any later ``forget_client`` or :func:`recover_pending_forget` finishes it.
+Safety
+------
+* It holds the run lock (:func:`hyperfed.rundir.lock.run_lock`): a second writer or an
+  audit gets :class:`~hyperfed.errors.RunBusyError`; taking the lock settles what an
+  interrupted write left behind, so a completed forget leaves no leftover.
+* Before its commit point it checks every file it will touch (each checkpoint's metadata
+  and weights sha256, each optimizer file, ``metrics.json``, the manifest, the salts, the
+  forget log): a damaged one raises :class:`~hypernet.errors.CorruptFileError` naming it,
+  and nothing has changed.
+* The commit point is the journal (``forget_journal.json``). Once it exists the forget
+  *rolls forward* — every step is idempotent, and a later ``forget_client`` of the same
+  client or :func:`recover_pending_forget` (``hyperfed forget RUN --resume``) finishes it.
+  Nothing else does: the audit only reports a pending forget. A journal that cannot be
+  completed raises :class:`~hyperfed.errors.ForgetJournalError` naming it.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -35,26 +47,52 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save
 
-from hyperfed.errors import ConfigError, ForgottenClientError, UnknownClientError
+from hyperfed.errors import (
+    CorruptFileError,
+    ForgetInterruptedError,
+    ForgetJournalError,
+    ForgottenClientError,
+    NotARunError,
+    UnknownClientError,
+)
+from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
+from hyperfed.rundir.lock import run_lock
 from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
 from hypernet import HyperLoRA, load_hypernet, save_hypernet
 from hypernet.atomic import atomic_write_bytes
-from hypernet.io import read_meta
+from hypernet.io import read_meta, verify_checkpoint
 from hypernet.trainer_state import remove_client_state
 
 if TYPE_CHECKING:
     from hyperfed.federation import HyperLoRAServer
 
-__all__ = ["forget_client", "recover_pending_forget", "ForgetResult", "FORGET_STEPS", "forgotten_clients"]
+__all__ = [
+    "forget_client",
+    "recover_pending_forget",
+    "pending_forget",
+    "ForgetResult",
+    "FORGET_STEPS",
+    "forgotten_clients",
+]
 
 log = logging.getLogger(__name__)
 
 MODES = tuple(FORGET_MODES)  # see hyperfed.unlearning.modes (the registry)
-FORGET_STEPS = ("model", "purge_checkpoints", "purge_adapters", "regenerate", "destroy_salt", "ledger", "scrub_metrics")
+FORGET_STEPS = (
+    "model",
+    "purge_checkpoints",
+    "purge_adapters",
+    "regenerate",
+    "destroy_salt",
+    "ledger",
+    "scrub_metrics",
+    "scrub_manifest",
+)
 JOURNAL = "forget_journal.json"
 LOG = "forgets.json"
+_JOURNAL_KEYS = {"client_id": str, "mode": str, "round": int, "done": list}
 
 
 @dataclass
@@ -75,10 +113,17 @@ class ForgetResult:
         return asdict(self)
 
 
+def _run_dir(run_dir: str | Path | RunDirectory) -> RunDirectory:
+    return run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+
+
 def forgotten_clients(run_dir: str | Path | RunDirectory) -> list[str]:
     """Clients already forgotten in this run (from ``forgets.json``)."""
-    rd = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-    return [entry["client_id"] for entry in rd.read_json(rd.root / LOG, default=[])]
+    rd = _run_dir(run_dir)
+    entries = rd.read_json(rd.root / LOG, default=[])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "client_id" in e for e in entries):
+        raise CorruptFileError(f"{rd.root / LOG} is not a list of forget records: restore it from a backup")
+    return [entry["client_id"] for entry in entries]
 
 
 def forget_client(
@@ -107,42 +152,139 @@ def forget_client(
         The run never had this client.
     ForgottenClientError
         It was forgotten already (forgetting is final; the id cannot come back).
+    NotARunError
+        ``run_dir`` is not a run directory.
+    RunBusyError
+        Another process writes or audits the run; nothing was changed.
+    CorruptFileError
+        A file the forget would touch is damaged (named); nothing was changed.
+    ForgetJournalError
+        A pending forget's journal cannot be completed (named, with what to do).
+    ForgetInterruptedError
+        The forget was committed, then an OS error (e.g. a read-only disk) stopped it;
+        it finishes with :func:`recover_pending_forget` once the cause is fixed.
     """
     forget_mode(mode)  # a typed error for a mode that is not registered
-    rd = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-    pending = rd.read_json(rd.root / JOURNAL, default={})
-    if pending and pending.get("client_id") == client_id and pending.get("mode") == mode:
-        return _complete(rd, pending, server, after_step)  # a retry finishes the same forget
-    if pending:
-        _complete(rd, pending, None, None)  # finish the other, interrupted forget first
-    _check_forgettable(rd, client_id)
-    latest = max(rd.checkpoint_rounds())
-    journal = {
-        "client_id": client_id,
-        "mode": mode,
-        "round": latest,
-        "first_round": _first_round(rd, client_id),
-        "done": [],
-        "started": time.time(),
-    }
-    rd.write_json(rd.root / JOURNAL, journal)  # the commit point: from here we roll forward
-    return _complete(rd, journal, server, after_step)
+    rd = _run_dir(run_dir).require_run()
+    with run_lock(rd, "forget"):  # not naming the client: the lock file outlives the forget
+        pending = _read_journal(rd)
+        if pending and pending["client_id"] == client_id and pending["mode"] == mode:
+            return _finish(rd, pending, server, after_step)  # a retry finishes the same forget
+        if pending:
+            _finish(rd, pending, None, None)  # finish the other, interrupted forget first
+        _check_forgettable(rd, client_id)
+        _check_files(rd)
+        latest = max(rd.checkpoint_rounds())
+        journal = {
+            "client_id": client_id,
+            "mode": mode,
+            "round": latest,
+            "first_round": _first_round(rd, client_id),
+            "done": [],
+            "started": time.time(),
+        }
+        rd.write_json(rd.root / JOURNAL, journal)  # the commit point: from here we roll forward
+        return _finish(rd, journal, server, after_step, checked=True)
 
 
 def recover_pending_forget(run_dir: str | Path | RunDirectory) -> ForgetResult | None:
-    """Finish a forget that a crash interrupted; ``None`` if there is none."""
-    rd = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-    pending = rd.read_json(rd.root / JOURNAL, default={})
-    return _complete(rd, pending, None, None) if pending else None
+    """Finish a forget that a crash interrupted (``hyperfed forget RUN --resume``); ``None``
+    if there is none. Raises what :func:`forget_client` raises."""
+    rd = _run_dir(run_dir).require_run()
+    with run_lock(rd, "forget --resume"):
+        pending = _read_journal(rd)
+        return _finish(rd, pending, None, None) if pending else None
+
+
+def pending_forget(run_dir: str | Path | RunDirectory) -> dict[str, Any] | None:
+    """The journal of a forget that is committed but not finished (``None``: none); read
+    only. Raises :class:`~hyperfed.errors.ForgetJournalError` for one that cannot complete."""
+    return _read_journal(_run_dir(run_dir))
+
+
+def _finish(
+    rd: RunDirectory,
+    journal: dict[str, Any],
+    server: HyperLoRAServer | None,
+    after_step: Callable[[str], None] | None,
+    checked: bool = False,
+) -> ForgetResult:
+    if not checked:
+        _check_files(rd)  # a resumed forget too starts from intact files
+    try:
+        return _complete(rd, journal, server, after_step)
+    except OSError as exc:
+        raise ForgetInterruptedError(
+            f"the forget of {journal['client_id']!r} stopped: {exc}. It is committed "
+            f"({rd.root / JOURNAL}); fix the cause, then run `hyperfed forget {rd.root} --resume`"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------- checks
+def _journal_error(rd: RunDirectory, problem: str) -> ForgetJournalError:
+    return ForgetJournalError(
+        f"{rd.root / JOURNAL} {problem}, so the forget it describes cannot be completed; nothing was "
+        "changed. forget_client writes a journal only after checking the run, so this one was damaged or "
+        "written by hand: if no forget was running, move it away and run `hyperfed audit`; otherwise restore "
+        "it from a backup"
+    )
+
+
+def _read_journal(rd: RunDirectory) -> dict[str, Any] | None:
+    """The pending forget's journal, checked to be completable (``None``: no journal)."""
+    path = rd.root / JOURNAL
+    try:
+        data = rd.read_json(path)
+    except CorruptFileError:
+        if not path.exists():
+            return None
+        raise _journal_error(rd, "is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise _journal_error(rd, f"holds a JSON {type(data).__name__}, not an object")
+    for key, kind in _JOURNAL_KEYS.items():
+        if not isinstance(data.get(key), kind) or (kind is int and isinstance(data.get(key), bool)):
+            raise _journal_error(rd, f"misses {key!r} (a {kind.__name__})")
+    if data["mode"] not in FORGET_MODES:
+        raise _journal_error(rd, f"names mode {data['mode']!r}, not one of {tuple(FORGET_MODES)}")
+    unknown_steps = [s for s in data["done"] if s not in FORGET_STEPS]
+    if unknown_steps:
+        raise _journal_error(rd, f"lists unknown steps {unknown_steps}")
+    first = data.get("first_round")
+    if first is not None and (not isinstance(first, int) or isinstance(first, bool)):
+        raise _journal_error(rd, f"has first_round {first!r}, not a round number")
+    if data["round"] not in rd.checkpoint_rounds():
+        raise _journal_error(rd, f"names round {data['round']}, which has no checkpoint")
+    if "purge_checkpoints" not in data["done"] and not _ever_had(rd, data["client_id"]):  # after it: gone
+        raise _journal_error(rd, f"names client {data['client_id']!r}, which this run never had")
+    return data
+
+
+def _ever_had(rd: RunDirectory, client_id: str) -> bool:
+    """Whether the run has or had the client: forgotten, holding a salt, or in a checkpoint."""
+    if client_id in forgotten_clients(rd) or client_id in SaltStore(rd.salts_path):
+        return True
+    return any(client_id in read_meta(rd.checkpoint_dir(r)).get("client_ids", []) for r in rd.checkpoint_rounds())
+
+
+def _check_files(rd: RunDirectory) -> None:
+    """Every file a forget touches is intact, or a :class:`CorruptFileError` names it."""
+    for round_ in rd.checkpoint_rounds():
+        folder = rd.checkpoint_dir(round_)
+        verify_checkpoint(folder)
+        load_optimizer_file(folder)
+    for path in (rd.metrics_path, rd.manifest_path, rd.config_path):
+        if path.exists() and not isinstance(rd.read_json(path), dict):
+            raise CorruptFileError(f"{path} is not a JSON object: restore it from a backup")
+    forgotten_clients(rd)
+    SaltStore(rd.salts_path).ids()
+
+
 def _check_forgettable(rd: RunDirectory, client_id: str) -> None:
     if client_id in forgotten_clients(rd):
         raise ForgottenClientError(f"client {client_id!r} was already forgotten; forgetting is final")
     rounds = rd.checkpoint_rounds()
     if not rounds:
-        raise ConfigError(f"{rd.root} has no checkpoints: not a recorded HyperLoRA run")
+        raise NotARunError(f"{rd.root} has no checkpoints: not a recorded HyperLoRA run")
     if client_id not in read_meta(rd.checkpoint_dir(rounds[-1]))["client_ids"]:
         raise UnknownClientError(f"client {client_id!r} is not part of the run in {rd.root}")
 
@@ -190,6 +332,7 @@ def _complete(
             ),
         )
     step("scrub_metrics", lambda: _scrub_metrics(rd, client_id))
+    step("scrub_manifest", lambda: _scrub_manifest(rd, client_id))
     result.remaining_clients = list(hypernet.client_ids)
     result.ledger_status = status[0] if status else "recorded earlier"
     result.replayed_rounds = journal.get("replayed_rounds", [])
@@ -217,16 +360,26 @@ def delete_model_step(rd: RunDirectory, journal: dict) -> None:
 
 
 def _purge_checkpoint(folder: Path, client_id: str) -> None:
-    """Rewrite one checkpoint folder without the client's embedding and optimizer state."""
+    """Rewrite one checkpoint folder without the client's embedding and optimizer state.
+
+    Both files change in one swap of the folder (:func:`hypernet.save_hypernet` with the
+    optimizer as a sibling), so a crash leaves the old pair or the new one; an optimizer
+    file is never dropped, whether or not it held the client (it may never have been
+    sampled by that round). Nothing is written if the client is in neither.
+    """
     meta = read_meta(folder)
     optimizer = load_optimizer_file(folder)
-    if client_id in meta["client_ids"]:
-        hypernet = load_hypernet(folder)
-        hypernet.remove_client(client_id)
-        save_hypernet(hypernet, folder, extra=meta.get("extra", {}))
     kept = remove_client_state(optimizer, client_id)
-    if len(kept) != len(optimizer):
+    in_meta = client_id in meta["client_ids"]
+    if not in_meta and len(kept) == len(optimizer):
+        return
+    if not in_meta:
         atomic_write_bytes(folder / OPTIMIZER_FILE, save(kept))
+        return
+    hypernet = load_hypernet(folder)
+    hypernet.remove_client(client_id)
+    files = {OPTIMIZER_FILE: save(kept)} if (folder / OPTIMIZER_FILE).exists() else None
+    save_hypernet(hypernet, folder, extra=meta.get("extra", {}), files=files)
 
 
 def _purge_checkpoints(rd: RunDirectory, client_id: str) -> None:
@@ -249,16 +402,22 @@ def _regenerate(rd: RunDirectory, client_id: str, hypernet: HyperLoRA) -> None:
 
 
 def _scrub_metrics(rd: RunDirectory, client_id: str) -> None:
-    """Drop the client's per-client entries from ``metrics.json`` (its losses are traces too)."""
+    """``metrics.json`` without the client, every mean recomputed over the others, and the
+    loss plot redrawn from it (its losses are traces too; see
+    :func:`hyperfed.experiment.metrics_without_client`)."""
+    from hyperfed.experiment import metrics_without_client, redraw_plots
+
     metrics = rd.read_json(rd.metrics_path, default={})
-    if not metrics:
-        return
+    if metrics:
+        rd.write_json(rd.metrics_path, metrics_without_client(metrics, client_id))
+    redraw_plots(rd)
 
-    def scrub(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: scrub(v) for k, v in value.items() if k != client_id}
-        if isinstance(value, list):
-            return [scrub(v) for v in value]
-        return value
 
-    rd.write_json(rd.metrics_path, scrub(copy.deepcopy(metrics)))
+def _scrub_manifest(rd: RunDirectory, client_id: str) -> None:
+    """Drop the client's entry from ``corpus_manifest.json`` (and, in a manifest written
+    before it held only token counts, the other clients' unsalted text hashes: each is a
+    "does this text match?" oracle)."""
+    manifest = rd.read_json(rd.manifest_path, default={})
+    scrubbed = {k: ({} if isinstance(v, str) else v) for k, v in manifest.items() if k != client_id}
+    if scrubbed != manifest:
+        rd.write_json(rd.manifest_path, scrubbed)

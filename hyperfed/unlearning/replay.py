@@ -59,14 +59,8 @@ def replay_without(
 def exact_model_step(rd: RunDirectory, journal: dict[str, Any]) -> None:
     """``exact`` (:data:`~hyperfed.unlearning.modes.FORGET_MODES`): the latest checkpoint
     replayed from the one before the client's first round, without the client."""
-    from safetensors.torch import save
-
-    from hyperfed.rundir import OPTIMIZER_FILE
-    from hypernet import save_hypernet
-    from hypernet.atomic import atomic_write_bytes
-
     client_id, round_ = journal["client_id"], journal["round"]
     replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)
     journal["replayed_rounds"] = rounds
-    save_hypernet(replayed.hypernet, rd.checkpoint_dir(round_), extra={"round": round_, "exact_forget": client_id})
-    atomic_write_bytes(rd.checkpoint_dir(round_) / OPTIMIZER_FILE, save(replayed.trainer.state_dict()))
+    # weights and optimizer state in one swap; the checkpoint does not name the client
+    rd.save_checkpoint(round_, replayed.hypernet, replayed.trainer, extra={"exact_forget": True})

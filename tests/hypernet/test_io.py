@@ -7,6 +7,7 @@ from peft import PeftModel
 
 from hypernet import (
     CheckpointMismatchError,
+    ConfigError,
     CorruptFileError,
     HyperLoRA,
     HyperLoRAConfig,
@@ -101,3 +102,87 @@ def test_resave_replaces_checkpoint_atomically(llama_model, tmp_path):
     save_hypernet(hn, tmp_path / "ckpt")
     assert load_hypernet(tmp_path / "ckpt").client_ids == ["a", "b", "late"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dirs left behind
+
+
+def test_resaving_keeps_sibling_files_and_replaces_them_in_the_same_swap(llama_model, tmp_path):
+    hn = _trained(llama_model)
+    save_hypernet(hn, tmp_path / "ckpt", files={"optimizer.safetensors": b"state v1"})
+    hn.remove_client("a")
+    save_hypernet(hn, tmp_path / "ckpt")  # a plain resave never drops what lives beside it
+    assert (tmp_path / "ckpt" / "optimizer.safetensors").read_bytes() == b"state v1"
+    save_hypernet(hn, tmp_path / "ckpt", files={"optimizer.safetensors": b"state v2"})
+    assert (tmp_path / "ckpt" / "optimizer.safetensors").read_bytes() == b"state v2"
+    assert load_hypernet(tmp_path / "ckpt").client_ids == ["b"]
+    with pytest.raises(ConfigError):
+        save_hypernet(hn, tmp_path / "ckpt", files={HYPERNET_META: b"{}"})
+
+
+def _versions(tmp_path):
+    from hypernet.atomic import atomic_directory
+
+    target = tmp_path / "folder"
+    atomic_directory(target, lambda d: (d / "v").write_text("old"))
+    return target, target.with_name(".folder.x1y2.tmp"), target.with_name(".folder.old")
+
+
+@pytest.mark.parametrize(
+    ("crash_after", "expect"),
+    [
+        ("half a fill", "old"),  # the fill incomplete, the folder untouched: roll back
+        ("the fill", "old"),  # the fill complete, not swapped: roll back (the old one is still there)
+        ("parking the old", "old"),  # the folder missing between the renames: put the old one back
+        ("the swap", "new"),  # both renames done, .old not deleted yet
+        ("half the delete", "new"),  # .old partly deleted
+    ],
+)
+def test_an_interrupted_folder_swap_is_settled_and_leaves_no_old_bytes(tmp_path, crash_after, expect):
+    import os
+
+    from hypernet.atomic import atomic_directory, recover_directory, recover_tree
+
+    target, new, old = _versions(tmp_path)
+    new.mkdir()
+    (new / "v").write_text("new" if crash_after != "half a fill" else "ne")
+    if crash_after in ("parking the old", "the swap", "half the delete"):
+        os.replace(target, old)
+    if crash_after in ("the swap", "half the delete"):
+        os.replace(new, target)
+    if crash_after == "half the delete":
+        (old / "v").unlink()
+    (tmp_path / ".other.txt.x1y2.tmp").write_text("half a file")
+    recover_tree(tmp_path)
+    assert (target / "v").read_text() == expect
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]  # nothing of the old bytes is left
+    assert recover_directory(target) == []  # idempotent
+    atomic_directory(target, lambda d: (d / "v").write_text("next"))
+    assert (target / "v").read_text() == "next"
+
+
+def test_the_next_swap_of_a_folder_settles_an_interrupted_one_first(tmp_path):
+    import os
+
+    from hypernet.atomic import atomic_directory
+
+    target, _, old = _versions(tmp_path)
+    os.replace(target, old)  # killed between the renames
+    atomic_directory(target, lambda d: (d / "v").write_text("next"))
+    assert (target / "v").read_text() == "next" and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_a_failed_swap_rolls_back(tmp_path, monkeypatch):
+    import os
+
+    from hypernet.atomic import atomic_directory
+
+    target, _, _ = _versions(tmp_path)
+    real = os.replace
+
+    def fail_second(src, dst):
+        if str(dst) == str(target) and str(src).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second)
+    with pytest.raises(OSError):
+        atomic_directory(target, lambda d: (d / "v").write_text("next"))
+    assert (target / "v").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]

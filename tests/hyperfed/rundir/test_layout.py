@@ -54,3 +54,33 @@ def test_adapter_files_round_trip_with_odd_client_ids(tmp_path):
     assert torch.equal(rd.load_adapter(1, "org/team a")["x.lora_A.weight"], adapter["x.lora_A.weight"])
     assert len(digest) == 64
     assert client_from_file_name(client_file_name("a/b c%")) == "a/b c%"
+
+
+def test_a_checkpoint_resaved_without_a_trainer_keeps_its_optimizer_file(tmp_path):
+    model = add_lora(tiny_llama(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1), rank=2)
+    config = FederationConfig(rounds=1, local=LocalTrainConfig(steps=1, batch_size=2))
+    server = make_server("hyperlora", model, config)
+    run_rounds(server, model, _clients(), config)
+    rd = RunDirectory(tmp_path)
+    rd.save_checkpoint(1, server.hypernet, server.trainer)
+    state = load_optimizer_file(rd.checkpoint_dir(1))
+    assert state
+    rd.save_checkpoint(1, server.hypernet)  # e.g. a forget rewriting the weights only
+    again = load_optimizer_file(rd.checkpoint_dir(1))
+    assert set(again) == set(state) and all(torch.equal(again[k], state[k]) for k in state)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["round-0001"]  # no leftovers
+
+
+def test_require_run_names_what_is_not_a_run(tmp_path):
+    import pytest
+
+    from hyperfed.errors import NotARunError
+
+    (tmp_path / "file").write_text("x")
+    for path, says in ((tmp_path / "missing", "does not exist"), (tmp_path / "file", "not a directory")):
+        with pytest.raises(NotARunError, match=says):
+            RunDirectory(path).require_run()
+    with pytest.raises(NotARunError, match="no run.json"):
+        RunDirectory(tmp_path).require_run()
+    (tmp_path / "run.json").write_text("{}")
+    assert RunDirectory(tmp_path).require_run().root == tmp_path

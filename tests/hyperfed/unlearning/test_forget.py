@@ -20,7 +20,7 @@ from hyperfed.errors import ForgottenClientError, UnknownClientError
 from hyperfed.experiment import run_experiment
 from hyperfed.federation import FederationConfig, make_server, poisson_sample, run_rounds
 from hyperfed.ledger import Ledger
-from hyperfed.rundir import RunDirectory, load_optimizer_file
+from hyperfed.rundir import RunDirectory, client_file_name, load_optimizer_file
 from hyperfed.rundir.fingerprints import embedding_bytes
 from hyperfed.unlearning.forget import FORGET_STEPS, JOURNAL, forget_client, forgotten_clients, recover_pending_forget
 from hyperfed.unlearning.replay import load_experiment
@@ -222,3 +222,230 @@ def test_audit_checks_the_adapters_regenerated_by_a_forget(run):
     assert not report.ok
     bad = [f for f in report.failures() if f.check == "regenerated"]
     assert bad and victim_file.name in bad[0].culprit
+
+
+# ------------------------------------------------------------------- issue 10: safety
+def _unsampled_victim(rd: RunDirectory) -> tuple[str, list[int]]:
+    """A client and the checkpoints whose optimizer file holds none of its state (a round
+    it was never sampled by: sample rate 0.6)."""
+    ids = read_meta(rd.checkpoint_dir(0))["client_ids"]
+    for cid in ids:
+        without = [
+            r
+            for r in rd.checkpoint_rounds()
+            if not any(k.startswith(f"client/{cid}/") for k in load_optimizer_file(rd.checkpoint_dir(r)))
+        ]
+        if without:
+            return cid, without
+    raise AssertionError("every client was sampled in round 1")
+
+
+@pytest.mark.parametrize("mode", ["delete", "exact"])
+def test_every_optimizer_file_survives_a_forget(run, mode):
+    victim, rounds_without = _unsampled_victim(run)
+    assert rounds_without  # e.g. round 0: nobody has optimizer state before the first round
+    before = {r: load_optimizer_file(run.checkpoint_dir(r)) for r in run.checkpoint_rounds()}
+    forget_client(run.root, victim, mode)
+    for r in run.checkpoint_rounds():
+        after = load_optimizer_file(run.checkpoint_dir(r))
+        assert (run.checkpoint_dir(r) / "optimizer.safetensors").is_file()
+        assert not any(k.startswith(f"client/{victim}/") for k in after)
+        if mode == "delete" or r < 4:  # exact rewrites the latest round's state by replay
+            kept = {k: v for k, v in before[r].items() if not k.startswith(f"client/{victim}/")}
+            assert set(after) == set(kept) and all(torch.equal(after[k], kept[k]) for k in kept)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate weights", "weights missing", "bad optimizer", "bad metrics", "bad salts", "bad forget log"],
+)
+def test_a_damaged_file_stops_the_forget_before_anything_changes(run, damage):
+    from hypernet.errors import CorruptFileError
+
+    target = {
+        "truncate weights": run.checkpoint_dir(3) / "hypernet.safetensors",
+        "weights missing": run.checkpoint_dir(2) / "hypernet.safetensors",
+        "bad optimizer": run.checkpoint_dir(1) / "optimizer.safetensors",
+        "bad metrics": run.metrics_path,
+        "bad salts": run.salts_path,
+        "bad forget log": run.root / "forgets.json",
+    }[damage]
+    if damage == "truncate weights":
+        target.write_bytes(target.read_bytes()[:-100])
+    elif damage == "weights missing":
+        target.unlink()
+    elif damage == "bad forget log":
+        target.write_text('{"client_id": "x"}')  # an object, not the list of records
+    else:
+        target.write_bytes(b"\x00garbage")
+    before = _snapshot(run.root)
+    victim = read_meta(run.checkpoint_dir(4))["client_ids"][0]
+    with pytest.raises(CorruptFileError, match=target.name):
+        forget_client(run.root, victim, "delete")
+    assert _snapshot(run.root) == before  # every file's bytes unchanged, no journal
+    assert not (run.root / JOURNAL).exists()
+
+
+def test_no_number_in_metrics_gives_the_forgotten_clients_losses_away(run):
+    import json
+
+    from hyperfed.rundir.audit import audit_run
+
+    victim = read_meta(run.checkpoint_dir(4))["client_ids"][0]
+    plot = run.plots_dir / "loss_curves.png"
+    plot_before = plot.read_bytes()
+    manifest = json.loads(run.manifest_path.read_text())
+    assert all(set(v) == {"train_tokens", "val_tokens"} for v in manifest.values())  # no content hash
+    forget_client(run.root, victim, "delete")
+
+    metrics = json.loads(run.metrics_path.read_text())
+    remaining = sorted(metrics["base"])
+    assert victim not in remaining and len(remaining) == 3
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    assert metrics["mean"]["base"] == pytest.approx(mean([metrics["base"][c] for c in remaining]), abs=0)
+    for method, losses in metrics["final"].items():
+        assert sorted(losses) == remaining
+        assert metrics["mean"][method] == pytest.approx(mean(list(losses.values())), abs=0)
+        for (r, value), (r2, per_client) in zip(
+            metrics["curves"][method], metrics["curve_losses"][method], strict=True
+        ):
+            assert (
+                r == r2 and sorted(per_client) == remaining and value == pytest.approx(mean(list(per_client.values())))
+            )
+    assert plot.read_bytes() != plot_before and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # redrawn
+    assert victim not in json.loads(run.manifest_path.read_text())
+    # the id is named only where the forget must be recorded: its log, its folder, the ledger
+    allowed = {"forgets.json", "ledger.db", "outbox.db"}
+    forget_folder = run.forget_dir(victim)
+    for path in run.root.rglob("*"):
+        if path.is_file() and path.name not in allowed and forget_folder not in path.parents:
+            assert victim.encode() not in path.read_bytes(), path
+            assert client_file_name(victim).encode() not in path.read_bytes(), path
+    assert audit_run(run.root).ok
+
+
+@pytest.mark.parametrize(
+    ("journal", "says"),
+    [
+        ("[1, 2]", "JSON list, not an object"),
+        ("{not json", "not valid JSON"),
+        ('{"client_id": "code/xml", "mode": "delete", "round": 4}', "misses 'done'"),
+        ('{"client_id": "nobody", "mode": "delete", "round": 4, "done": []}', "never had"),
+        ('{"client_id": "x", "mode": "delete", "round": 99, "done": []}', "no checkpoint"),
+        ('{"client_id": "x", "mode": "shred", "round": 4, "done": []}', "mode 'shred'"),
+    ],
+)
+def test_a_journal_that_cannot_complete_is_a_typed_error_naming_it(run, journal, says):
+    from hyperfed.errors import ForgetJournalError
+
+    (run.root / JOURNAL).write_text(journal)
+    before = _snapshot(run.root)
+    victim = read_meta(run.checkpoint_dir(4))["client_ids"][0]
+    for attempt in (lambda: forget_client(run.root, victim, "delete"), lambda: recover_pending_forget(run.root)):
+        with pytest.raises(ForgetJournalError, match=says) as caught:
+            attempt()
+        assert JOURNAL in str(caught.value) and "move it away" in str(caught.value)
+    assert _snapshot(run.root) == before
+
+
+def test_a_planted_journal_is_finished_only_on_request(run):
+    from hyperfed.rundir.audit import audit_run
+
+    victim = read_meta(run.checkpoint_dir(4))["client_ids"][0]
+    (run.root / JOURNAL).write_text(f'{{"client_id": "{victim}", "mode": "delete", "round": 4, "done": []}}')
+    audit_run(run.root)  # the audit reads; it does not finish the forget
+    assert (run.root / JOURNAL).exists() and forgotten_clients(run.root) == []
+    assert recover_pending_forget(run.root).client_id == victim  # hyperfed forget --resume
+    assert forgotten_clients(run.root) == [victim] and recover_pending_forget(run.root) is None
+
+
+def _kill_in_swap_code(root: Path, victim: str, kill_at: int) -> str:
+    return f"""
+import os, signal
+from hyperfed.unlearning.forget import forget_client
+real = os.replace
+calls = [0]
+def replace(src, dst, *a, **k):
+    calls[0] += 1
+    if calls[0] == {kill_at} and os.path.isdir(src):
+        os.kill(os.getpid(), signal.SIGKILL)  # between the two renames of a folder swap
+    return real(src, dst, *a, **k)
+os.replace = replace
+forget_client({str(root)!r}, {victim!r}, "delete")
+print("not killed")
+"""
+
+
+def _swap_renames(run: RunDirectory, victim: str) -> list[int]:
+    """Which os.replace calls of a forget are renames of a folder swap (counted on a copy)."""
+    import hypernet.atomic
+
+    probe = run.root.parent / "probe"
+    shutil.copytree(run.root, probe)
+    seen: list[str] = []
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        seen.append("swap" if os.path.isdir(src) else "file")
+        return real(src, dst, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hypernet.atomic.os, "replace", replace)
+        forget_client(probe, victim, "delete")
+    shutil.rmtree(probe)
+    return [i + 1 for i, s in enumerate(seen) if s == "swap"]
+
+
+def test_a_process_killed_inside_a_folder_swap_leaves_no_old_bytes_after_the_retry(run):
+    from hyperfed.rundir.audit import audit_run
+    from hypernet.atomic import is_leftover
+
+    victim = read_meta(run.checkpoint_dir(4))["client_ids"][2]
+    embeddings = [embedding_bytes(read_checkpoint_embedding(run, r, victim)) for r in run.checkpoint_rounds()]
+    swaps = _swap_renames(run, victim)
+    assert len(swaps) >= 10  # two renames per checkpoint folder rewritten
+    for kill_at in (swaps[0], swaps[1], swaps[len(swaps) // 2]):  # after "→ .old", after ".new →", later
+        root = run.root.parent / f"killed-{kill_at}"
+        shutil.copytree(run.root, root)
+        code = _kill_in_swap_code(root, victim, kill_at)
+        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ}, capture_output=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+        assert any(is_leftover(p) for p in root.rglob("*"))  # the kill left a half-done swap
+        forget_client(root, victim, "delete")  # the retry takes the lock: recovery, then roll forward
+        assert not any(is_leftover(p) for p in root.rglob("*"))
+        assert RunDirectory(root).checkpoint_rounds() == [0, 1, 2, 3, 4]
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert not any(e in path.read_bytes() for e in embeddings), path
+        assert audit_run(root).ok
+
+
+def test_a_flower_runs_metrics_lose_the_client_and_the_means_that_held_it():
+    from hyperfed.experiment import metrics_without_client
+
+    metrics = {
+        "method": "hyperlora",
+        "clients": {"org/x": 1, "b": 2, "c": 3},
+        "sampled": {"1": ["org/x", "b"], "2": ["b", "c"]},
+        "rounds": [
+            {
+                "round": 1,
+                "accepted": ["org/x", "b"],
+                "rejected": {},
+                "update_norms": {"org/x": 1.0, "b": 2.0},
+                "train_loss": 3.0,
+            },
+            {"round": 2, "accepted": ["b", "c"], "rejected": {"org/x": "late"}, "update_norms": {}, "train_loss": 2.5},
+        ],
+        "eval_losses": {"2": {"org/x": 1.0, "b": 2.0, "c": 3.0}},
+    }
+    out = metrics_without_client(metrics, "org/x")
+    assert "org/x" not in str(out)
+    assert out["rounds"][0]["train_loss"] is None  # a mean over a and b: its parts are not kept
+    assert out["rounds"][1]["train_loss"] == 2.5  # a did not train in round 2
+    assert out["sampled"] == {"1": ["b"], "2": ["b", "c"]} and out["eval_losses"] == {"2": {"b": 2.0, "c": 3.0}}
+    assert metrics["clients"] == {"org/x": 1, "b": 2, "c": 3}  # the input is left alone
