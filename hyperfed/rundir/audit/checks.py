@@ -60,6 +60,7 @@ from hyperfed.rundir.fingerprints import (
     optimizer_clients,
     read_checkpoint_tensors,
 )
+from hyperfed.rundir.lock import read_view
 from hyperfed.rundir.recorder import ledger_url_of
 from hypernet import adapter_hash
 from hypernet.io import HYPERNET_META, HYPERNET_WEIGHTS, read_meta
@@ -500,6 +501,12 @@ def audit_run(
     AuditReport
         ``report.ok`` is ``False`` if anything is missing or does not match; each failed
         finding names its culprit.
+
+    Raises
+    ------
+    RunBusyError
+        A writer (training, a forget) holds the run's lock: the audit never reads a
+        half-written run.
     """
     run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
     if trusted_cert is not None:
@@ -509,17 +516,18 @@ def audit_run(
     audit = AuditContext(run_dir, trusted_cert)
     url = ledger_url or (None if ledger is not None else ledger_url_of(run_dir))
     forgotten: set[str] = set()
-    check_pending_forget(audit)
-    with _ledger_for(audit, ledger, url) as (opened, label):
-        salts = audit.read_salts()
-        if opened is not None:
-            forgotten = audit.check_clients(opened, salts)
-            audit.check_checkpoints(opened, forgotten, salts)
-            audit.check_adapters(opened, forgotten)
-            check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
-            check_metrics(audit, audit.active, forgotten)
-        audit.check_outbox()
-    check_layout(audit)
+    with read_view(run_dir):  # never a half-written run: refuses while a writer holds the lock
+        check_pending_forget(audit)
+        with _ledger_for(audit, ledger, url) as (opened, label):
+            salts = audit.read_salts()
+            if opened is not None:
+                forgotten = audit.check_clients(opened, salts)
+                audit.check_checkpoints(opened, forgotten, salts)
+                audit.check_adapters(opened, forgotten)
+                check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
+                check_metrics(audit, audit.active, forgotten)
+            audit.check_outbox()
+        check_layout(audit)
     report = AuditReport(str(run_dir.root), label, tuple(audit.findings), tuple(sorted(forgotten)), tuple(audit.notes))
     log.info("audit of %s: %s (%s)", run_dir.root, "ok" if report.ok else "FAILED", report.counts())
     return report

@@ -83,6 +83,8 @@ def test_an_audit_during_a_forget_is_refused_and_one_after_it_passes(run, tmp_pa
     paused = PausedForget(run.root, CLIENTS[2], tmp_path)
     with pytest.raises(RunBusyError, match="`forget`"), read_view(run.root):
         pass
+    with pytest.raises(RunBusyError, match="`forget`"):  # the Python API refuses as well
+        audit_run(run.root)
     assert main(["audit", str(run.root)]) == 2  # the CLI: a one-line error, no half-done forget seen
     err = capsys.readouterr().err
     assert err.startswith("error: run ") and "busy" in err and err.count("\n") == 1
