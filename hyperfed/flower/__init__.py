@@ -9,17 +9,21 @@ the Flower app project (a ``pyproject.toml`` only) is :data:`APP_DIR`.
 """
 
 from hyperfed.flower.client_app import build_client_app
+from hyperfed.flower.directory import ClientDirectory
 from hyperfed.flower.errors import ClientIdentityError, FlowerRunError, MalformedReplyError
 from hyperfed.flower.history import FlowerHistory
 from hyperfed.flower.inprocess import InProcessGrid, InProcessRun, run_inprocess
 from hyperfed.flower.launch import APP_DIR, FlowerRunResult, run_flwr_simulation, run_loopback_deployment
 from hyperfed.flower.records import adapter_to_record, content_to_reply, record_to_adapter, reply_to_content
-from hyperfed.flower.server_app import build_server_app, on_finish, run_server
-from hyperfed.flower.strategy import AdapterStrategy, HyperLoRAStrategy
+from hyperfed.flower.server_app import build_server_app, on_finish, run_recorded, run_server
+from hyperfed.flower.strategy import AdapterStrategy, HyperLoRAStrategy, run_strategy
 
 __all__ = [
     "AdapterStrategy",
     "HyperLoRAStrategy",
+    "ClientDirectory",
+    "run_strategy",
+    "run_recorded",
     "FlowerHistory",
     "InProcessGrid",
     "InProcessRun",
