@@ -23,7 +23,8 @@ What is checked (each check yields :class:`~hyperfed.rundir.audit.report.Finding
 5. **client / salt** — who was forgotten (forget events); a forgotten client must have no
    embedding or optimizer state in any checkpoint, no salt and no adapter file; every
    active client must have a salt.
-6. **outbox** — records still waiting for the ledger, or refused by it.
+6. **outbox** — records still waiting for the ledger, or refused by it (:mod:`~hyperfed.rundir.audit.ledger_view`,
+   which also opens the ledger from private copies of its files).
 7. **stray / forget / metrics / checkpoint files** (:mod:`~hyperfed.rundir.audit.files`) —
    anything outside the layout, a pending forget (reported, never finished here),
    ``metrics.json``, each checkpoint's metadata, loadability, config and optimizer digests.
@@ -31,14 +32,10 @@ What is checked (each check yields :class:`~hyperfed.rundir.audit.report.Finding
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import sqlite3
-import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +51,7 @@ from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 from hyperfed.rundir.audit.files import check_checkpoint_files, check_layout, check_metrics, check_pending_forget
 from hyperfed.rundir.audit.forgets import check_regenerated_adapters
+from hyperfed.rundir.audit.ledger_view import audited_ledger, check_outbox
 from hyperfed.rundir.audit.report import AuditReport, Finding
 from hyperfed.rundir.fingerprints import (
     embedding_commitment,
@@ -71,38 +69,6 @@ log = logging.getLogger(__name__)
 
 _MISSING_KINDS = {"missing-block", "chain-truncated", "state-deleted", "history-deleted"}
 _READ_ERRORS = (HyperFedError, KeyError, TypeError, ValueError)
-
-
-def _embedded_path(url: str | None, run_dir: RunDirectory) -> Path | None:
-    """The SQLite file a URL names, or ``None`` for a non-embedded ledger."""
-    if url is None:
-        return run_dir.ledger_path
-    if "://" not in url:
-        return Path(url)
-    scheme, rest = url.split("://", 1)
-    return Path(rest.split("?", 1)[0]) if scheme.lower() == "sqlite" else None
-
-
-def _snapshot(path: Path, folder: Path) -> Path:
-    """A private copy of a SQLite file and its ``-wal``, made by reading them only.
-
-    Opening the run's own file — even ``mode=ro`` — lets SQLite create or update the
-    ``-shm`` index beside it; a byte copy opened in ``folder`` touches nothing of the run.
-    SQLite replays the copied WAL on open; a copy torn by a concurrent writer shows as a
-    corrupt file (``PRAGMA quick_check``) or a broken chain, never as a silent pass.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    copy = folder / path.name
-    wal = path.with_name(path.name + "-wal")
-    shutil.copyfile(path, copy)
-    if wal.exists():
-        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-    return copy
-
-
-def _read_only(path: Path, folder: Path) -> sqlite3.Connection:
-    """A connection to a private copy (:func:`_snapshot`) of a SQLite file."""
-    return sqlite3.connect(_snapshot(path, folder))
 
 
 class AuditContext:
@@ -405,71 +371,6 @@ class AuditContext:
         self.active = set(clients) - forgotten
         return forgotten
 
-    def check_outbox(self) -> None:
-        path = self.run_dir.outbox_path
-        if not path.exists():
-            return
-        try:
-            with tempfile.TemporaryDirectory(prefix="hyperfed-audit-") as tmp:
-                conn = _read_only(path, Path(tmp))
-                try:
-                    rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
-                finally:
-                    conn.close()
-        except (sqlite3.Error, OSError) as exc:
-            self.add("outbox", "mismatch", path, f"unreadable: {exc}")
-            return
-        if rows.get("pending"):
-            self.add(
-                "outbox",
-                "missing",
-                path,
-                f"{rows['pending']} records never reached the ledger: open the run's RunRecorder and flush()",
-            )
-        if rows.get("rejected"):
-            self.add("outbox", "mismatch", path, f"{rows['rejected']} records were refused by the contract")
-
-
-@contextlib.contextmanager
-def _ledger_for(audit: AuditContext, ledger: Ledger | None, url: str | None) -> Iterator[tuple[Ledger | None, str]]:
-    """The ledger to audit against (verifying its chain when it is embedded)."""
-    if ledger is not None:
-        local = ledger.backend.local_file
-        if audit.trusted_cert is not None and not isinstance(ledger.backend, EmbeddedLedger):
-            audit.notes.append("the trusted certificate was not used: this ledger keeps no local signed chain")
-        label = audit.rel(local) if local is not None else repr(ledger.backend)
-        if not audit.verify_chain(ledger.backend, label):
-            audit.notes.append(
-                "ledger is not embedded: its contents were audited through the "
-                "Ledger API; hash-chain verification is the ledger network's own"
-            )
-        yield ledger, repr(ledger.backend)
-        return
-    path = _embedded_path(url, audit.run_dir)
-    if path is None:
-        audit.notes.append(
-            f"ledger {url} is not embedded: its contents were audited through "
-            "the Ledger API; hash-chain verification is the ledger network's own"
-        )
-        with Ledger.from_url(url) as remote:
-            yield remote, str(url)
-        return
-    label = audit.rel(path)
-    if not path.exists():
-        audit.add("ledger", "missing", label, "the ledger file is gone")
-        yield None, label
-        return
-    with tempfile.TemporaryDirectory(prefix="hyperfed-audit-") as tmp:
-        try:
-            backend = EmbeddedLedger(_snapshot(path, Path(tmp)), read_only=True)
-        except (sqlite3.Error, HyperFedError, OSError) as exc:
-            audit.add("ledger", "mismatch", label, f"not a readable HyperFed ledger: {exc}")
-            yield None, label
-            return
-        with backend:
-            audit.verify_chain(backend, label)
-            yield Ledger(backend), label
-
 
 def audit_run(
     run_dir: RunDirectory | str | os.PathLike,
@@ -518,7 +419,7 @@ def audit_run(
     forgotten: set[str] = set()
     with read_view(run_dir):  # never a half-written run: refuses while a writer holds the lock
         check_pending_forget(audit)
-        with _ledger_for(audit, ledger, url) as (opened, label):
+        with audited_ledger(audit, ledger, url) as (opened, label):
             salts = audit.read_salts()
             if opened is not None:
                 forgotten = audit.check_clients(opened, salts)
@@ -526,7 +427,7 @@ def audit_run(
                 audit.check_adapters(opened, forgotten)
                 check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
                 check_metrics(audit, audit.active, forgotten)
-            audit.check_outbox()
+            check_outbox(audit)
         check_layout(audit)
     report = AuditReport(str(run_dir.root), label, tuple(audit.findings), tuple(sorted(forgotten)), tuple(audit.notes))
     log.info("audit of %s: %s (%s)", run_dir.root, "ok" if report.ok else "FAILED", report.counts())
