@@ -23,10 +23,11 @@ sys.path.insert(0, str(ROOT))
 from bench.results_io import machine_info  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 
-BENCHES = ("hypernet", "federation", "unlearning", "ledger")
+BENCHES = ("hypernet", "federation", "round_profile", "unlearning", "ledger")
 QUICK_ARGS = {
     "hypernet": ["--repeats", "3"],
     "federation": ["--quick"],
+    "round_profile": ["--quick"],
     "unlearning": ["--quick"],
     "ledger": ["--n", "20", "--rounds", "2"],
 }
@@ -91,6 +92,18 @@ def render(results: Path, timings: dict[str, float]) -> str:
         parts.append(md_table(fed["rounds"]))
         parts.append("\nMean held-out loss (nats/byte) by data per client, same budget for every method:\n\n")
         parts.append(md_table(fed["sweep"]))
+    prof = _load(results / "round_profile.json")
+    if prof:
+        setup = prof["setup"]
+        parts.append("\n## Where a round's time goes: HyperLoRA vs FedAvg-LoRA (`bench/round_profile.py`)\n")
+        parts.append(
+            f"Both methods run as the demo runs them (engine {setup['engine']}; HyperLoRA recorded to its run "
+            f"directory and ledger, FedAvg-LoRA not), {setup['rounds']} rounds × {setup['clients']} clients × "
+            f"{setup['local_steps']} local steps, interleaved in one process, {setup['repeats']} runs each. "
+            "Milliseconds per round by phase (exclusive time), median and spread (max − min); ratio = "
+            f"HyperLoRA / FedAvg-LoRA. fsyncs per round: {prof['fsyncs_per_round']}.\n\n"
+        )
+        parts.append(md_table(prof["phases"]))
     unl = _load(results / "unlearning.json")
     if unl:
         parts.append("\n## Unlearning: forget vs retrain (`bench/unlearning.py`)\n")

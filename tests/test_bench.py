@@ -30,8 +30,16 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("hypernet", "federation", "unlearning", "ledger"):
+    for name in ("hypernet", "federation", "round_profile", "unlearning", "ledger"):
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    profile = json.loads((tmp_path / "results" / "round_profile.json").read_text())
+    phases = {row["phase"]: row for row in profile["phases"]}
+    for phase in ("generate", "train", "aggregate", "record/adapters", "record/checkpoint", "evaluate/client", "total"):
+        assert {"hyperlora_ms", "hyperlora_spread_ms", "fedavg_ms", "fedavg_spread_ms", "ratio"} <= set(phases[phase])
+    assert phases["total"]["ratio"] > 0 and profile["setup"]["repeats"] >= 3
+    assert (
+        profile["fsyncs_per_round"]["hyperlora"] > 0 == profile["fsyncs_per_round"]["fedavg"]
+    )  # only HyperLoRA records
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    for heading in ("## Hypernetwork", "## Federation", "## Unlearning", "## Ledger", "Machine:"):
+    for heading in ("## Hypernetwork", "## Federation", "## Where a round", "## Unlearning", "## Ledger", "Machine:"):
         assert heading in report
