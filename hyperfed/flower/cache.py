@@ -32,10 +32,10 @@ def cached_corpus(config: CorpusConfig) -> FederatedCorpus:
 def load_base_model(base: BaseModelConfig) -> nn.Module:
     """The cached base model for ``base`` (pretrained on first use).
 
-    Its cache key includes a hash of the pretraining text, which is the full default corpus's
-    reserved text; that corpus is built once per process here instead of at every load.
+    Its cache key hashes the pretraining text, which :func:`load_or_build_base_model` reads
+    directly (cached per process) — no corpus is built for it.
     """
-    return load_or_build_base_model(base, corpus=cached_corpus(CorpusConfig(clients_per_domain=4)))
+    return load_or_build_base_model(base)
 
 
 def build_peft_model(base: BaseModelConfig, lora_rank: int) -> nn.Module:
