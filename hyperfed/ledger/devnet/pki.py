@@ -133,19 +133,27 @@ class CertificateAuthority:
         return IssuedCertificate(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def new_ca(org: str, common_name: str | None = None) -> CertificateAuthority:
-    """Create a self-signed CA for organisation ``org``."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def _self_signed_builder(
+    key: ec.EllipticCurvePrivateKey, name: x509.Name, validity: dt.timedelta
+) -> x509.CertificateBuilder:
+    """A certificate builder whose subject and issuer are ``name``, valid from 5 minutes ago."""
     now = dt.datetime.now(dt.timezone.utc)
-    name = _name(common_name or f"ca.{org}", org)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + _VALIDITY)
+        .not_valid_after(now + validity)
+    )
+
+
+def new_ca(org: str, common_name: str | None = None) -> CertificateAuthority:
+    """Create a self-signed CA for organisation ``org``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _self_signed_builder(key, _name(common_name or f"ca.{org}", org), _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -181,16 +189,8 @@ def self_signed_identity(msp_id: str, common_name: str, *, days: int = 3650) -> 
     auditor pins its certificate (``hyperfed audit --trust-cert``).
     """
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    name = _name(common_name, msp_id)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        _self_signed_builder(key, _name(common_name, msp_id), dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
