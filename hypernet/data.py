@@ -25,13 +25,18 @@ def to_blocks(token_ids: torch.Tensor | list[int], block_size: int) -> torch.Ten
 
 @dataclass
 class ClientData:
-    """A client's private train and validation blocks, each ``(n_blocks, block_size)``."""
+    """A client's private train, validation and (optional) test blocks, each ``(n_blocks, block_size)``.
+
+    ``val`` selects (rounds, learning rates, fine-tuning steps); ``test`` is only reported,
+    never used to choose anything.
+    """
 
     train: torch.Tensor
     val: torch.Tensor
+    test: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for name in ("train", "val"):
+        for name in ("train", "val") + (("test",) if self.test is not None else ()):
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] == 0 or t.dtype != torch.long:
                 raise ConfigError(

@@ -34,7 +34,15 @@ from hyperfed.data.tokenizer import ByteTokenizer
 from hypernet import ClientData, to_blocks
 from hypernet.errors import ConfigError
 
-__all__ = ["CorpusConfig", "FederatedCorpus", "build_corpus", "corpus_canaries", "pretraining_text", "DOMAINS"]
+__all__ = [
+    "CorpusConfig",
+    "FederatedCorpus",
+    "build_corpus",
+    "split_ranges",
+    "corpus_canaries",
+    "pretraining_text",
+    "DOMAINS",
+]
 
 # domain → (client sources, pretraining sources); each source is (name, text loader).
 _Source = tuple[str, Callable[[], str]]
@@ -96,7 +104,10 @@ class CorpusConfig:
     ----------
     domains: domains to draw clients from (see :data:`DOMAINS`).
     clients_per_domain: clients taken from each domain (at most 4).
-    train_kib, val_kib: bytes of train and validation text per client (val follows train).
+    train_kib, val_kib, test_kib: KiB of train, validation and test text per client. The
+        test text is the very end of the source, validation comes just before it and train
+        before that, so the three never share a byte. Validation selects (early-stopping
+        round, learning rates); test is only reported. ``test_kib = 0``: no test split.
     block_size: bytes per training block.
     canary_client: if set, secret canaries are planted in this client's train text (to
         measure memorisation and unlearning; see :mod:`hyperfed.data.canaries`).
@@ -108,6 +119,7 @@ class CorpusConfig:
     clients_per_domain: int = 3
     train_kib: float = 16
     val_kib: float = 4
+    test_kib: float = 4
     block_size: int = 128
     canary_client: str = ""
     canary_count: int = 5
@@ -120,15 +132,17 @@ class CorpusConfig:
             raise ConfigError(f"CorpusConfig.domains: unknown {unknown}; choose from {sorted(DOMAINS)}")
         if not 1 <= self.clients_per_domain <= 4:
             raise ConfigError(f"CorpusConfig.clients_per_domain must be 1..4, got {self.clients_per_domain}")
-        if not (self.train_kib > 0 and self.val_kib > 0 and self.block_size > 1):
-            raise ConfigError(f"CorpusConfig needs train_kib, val_kib > 0 and block_size > 1, got {self}")
+        if not (self.train_kib > 0 and self.val_kib > 0 and self.test_kib >= 0 and self.block_size > 1):
+            raise ConfigError(
+                f"CorpusConfig needs train_kib, val_kib > 0, test_kib >= 0 and block_size > 1, got {self}"
+            )
         if self.canary_client and (self.canary_count <= 0 or self.canary_copies <= 0):
             raise ConfigError(f"CorpusConfig.canary_count and canary_copies must be > 0, got {self}")
 
 
 @dataclass
 class FederatedCorpus:
-    """Per-client train/val blocks, each client's domain, and the pretraining text."""
+    """Per-client train/val/test blocks, each client's domain, and the pretraining text."""
 
     clients: dict[str, ClientData]
     domain_of: dict[str, str]
@@ -144,10 +158,11 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
     """Build the corpus deterministically from local files.
 
     Raises :class:`ConfigError` if a client's source is shorter than
-    ``train_kib + val_kib`` (choose less data per client).
+    ``train_kib + val_kib + test_kib`` (choose less data per client).
     """
     tok = ByteTokenizer()
-    train_bytes, val_bytes = int(config.train_kib * 1024), int(config.val_kib * 1024)
+    ranges = split_ranges(config)
+    total = sum(stop - start for start, stop in ranges.values())
     clients: dict[str, ClientData] = {}
     domain_of: dict[str, str] = {}
     manifest: dict[str, str] = {}
@@ -155,27 +170,37 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
         client_sources, pretrain_sources = DOMAINS[domain]
         for name, load in client_sources[: config.clients_per_domain]:
             raw = load().encode("utf-8")
-            if len(raw) < train_bytes + val_bytes:
+            if len(raw) < total:
                 raise ConfigError(
                     f"{domain}/{name} has {len(raw) // 1024} KiB of text, fewer than the "
-                    f"{config.train_kib + config.val_kib} KiB asked for; lower train_kib/val_kib"
+                    f"{config.train_kib + config.val_kib + config.test_kib} KiB asked for; "
+                    "lower train_kib/val_kib/test_kib"
                 )
-            # Validation text is the *end* of the source, train text comes before it:
-            # no block is shared between the two.
-            val = raw[len(raw) - val_bytes :]
-            train = raw[len(raw) - val_bytes - train_bytes : len(raw) - val_bytes]
+            parts = {split: raw[len(raw) + start : len(raw) + stop] for split, (start, stop) in ranges.items()}
+            blocks = {
+                split: to_blocks(tok.encode(part.decode("utf-8", "replace")), config.block_size)
+                for split, part in parts.items()
+            }
             cid = f"{domain}/{name}"
-            clients[cid] = ClientData(
-                train=to_blocks(tok.encode(train.decode("utf-8", "replace")), config.block_size),
-                val=to_blocks(tok.encode(val.decode("utf-8", "replace")), config.block_size),
-            )
+            clients[cid] = ClientData(**blocks)
             domain_of[cid] = domain
-            manifest[cid] = hashlib.sha256(train + b"\x00" + val).hexdigest()
+            manifest[cid] = hashlib.sha256(b"\x00".join(parts.values())).hexdigest()
     if not clients:
         raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
     if config.canary_client:
         _plant(clients, config)
     return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest)
+
+
+def split_ranges(config: CorpusConfig) -> dict[str, tuple[int, int]]:
+    """Byte range of each split, counted from the end of a client's source (``-n``: n bytes
+    before the end; stop ``0``: the very end): ``test`` last, ``val`` before it, ``train``
+    before that. The ranges are disjoint by construction; a test checks it."""
+    train, val, test = (int(kib * 1024) for kib in (config.train_kib, config.val_kib, config.test_kib))
+    ranges = {"train": (-(test + val + train), -(test + val)), "val": (-(test + val), -test)}
+    if test:
+        ranges["test"] = (-test, 0)
+    return ranges
 
 
 def corpus_canaries(config: CorpusConfig) -> list:

@@ -59,3 +59,30 @@ def test_byte_tokenizer_round_trips_utf8():
     text = "naïve café — 日本"
     assert tok.decode(tok.encode(text)) == text
     assert int(tok.encode(text).max()) < 256 < tok.vocab_size
+
+
+def test_train_val_test_are_disjoint_byte_ranges_with_test_at_the_very_end():
+    from hyperfed.data.corpus import split_ranges
+
+    config = CorpusConfig(train_kib=3, val_kib=1, test_kib=2)
+    ranges = split_ranges(config)
+    assert ranges == {"train": (-6144, -3072), "val": (-3072, -2048), "test": (-2048, 0)}
+    spans = [ranges[s] for s in ("train", "val", "test")]
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # adjacent, in order
+    assert all(start < stop for start, stop in spans)  # so no byte belongs to two splits
+    assert "test" not in split_ranges(CorpusConfig(test_kib=0))
+
+
+def test_the_test_split_is_the_end_of_each_source_and_seen_nowhere_else():
+    tok = ByteTokenizer()
+    corpus = build_corpus(
+        CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=4, val_kib=1, test_kib=1)
+    )
+    for cid, data in corpus.clients.items():
+        assert data.test is not None and data.test.shape == (8, 128)
+        train = "".join(tok.decode(b) for b in data.train)
+        val = "".join(tok.decode(b) for b in data.val)
+        for block in data.test:
+            probe = tok.decode(block[:96])
+            assert probe not in train and probe not in val and probe not in corpus.pretrain_text, cid
+    assert all(c.test is None for c in build_corpus(CorpusConfig(domains=("docs",), test_kib=0)).clients.values())
