@@ -192,7 +192,7 @@ def profile_once(method: str, base: torch.nn.Module, corpus: Any, config: RunCon
         clock.reset()
         with instrumented(clock):
             start = time.perf_counter()
-            _, final, _, _ = run_method(method, base, corpus, config, run_dir=run_dir)
+            _, final, _, _, _ = run_method(method, base, corpus, config, run_dir=run_dir)
             wall = time.perf_counter() - start
     rounds = config.federation.rounds
     row = {phase: clock.seconds.get(phase, 0.0) / rounds for phase in PHASES if phase != "other"}

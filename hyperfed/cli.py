@@ -79,20 +79,25 @@ def _run_comparison(config: RunConfig, out: str, overwrite: bool = False) -> int
         for bar in bars.values():
             bar.close()
     rows = summary_rows(result)
-    print()
-    print(
-        format_table(
-            rows, title="Validation loss per client (nats/byte, lower is better), same budget for every method"
-        )
+    on_test = result.has_test()
+    title = (
+        "Test loss per client at each method's selected round (nats/byte, lower is better; round = lowest mean "
+        "validation loss, 0 = before training), same budget for every method"
+        if on_test
+        else "Validation loss per client after the last round (nats/byte, lower is better; no test split)"
     )
+    print()
+    print(format_table(rows, title=title))
     methods = list(result.final)
+    scores = {m: result.test(m) for m in methods} if on_test else result.final
     if "hyperlora" in methods:
         for other in (m for m in methods if m != "hyperlora"):
-            wins = sum(result.final["hyperlora"][c] < result.final[other][c] for c in result.base)
-            diff = result.mean(other) - result.mean("hyperlora")
+            mine, theirs = scores["hyperlora"], scores[other]
+            wins = sum(mine[c] < theirs[c] for c in mine)
+            diff = sum(theirs.values()) / len(theirs) - sum(mine.values()) / len(mine)
             print(
-                f"HyperLoRA vs {method_label(other)}: better on {wins}/{len(result.base)} clients, "
-                f"mean lower by {diff:+.4f}"
+                f"HyperLoRA vs {method_label(other)}: better on {wins}/{len(mine)} clients, "
+                f"mean {'test' if on_test else 'val'} loss lower by {diff:+.4f}"
             )
     rejected = sum(len(r) for rounds in result.rejected.values() for r in rounds.values())
     print(f"Rejected client replies: {rejected}")

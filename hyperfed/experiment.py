@@ -1,13 +1,21 @@
-"""The main job: HyperLoRA vs FedAvg-LoRA vs local-only on one corpus, one budget, one run.
+"""The main job: HyperLoRA vs the baselines on one corpus, one budget, one run.
 
 ``run_experiment`` builds the offline corpus, loads (or pretrains once) the base model,
 then runs each method for the same rounds, sampling and local steps, evaluates every
-client's held-out loss, and writes the run directory: ``metrics.json``, a PNG of the loss
+client's validation *and* test loss before training and every ``evaluation.every`` rounds,
+and writes the run directory: ``metrics.json``, a PNG of the loss
 curves, and — for HyperLoRA — checkpoints, generated adapters and the ledger records. It
 holds the run lock (:func:`hyperfed.rundir.lock.run_lock`) while it writes.
 
-Every aggregate in ``metrics.json`` (the means, the curves) is kept with the per-client
-values it is computed from, so :func:`metrics_without_client` can recompute it after a
+**Protocol (early stopping on validation, reported on test).** Each client's text is split
+into train / validation / test (:func:`hyperfed.data.corpus.split_ranges`: disjoint byte
+ranges, test at the very end). Every method's *selected round* is the evaluated round
+(round 0, before any training, included) with the lowest mean validation loss over
+clients, the earliest on a tie (:func:`select_round`); its reported result is each client's
+test loss at that round. Test losses never choose anything.
+
+Every aggregate in ``metrics.json`` (the means, the curves, the selected rounds) is kept
+with the per-client values it is computed from, so :func:`metrics_without_client` can recompute it after a
 forget instead of leaving a mean from which the forgotten client's losses follow.
 """
 
@@ -27,7 +35,7 @@ import torch
 from hyperfed.base_model import load_or_build_base_model
 from hyperfed.config import RunConfig
 from hyperfed.data.corpus import FederatedCorpus, build_corpus
-from hyperfed.federation import evaluate_all, make_server, method_label, run_rounds
+from hyperfed.federation import Evaluation, evaluate_all_splits, make_server, method_label, run_rounds
 from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.lock import run_lock
@@ -41,6 +49,8 @@ __all__ = [
     "RunConfig",
     "ExperimentResult",
     "run_experiment",
+    "run_method",
+    "select_round",
     "summary_rows",
     "plot_curves",
     "metrics_without_client",
@@ -67,11 +77,32 @@ class ExperimentResult:
     servers: dict[str, AdapterServer] = field(default_factory=dict, repr=False)
     # method → [(round, client → val loss)]: what each point of ``curves`` is the mean of
     curve_losses: dict[str, list[tuple[int, dict[str, float]]]] = field(default_factory=dict)
+    # method → [(round, client → test loss)] at the same rounds (empty without a test split)
+    test_curve_losses: dict[str, list[tuple[int, dict[str, float]]]] = field(default_factory=dict)
+    base_test: dict[str, float] = field(default_factory=dict)  # client → test loss of the base model
 
     def mean(self, method: str) -> float:
         return _mean(self.final[method])
 
+    def selected_round(self, method: str) -> int | None:
+        """The round ``method`` is reported at: :func:`select_round` of its validation curve."""
+        return select_round(self.curve_losses.get(method, []))
+
+    def test(self, method: str) -> dict[str, float]:
+        """Each client's test loss at :meth:`selected_round` (empty without a test split)."""
+        chosen = self.selected_round(method)
+        return next((dict(losses) for r, losses in self.test_curve_losses.get(method, []) if r == chosen), {})
+
+    def selected_val(self, method: str) -> dict[str, float]:
+        """Each client's validation loss at :meth:`selected_round`."""
+        chosen = self.selected_round(method)
+        return next((dict(losses) for r, losses in self.curve_losses.get(method, []) if r == chosen), {})
+
+    def has_test(self) -> bool:
+        return bool(self.base_test) and all(self.test(m) for m in self.final)
+
     def to_dict(self) -> dict[str, Any]:
+        test = {m: self.test(m) for m in self.final}
         return {
             "final": self.final,
             "base": self.base,
@@ -81,6 +112,13 @@ class ExperimentResult:
             "domain_of": self.domain_of,
             "mean": {m: self.mean(m) for m in self.final} | {"base": _mean(self.base)},
             "rejected": {m: {str(r): v for r, v in rounds.items()} for m, rounds in self.rejected.items()},
+            "test_curve_losses": {m: [[r, losses] for r, losses in pts] for m, pts in self.test_curve_losses.items()},
+            "base_test": self.base_test,
+            "selection": SELECTION_RULE,
+            "selected_round": {m: self.selected_round(m) for m in self.final},
+            "test": test,
+            "mean_test": {m: _mean(t) for m, t in test.items() if t}
+            | ({"base": _mean(self.base_test)} if self.base_test else {}),
         }
 
     @classmethod
@@ -93,6 +131,9 @@ class ExperimentResult:
         }
         curves = {m: [(int(r), float(v)) for r, v in pts] for m, pts in data.get("curves", {}).items()}
         curves |= {m: [(r, _mean(losses)) for r, losses in pts] for m, pts in curve_losses.items()}
+        test_curves = {
+            m: [(int(r), dict(losses)) for r, losses in pts] for m, pts in data.get("test_curve_losses", {}).items()
+        }
         return cls(
             final={m: dict(v) for m, v in data["final"].items()},
             base=dict(data["base"]),
@@ -102,21 +143,58 @@ class ExperimentResult:
             run_dir=Path(run_dir),
             rejected={m: {int(r): dict(v) for r, v in rs.items()} for m, rs in data.get("rejected", {}).items()},
             curve_losses=curve_losses,
+            test_curve_losses=test_curves,
+            base_test=dict(data.get("base_test", {})),
         )
 
 
+#: The early-stopping rule, stated in ``metrics.json`` next to what it chose.
+SELECTION_RULE = (
+    "each method is reported at the evaluated round (0 = before training included) with the lowest mean "
+    "validation loss over clients, the earliest on a tie; reported losses are test losses at that round"
+)
+
+
+def select_round(curve: list[tuple[int, dict[str, float]]]) -> int | None:
+    """The round of ``curve`` (``[(round, client → validation loss)]``) with the lowest mean
+    validation loss, the earliest on a tie; ``None`` for an empty curve. Only validation
+    losses go in: the test split cannot influence the choice."""
+    points = [(_mean(losses), r) for r, losses in curve if losses]
+    return min(points)[1] if points else None
+
+
 def summary_rows(result: ExperimentResult) -> list[dict[str, Any]]:
-    """One row per client plus a mean row: base and each method's validation loss."""
+    """One row per client plus a mean row: base and each method's *test* loss at its
+    selected round, then the selected round and the mean validation loss there.
+
+    A run without a test split (``corpus.test_kib = 0``) shows the validation loss after the
+    last round instead, as before the protocol."""
     methods = list(result.final)
+    if not result.has_test():
+        rows = []
+        for cid in result.base:
+            row: dict[str, Any] = {"client": cid, "base": result.base[cid]}
+            row |= {method_label(m): result.final[m][cid] for m in methods}
+            rows.append(row)
+        mean = {"client": "MEAN", "base": _mean(result.base)}
+        rows.append(mean | {method_label(m): result.mean(m) for m in methods})
+        return rows
+    tests = {m: result.test(m) for m in methods}
     rows = []
-    for cid in result.base:
-        row: dict[str, Any] = {"client": cid, "base": result.base[cid]}
-        row |= {method_label(m): result.final[m][cid] for m in methods}
-        rows.append(row)
-    mean = {"client": "MEAN", "base": sum(result.base.values()) / len(result.base)}
-    mean |= {method_label(m): result.mean(m) for m in methods}
-    rows.append(mean)
+    for cid in result.base_test:
+        rows.append({"client": cid, "base": result.base_test[cid]} | {method_label(m): tests[m][cid] for m in methods})
+    rows.append(
+        {"client": "MEAN (test)", "base": _mean(result.base_test)} | {method_label(m): _mean(tests[m]) for m in methods}
+    )
+    rows.append(
+        {"client": "MEAN (val)", "base": _mean(result.base)}
+        | {method_label(m): _mean(result.selected_val(m)) for m in methods}
+    )
+    rows.append({"client": "selected round", "base": 0} | {method_label(m): result.selected_round(m) for m in methods})
     return rows
+
+
+Curve = list[tuple[int, dict[str, float]]]
 
 
 def run_method(
@@ -126,9 +204,10 @@ def run_method(
     config: RunConfig,
     on_round: Callable[[str, RoundOutcome], None] | None = None,
     run_dir: RunDirectory | None = None,
-) -> tuple[AdapterServer, dict[str, float], list[tuple[int, dict[str, float]]], dict[int, dict[str, str]]]:
-    """Train one method; return its server, final per-client losses, per-client loss curve
-    (``[(round, client → loss)]``), rejections.
+) -> tuple[AdapterServer, dict[str, float], Curve, dict[int, dict[str, str]], Curve]:
+    """Train one method; return its server, final per-client validation losses, per-client
+    validation curve (``[(round, client → loss)]``), rejections, and the per-client test
+    curve at the same rounds (empty without a test split).
 
     With ``run_dir``, a HyperLoRA run is recorded: every registration, checkpoint and
     generated adapter goes to the run directory and the ledger (:class:`RunRecorder`).
@@ -143,8 +222,13 @@ def run_method(
         recorder = RunRecorder.open(run_dir, config.ledger.url or None, writer_msp=config.ledger.writer_msp)
         recorder.record_checkpoint(0, server.hypernet, server.trainer)  # registers every client
     rejected: dict[int, dict[str, str]] = {}
-    curve: list[tuple[int, dict[str, float]]] = []
+    curve: Curve = []
+    test_curve: Curve = []
     every = config.evaluation.every
+
+    def evaluate(round_: int) -> None:
+        evaluations = evaluate_all_splits(server, peft_model, corpus.clients, fed, round_)
+        _append(curve, test_curve, round_, evaluations)
 
     def after_round(outcome: RoundOutcome) -> None:
         if recorder is not None:
@@ -152,37 +236,44 @@ def run_method(
         if outcome.rejected:
             rejected[outcome.round] = outcome.rejected
         if config.engine == "loop" and ((every and outcome.round % every == 0) or outcome.round == fed.rounds):
-            curve.append((outcome.round, evaluate_all(server, peft_model, corpus.clients)))
+            evaluate(outcome.round)
         if on_round:
             on_round(method, outcome)
 
     try:
         if config.engine == "flower":
-            final = _run_flower(server, config, after_round, curve)
+            _run_flower(server, config, after_round, curve, test_curve)
         else:
-            curve.append((0, evaluate_all(server, peft_model, corpus.clients)))
+            evaluate(0)
             run_rounds(server, peft_model, corpus.clients, fed, callback=after_round)
-            final = evaluate_all(server, peft_model, corpus.clients)
     finally:
         if recorder is not None:
             recorder.close()
-    return server, final, curve, rejected
+    return server, dict(curve[-1][1]), curve, rejected, test_curve
+
+
+def _append(curve: Curve, test_curve: Curve, round_: int, evaluations: dict[str, Evaluation]) -> None:
+    curve.append((round_, {cid: e.val for cid, e in evaluations.items()}))
+    tests = {cid: e.test for cid, e in evaluations.items() if e.test is not None}
+    if tests:
+        test_curve.append((round_, tests))
 
 
 def _run_flower(
     server: AdapterServer,
     config: RunConfig,
     after_round: Callable[[RoundOutcome], None],
-    curve: list[tuple[int, dict[str, float]]],
-) -> dict[str, float]:
+    curve: Curve,
+    test_curve: Curve,
+) -> None:
     """Train through Flower (in-process grid, real ServerApp strategy and ClientApps);
-    curves and final losses come from the clients' own federated evaluation."""
+    the curves come from the clients' own federated evaluation."""
     from hyperfed.flower import run_inprocess
 
     run = run_inprocess(config.to_run_config(), server=server, finish=None, on_round=after_round)
-    losses = run.history.eval_losses
+    losses, tests = run.history.eval_losses, run.history.test_losses
     curve.extend((r, dict(losses[r])) for r in sorted(losses))
-    return dict(losses[max(losses)])
+    test_curve.extend((r, dict(tests[r])) for r in sorted(tests))
 
 
 def run_experiment(
@@ -227,10 +318,10 @@ def _run_experiment(
     rd.write_json(rd.manifest_path, corpus_manifest(corpus))
     base_model = load_or_build_base_model(config.base_model, callback=on_pretrain)
 
-    final, curve_losses, seconds, rejected, servers = {}, {}, {}, {}, {}
+    final, curve_losses, test_curves, seconds, rejected, servers = {}, {}, {}, {}, {}, {}
     for method in config.methods:
         start = time.perf_counter()
-        server, final[method], curve_losses[method], rejected[method] = run_method(
+        server, final[method], curve_losses[method], rejected[method], test_curves[method] = run_method(
             method, base_model, corpus, config, on_round, rd
         )
         seconds[method] = time.perf_counter() - start
@@ -238,17 +329,37 @@ def _run_experiment(
         log.info("%s: mean val loss %.4f in %.1f s", method, _mean(final[method]), seconds[method])
     probe = add_lora(copy.deepcopy(base_model), rank=config.federation.lora_rank)
     base_losses = {cid: evaluate_loss(probe, None, data.val) for cid, data in corpus.clients.items()}
+    base_test = {
+        cid: evaluate_loss(probe, None, data.test) for cid, data in corpus.clients.items() if data.test is not None
+    }
     curves = {m: [(r, _mean(losses)) for r, losses in pts] for m, pts in curve_losses.items()}
     result = ExperimentResult(
-        final, base_losses, curves, seconds, corpus.domain_of, rd.root, rejected, servers, curve_losses
+        final,
+        base_losses,
+        curves,
+        seconds,
+        corpus.domain_of,
+        rd.root,
+        rejected,
+        servers,
+        curve_losses,
+        {m: pts for m, pts in test_curves.items() if pts},
+        base_test,
     )
+    for method in config.methods:
+        log.info(
+            "%s: selected round %s, mean test loss %.4f",
+            method,
+            result.selected_round(method),
+            _mean(result.test(method)),
+        )
     rd.write_json(rd.metrics_path, result.to_dict())
     plot_curves(result, rd.plots_dir / LOSS_CURVES)
     return result
 
 
 def corpus_manifest(corpus: FederatedCorpus) -> dict[str, dict[str, int]]:
-    """``corpus_manifest.json``: per client, how many train and validation tokens it has.
+    """``corpus_manifest.json``: per client, how many train, validation and test tokens it has.
 
     No content hash: an unsalted sha256 of a client's text would answer "is this their
     text?" for anyone holding the run (a guessing oracle), for the forgotten and the
@@ -257,6 +368,7 @@ def corpus_manifest(corpus: FederatedCorpus) -> dict[str, dict[str, int]]:
     """
     return {
         cid: {"train_tokens": int(data.train.numel()), "val_tokens": int(data.val.numel())}
+        | ({} if data.test is None else {"test_tokens": int(data.test.numel())})
         for cid, data in corpus.clients.items()
     }
 
@@ -277,7 +389,9 @@ def metrics_without_client(metrics: dict[str, Any], client_id: str) -> dict[str,
     remaining clients: a mean kept from before would give the client's loss away
     (n × mean − Σ others). For the file of :func:`run_experiment` that is ``mean`` and
     ``curves`` (from ``curve_losses``; a curve written without its per-client values
-    cannot be recomputed and is dropped). A Flower run's per-round ``train_loss`` is a mean
+    cannot be recomputed and is dropped), and the early-stopping choice: ``selected_round``,
+    ``test`` and ``mean_test`` are recomputed from the remaining clients' curves (the
+    forgotten client's validation loss no longer chooses the round). A Flower run's per-round ``train_loss`` is a mean
     over the accepted clients whose parts are not kept: where the client was accepted it
     becomes ``None``.
     """
@@ -299,6 +413,7 @@ def metrics_without_client(metrics: dict[str, Any], client_id: str) -> dict[str,
     recomputed = result.to_dict()
     if not result.base:  # nobody left to average over
         recomputed["mean"] = {}
+        recomputed["mean_test"] = {}
     return {**scrubbed, **recomputed}
 
 
@@ -320,8 +435,9 @@ def redraw_plots(rd: RunDirectory) -> None:
 
 
 def plot_curves(result: ExperimentResult, path: Path | BinaryIO) -> Path | BinaryIO:
-    """Mean validation loss per round for each method, with the base model as a line; and
-    each client's final loss per method (to a file path or a binary stream)."""
+    """Mean validation loss per round for each method (its selected round starred), with the
+    base model as a line; and each client's test loss at the selected round per method (the
+    final validation loss for a run without a test split), to a file path or a binary stream."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     fig = Figure(figsize=(12, 4.5))
@@ -330,17 +446,21 @@ def plot_curves(result: ExperimentResult, path: Path | BinaryIO) -> Path | Binar
         if not curve:
             continue
         rounds, losses = zip(*curve, strict=True)
-        left.plot(rounds, losses, marker="o", label=method_label(method))
+        (line,) = left.plot(rounds, losses, marker="o", label=method_label(method))
+        chosen = result.selected_round(method)
+        if chosen is not None:
+            left.plot([chosen], [dict(curve)[chosen]], marker="*", ms=14, color=line.get_color())
     left.axhline(sum(result.base.values()) / len(result.base), color="grey", ls="--", label="base model")
     left.set(xlabel="round", ylabel="mean validation loss (nats/byte)", title="Learning curves (same budget)")
     left.legend()
-    clients = list(result.base)
-    width = 0.8 / (len(result.final) + 1)
+    on_test = result.has_test()
+    base = result.base_test if on_test else result.base
+    shown = {m: result.test(m) for m in result.final} if on_test else result.final
+    clients = list(base)
+    width = 0.8 / (len(shown) + 1)
     xs = range(len(clients))
-    right.bar(
-        [x - 0.4 + width / 2 for x in xs], [result.base[c] for c in clients], width, label="base", color="lightgrey"
-    )
-    for i, (method, losses) in enumerate(result.final.items(), start=1):
+    right.bar([x - 0.4 + width / 2 for x in xs], [base[c] for c in clients], width, label="base", color="lightgrey")
+    for i, (method, losses) in enumerate(shown.items(), start=1):
         right.bar(
             [x - 0.4 + width / 2 + i * width for x in xs],
             [losses[c] for c in clients],
@@ -348,8 +468,11 @@ def plot_curves(result: ExperimentResult, path: Path | BinaryIO) -> Path | Binar
             label=method_label(method),
         )
     right.set_xticks(list(xs), clients, rotation=45, ha="right", fontsize=7)
-    right.set(ylabel="validation loss (nats/byte)", title="Per client, after training")
-    lo = min(min(v.values()) for v in result.final.values())
+    if on_test:
+        right.set(ylabel="test loss (nats/byte)", title="Per client, test loss at the selected round")
+    else:
+        right.set(ylabel="validation loss (nats/byte)", title="Per client, after training")
+    lo = min(min(v.values()) for v in shown.values())
     right.set_ylim(bottom=lo - 0.2)
     right.legend(fontsize=7)
     fig.tight_layout()

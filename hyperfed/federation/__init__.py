@@ -3,9 +3,9 @@
 The Flower apps in :mod:`hyperfed.flower` are thin layers over these functions.
 """
 
-from hyperfed.federation.client_side import evaluate_client, local_round
+from hyperfed.federation.client_side import Evaluation, evaluate_client, evaluate_splits, local_round
 from hyperfed.federation.config import FederationConfig
-from hyperfed.federation.loop import evaluate_all, run_rounds
+from hyperfed.federation.loop import evaluate_all, evaluate_all_splits, run_rounds
 from hyperfed.federation.methods import METHODS, Method, make_server, method_label
 from hyperfed.federation.sampling import participates, poisson_sample
 from hyperfed.federation.servers import (
@@ -39,6 +39,9 @@ __all__ = [
     "make_server",
     "local_round",
     "evaluate_client",
+    "evaluate_splits",
+    "Evaluation",
+    "evaluate_all_splits",
     "run_rounds",
     "evaluate_all",
 ]

@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
-from hyperfed.federation.client_side import evaluate_client, local_round
+from hyperfed.federation.client_side import Evaluation, evaluate_client, evaluate_splits, local_round
 from hyperfed.federation.config import FederationConfig
 from hyperfed.federation.sampling import poisson_sample
 from hyperfed.federation.servers import AdapterServer, RoundOutcome
 from hypernet import ClientData
 
-__all__ = ["run_rounds", "evaluate_all"]
+__all__ = ["run_rounds", "evaluate_all", "evaluate_all_splits"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,22 @@ def evaluate_all(server: AdapterServer, peft_model: nn.Module, clients: Mapping[
     """Each client's validation loss with the adapter the server gives it now."""
     server.register(list(clients))
     return {cid: evaluate_client(peft_model, server.adapter_for(cid), data) for cid, data in clients.items()}
+
+
+def evaluate_all_splits(
+    server: AdapterServer,
+    peft_model: nn.Module,
+    clients: Mapping[str, ClientData],
+    config: FederationConfig | None = None,
+    round_: int = 0,
+) -> dict[str, Evaluation]:
+    """Each client's validation and test loss with the adapter the server gives it now
+    (fine-tuned first where ``config.method`` fine-tunes at evaluation)."""
+    server.register(list(clients))
+    return {
+        cid: evaluate_splits(peft_model, server.adapter_for(cid), data, config, round_, cid)
+        for cid, data in clients.items()
+    }
 
 
 def run_rounds(

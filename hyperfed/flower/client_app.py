@@ -16,12 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from hyperfed.config import RunConfig, RunConfigValue
-from hyperfed.federation import evaluate_client, local_round
+from hyperfed.federation import evaluate_splits, local_round
 from hyperfed.flower import keys
 from hyperfed.flower.cache import cached_client_model, cached_corpus
 from hyperfed.flower.errors import ClientIdentityError, MalformedReplyError
 from hyperfed.flower.handshake import identity_reply, resolve_client_id
-from hyperfed.flower.records import eval_to_content, record_to_adapter, reply_to_content
+from hyperfed.flower.records import evaluation_to_content, record_to_adapter, reply_to_content
 from hypernet import ClientData
 from hypernet.errors import UnknownClientError
 
@@ -68,12 +68,13 @@ def client_data(context: Context, config: RunConfig, client_id: str) -> ClientDa
     cached = context.state.array_records.get(_STATE_DATA)
     if cached is not None and client_identity(context, config) == client_id:
         blocks = cached.to_torch_state_dict()
-        return ClientData(train=blocks["train"], val=blocks["val"])
+        return ClientData(train=blocks["train"], val=blocks["val"], test=blocks.get("test"))
     corpus = cached_corpus(config.corpus)
     if client_id not in corpus.clients:
         raise UnknownClientError(f"the corpus has no client {client_id!r}; its clients are {corpus.client_ids}")
     data = corpus.clients[client_id]
-    context.state[_STATE_DATA] = ArrayRecord({"train": data.train, "val": data.val})
+    splits = {"train": data.train, "val": data.val} | ({} if data.test is None else {"test": data.test})
+    context.state[_STATE_DATA] = ArrayRecord(splits)
     return data
 
 
@@ -118,14 +119,15 @@ def build_client_app(defaults: Mapping[str, RunConfigValue] | None = None) -> Cl
 
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        """Validation loss of the received adapter on this client's held-out blocks."""
+        """Validation and test loss of the received adapter on this client's held-out blocks
+        (after local fine-tuning chosen on validation, for a method that fine-tunes)."""
         config = _run_config(context, defaults)
         client_id = client_identity(context, config)
-        adapter, _ = _received(message, client_id)
+        adapter, server_round = _received(message, client_id)
         data = client_data(context, config, client_id)
         model = cached_client_model(config.base_model, config.federation.lora_rank)
-        loss = evaluate_client(model, adapter, data)
-        return Message(eval_to_content(loss, int(data.val.shape[0])), reply_to=message)
+        evaluation = evaluate_splits(model, adapter, data, config.federation, server_round, client_id)
+        return Message(evaluation_to_content(evaluation, int(data.val.shape[0])), reply_to=message)
 
     return client_app
 

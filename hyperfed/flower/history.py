@@ -32,6 +32,10 @@ class FlowerHistory:
         ``round → wall time`` from sending the adapters to the server update.
     eval_losses
         ``round → client → validation loss`` (round 0: before training).
+    test_losses
+        ``round → client → test loss``, for the clients that have a test split.
+    finetune_steps
+        ``round → client → local steps chosen on validation`` before evaluating (fedavg_ft).
     """
 
     clients: dict[str, int] = field(default_factory=dict)
@@ -39,6 +43,8 @@ class FlowerHistory:
     rounds: list[RoundOutcome] = field(default_factory=list)
     round_seconds: dict[int, float] = field(default_factory=dict)
     eval_losses: dict[int, dict[str, float]] = field(default_factory=dict)
+    test_losses: dict[int, dict[str, float]] = field(default_factory=dict)
+    finetune_steps: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def mean_eval_loss(self, round_: int) -> float:
         """Mean over clients of the validation loss evaluated after ``round_``."""
@@ -60,4 +66,8 @@ class FlowerHistory:
             "eval_losses": {
                 str(r): {c: _finite_or_none(v) for c, v in losses.items()} for r, losses in self.eval_losses.items()
             },
+            "test_losses": {
+                str(r): {c: _finite_or_none(v) for c, v in losses.items()} for r, losses in self.test_losses.items()
+            },
+            "finetune_steps": {str(r): dict(steps) for r, steps in self.finetune_steps.items()},
         }

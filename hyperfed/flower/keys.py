@@ -27,6 +27,8 @@ __all__ = [
     "NUM_EXAMPLES",
     "TRAIN_LOSS",
     "EVAL_LOSS",
+    "TEST_LOSS",
+    "FINETUNE_STEPS",
     "PARTITION_ID",
     "NUM_PARTITIONS",
 ]
@@ -44,7 +46,9 @@ CLIENT_ID = "client-id"  # also the SuperNode node-config key in a deployment
 # MetricRecord keys
 NUM_EXAMPLES = "num-examples"  # Flower's FedAvg weights by this key too
 TRAIN_LOSS = "train-loss"
-EVAL_LOSS = "eval-loss"
+EVAL_LOSS = "eval-loss"  # on the client's validation blocks
+TEST_LOSS = "test-loss"  # on its test blocks (reported only), where it has them
+FINETUNE_STEPS = "finetune-steps"  # local steps chosen on validation before both (fedavg_ft)
 
 # node-config keys that Flower's Simulation Engine sets on every virtual SuperNode
 PARTITION_ID = "partition-id"

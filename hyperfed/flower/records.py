@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from hyperfed.federation.client_side import Evaluation
 from hyperfed.federation.servers import Reply
 from hyperfed.flower import keys
 from hyperfed.flower.errors import MalformedReplyError
@@ -34,6 +35,8 @@ __all__ = [
     "content_to_reply",
     "eval_to_content",
     "content_to_eval",
+    "evaluation_to_content",
+    "content_to_evaluation",
 ]
 
 Adapter = dict[str, torch.Tensor]
@@ -170,3 +173,32 @@ def content_to_eval(content: RecordDict) -> tuple[float, int]:
             f"an evaluate reply needs {keys.EVAL_LOSS!r} and {keys.NUM_EXAMPLES!r} in {keys.METRICS!r}"
         )
     return float(metrics[keys.EVAL_LOSS]), int(metrics[keys.NUM_EXAMPLES])
+
+
+def evaluation_to_content(evaluation: Evaluation, num_examples: int) -> RecordDict:
+    """An evaluate reply carrying validation and (where there is one) test loss, and the
+    fine-tuning steps chosen on validation; :func:`content_to_eval` still reads it."""
+    content = eval_to_content(evaluation.val, num_examples)
+    metrics = content.metric_records[keys.METRICS]
+    if evaluation.test is not None:
+        metrics[keys.TEST_LOSS] = float(evaluation.test)
+    metrics[keys.FINETUNE_STEPS] = int(evaluation.finetune_steps)
+    return content
+
+
+def content_to_evaluation(content: RecordDict) -> Evaluation:
+    """The :class:`Evaluation` of an evaluate reply (``test`` ``None`` if it has no test loss).
+
+    Raises
+    ------
+    MalformedReplyError
+        As :func:`content_to_eval`, or if ``test-loss`` / ``finetune-steps`` is not a number.
+    """
+    val, _ = content_to_eval(content)
+    metrics = content.metric_records[keys.METRICS]
+    try:
+        test = float(metrics[keys.TEST_LOSS]) if keys.TEST_LOSS in metrics else None
+        steps = int(metrics.get(keys.FINETUNE_STEPS, 0))
+    except (TypeError, ValueError) as exc:
+        raise MalformedReplyError(f"an evaluate reply's {keys.TEST_LOSS!r} or {keys.FINETUNE_STEPS!r}: {exc}") from None
+    return Evaluation(val, test, steps)

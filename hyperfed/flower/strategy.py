@@ -32,7 +32,7 @@ from hyperfed.flower import keys
 from hyperfed.flower.directory import ClientDirectory, wait_for_nodes
 from hyperfed.flower.errors import MalformedReplyError
 from hyperfed.flower.history import FlowerHistory
-from hyperfed.flower.records import adapter_to_record, content_to_eval, content_to_reply
+from hyperfed.flower.records import adapter_to_record, content_to_evaluation, content_to_reply
 
 __all__ = ["AdapterStrategy", "HyperLoRAStrategy", "run_strategy"]
 
@@ -185,8 +185,12 @@ class AdapterStrategy(FedAvg):
         )
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Store each client's loss in ``history.eval_losses[server_round]``; return the mean."""
+        """Store each client's validation loss in ``history.eval_losses[server_round]`` (test
+        loss in ``history.test_losses``, fine-tune steps in ``history.finetune_steps``); return
+        the mean validation loss."""
         losses: dict[str, float] = {}
+        tests: dict[str, float] = {}
+        steps: dict[str, int] = {}
         for message in replies:
             client_id = self.directory.client_of.get(message.metadata.src_node_id)
             if client_id is None:
@@ -197,12 +201,20 @@ class AdapterStrategy(FedAvg):
                 )
                 continue
             try:
-                losses[client_id] = content_to_eval(message.content)[0]
+                evaluation = content_to_evaluation(message.content)
             except MalformedReplyError as exc:
                 log.warning("ignoring the evaluation of client %r in round %d: %s", client_id, server_round, exc)
+                continue
+            losses[client_id] = evaluation.val
+            steps[client_id] = evaluation.finetune_steps
+            if evaluation.test is not None:
+                tests[client_id] = evaluation.test
         if not losses:
             return None
         self.history.eval_losses[server_round] = dict(sorted(losses.items()))
+        self.history.finetune_steps[server_round] = dict(sorted(steps.items()))
+        if tests:
+            self.history.test_losses[server_round] = dict(sorted(tests.items()))
         mean = self.history.mean_eval_loss(server_round)
         log.info("round %d: mean eval loss %.4f over %d clients", server_round, mean, len(losses))
         return MetricRecord({keys.EVAL_LOSS: mean, "num-clients": len(losses)})

@@ -299,7 +299,7 @@ def test_no_number_in_metrics_gives_the_forgotten_clients_losses_away(run):
     plot = run.plots_dir / "loss_curves.png"
     plot_before = plot.read_bytes()
     manifest = json.loads(run.manifest_path.read_text())
-    assert all(set(v) == {"train_tokens", "val_tokens"} for v in manifest.values())  # no content hash
+    assert all(set(v) == {"train_tokens", "val_tokens", "test_tokens"} for v in manifest.values())  # no content hash
     forget_client(run.root, victim, "delete")
 
     metrics = json.loads(run.metrics_path.read_text())
@@ -316,6 +316,9 @@ def test_no_number_in_metrics_gives_the_forgotten_clients_losses_away(run):
             assert (
                 r == r2 and sorted(per_client) == remaining and value == pytest.approx(mean(list(per_client.values())))
             )
+        assert sorted(metrics["test"][method]) == remaining  # the early-stopping report, recomputed without it
+        assert metrics["mean_test"][method] == pytest.approx(mean(list(metrics["test"][method].values())), abs=0)
+    assert metrics["mean_test"]["base"] == pytest.approx(mean([metrics["base_test"][c] for c in remaining]), abs=0)
     assert plot.read_bytes() != plot_before and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # redrawn
     assert victim not in json.loads(run.manifest_path.read_text())
     # the id is named only where the forget must be recorded: its log, its folder, the ledger
