@@ -25,11 +25,17 @@ __all__ = ["Method", "METHODS", "method_label", "make_server"]
 @dataclass(frozen=True)
 class Method:
     """A registered method: display label, one-line summary and server factory path
-    (``"module:function"``, imported on first use so the registry stays light)."""
+    (``"module:function"``, imported on first use so the registry stays light).
+
+    ``finetune_steps``: a grid of local fine-tuning steps each client runs on the adapter it
+    receives *at evaluation*, keeping the grid point with the lowest validation loss
+    (:func:`hyperfed.federation.client_side.evaluate_splits`); empty: evaluated as received.
+    """
 
     label: str
     summary: str
     factory: str
+    finetune_steps: tuple[int, ...] = ()
 
     def make(self, peft_model: nn.Module, config: FederationConfig, **kwargs: object) -> AdapterServer:
         import importlib
@@ -53,6 +59,17 @@ METHODS: dict[str, Method] = {
         "local-only",
         "each client keeps its own adapter; nothing is shared",
         "hyperfed.federation.servers:make_local_server",
+    ),
+    "fedavg_ft": Method(
+        "FedAvg-LoRA+FT",
+        "FedAvg-LoRA, then each client fine-tunes the global adapter (steps chosen on val)",
+        "hyperfed.federation.fedavg_ft:make_fedavg_ft_server",
+        finetune_steps=(0, 10, 20),
+    ),
+    "fedsa": Method(
+        "FedSA-LoRA",
+        "LoRA A matrices shared (averaged), B matrices kept per client (Guo et al., ICLR 2025)",
+        "hyperfed.federation.fedsa:make_fedsa_server",
     ),
 }
 

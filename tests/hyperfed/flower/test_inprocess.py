@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from hyperfed.config import RunConfig
-from hyperfed.federation import make_server, poisson_sample, run_rounds
+from hyperfed.federation import evaluate_all_splits, make_server, poisson_sample, run_rounds
 from hyperfed.flower import keys, run_inprocess
 from hyperfed.flower.cache import build_peft_model, cached_corpus
 from hyperfed.flower.client_app import app as real_app
@@ -183,7 +183,7 @@ def test_client_ids_map_to_the_same_embeddings_across_runs(tiny_run_config):
     assert all(torch.equal(state_one[k], state_two[k]) for k in state_one)
 
 
-@pytest.mark.parametrize("method", ["hyperlora", "fedavg", "local"])
+@pytest.mark.parametrize("method", ["hyperlora", "fedavg", "local", "fedsa", "fedavg_ft"])
 def test_flower_path_equals_the_plain_loop_bit_for_bit(tiny_run_config, method):
     run_config = {**tiny_run_config, "method": method, "rounds": 3, "sample-rate": 0.6}
     flower = run_inprocess(run_config)
@@ -196,6 +196,11 @@ def test_flower_path_equals_the_plain_loop_bit_for_bit(tiny_run_config, method):
     for cid in clients:
         mine, theirs = flower.server.adapter_for(cid), plain.adapter_for(cid)
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), cid
+    # the clients' federated evaluation (val, test, fine-tuning chosen on val) = the plain one
+    evaluations = evaluate_all_splits(plain, model, clients, config.federation, 3)
+    assert flower.history.eval_losses[3] == pytest.approx({c: e.val for c, e in evaluations.items()}, abs=1e-6)
+    assert flower.history.test_losses[3] == pytest.approx({c: e.test for c, e in evaluations.items()}, abs=1e-6)
+    assert flower.history.finetune_steps[3] == {c: e.finetune_steps for c, e in evaluations.items()}
     if method == "hyperlora":
         mine, theirs = flower.server.hypernet.state_dict(), plain.hypernet.state_dict()
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
