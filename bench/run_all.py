@@ -23,10 +23,11 @@ sys.path.insert(0, str(ROOT))
 from bench.results_io import machine_info  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 
-BENCHES = ("hypernet", "federation", "round_profile", "unlearning", "ledger")
+BENCHES = ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger")
 QUICK_ARGS = {
     "hypernet": ["--repeats", "3"],
     "federation": ["--quick"],
+    "personalisation": ["--quick"],
     "round_profile": ["--quick"],
     "unlearning": ["--quick"],
     "ledger": ["--n", "20", "--rounds", "2"],
@@ -92,6 +93,24 @@ def render(results: Path, timings: dict[str, float]) -> str:
         parts.append(md_table(fed["rounds"]))
         parts.append("\nMean held-out loss (nats/byte) by data per client, same budget for every method:\n\n")
         parts.append(md_table(fed["sweep"]))
+    pers = _load(results / "personalisation.json")
+    if pers:
+        setup = pers["setup"]
+        parts.append("\n## Personalisation: every method, seeds, LR grid (`bench/personalisation.py`)\n")
+        parts.append(
+            f"Protocol: {pers['protocol']}. Learning rates chosen per method from the grid "
+            f"{json.dumps(pers['grid'])} on the mean over seeds of the selected-round validation loss; "
+            f"seeds {setup['seeds']}; budget {setup['rounds']} rounds × {setup['local_steps']} local steps × "
+            f"{setup['clients']} clients at sample rate {setup['sample_rate']} for every method (FedAvg-LoRA+FT: "
+            f"plus ≤ {setup['fedavg_ft_extra_steps_at_evaluation']} fine-tuning steps per client at evaluation); "
+            f"engine {setup['engine']}. Test loss (nats/byte): mean ± std over seeds of the mean over clients; "
+            "clients_won = clients on which the method's test loss (mean over seeds) is the lowest.\n\n"
+        )
+        parts.append(md_table(pers["table"]))
+        parts.append("\nPer client (test loss, mean over seeds):\n\n")
+        parts.append(md_table(pers["per_client"]))
+        if pers.get("pairwise"):
+            parts.append("\n" + md_table(pers["pairwise"]))
     prof = _load(results / "round_profile.json")
     if prof:
         setup = prof["setup"]

@@ -30,7 +30,7 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("hypernet", "federation", "round_profile", "unlearning", "ledger"):
+    for name in ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger"):
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())
     profile = json.loads((tmp_path / "results" / "round_profile.json").read_text())
     phases = {row["phase"]: row for row in profile["phases"]}
@@ -41,5 +41,48 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         profile["fsyncs_per_round"]["hyperlora"] > 0 == profile["fsyncs_per_round"]["fedavg"]
     )  # only HyperLoRA records
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    for heading in ("## Hypernetwork", "## Federation", "## Where a round", "## Unlearning", "## Ledger", "Machine:"):
+    for heading in (
+        "## Hypernetwork",
+        "## Federation",
+        "## Personalisation",
+        "## Where a round",
+        "## Unlearning",
+        "## Ledger",
+        "Machine:",
+    ):
         assert heading in report
+
+
+def test_personalisation_quick_chooses_on_val_and_reports_test_with_seeds(tmp_path):
+    out = tmp_path / "personalisation.json"
+    env = {
+        "HYPERFED_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+        "OMP_NUM_THREADS": "1",
+    }
+    methods = ["hyperlora", "local", "fedavg_ft"]
+    cmd = [sys.executable, "bench/personalisation.py", "--quick", "--out", str(out), "--methods", *methods]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Mean test loss at the selected round" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["setup"]["seeds"] == [0, 1] and result["setup"]["client_steps"] > 0
+    runs = result["runs"]
+    assert {r["method"] for r in runs} == set(methods)
+    assert len([r for r in runs if r["method"] == "hyperlora"]) == 4 * 2  # 2 local × 2 server lrs × 2 seeds
+    for row in result["table"][:-1]:  # the chosen setting has the lowest mean val over seeds …
+        method = next(
+            m
+            for m in methods
+            if row["method"] == {"hyperlora": "HyperLoRA", "local": "local-only", "fedavg_ft": "FedAvg-LoRA+FT"}[m]
+        )
+        by_setting: dict[str, list[float]] = {}
+        for r in runs:
+            if r["method"] == method:
+                by_setting.setdefault(r["setting"], []).append(r["mean_val"])
+        best = min(by_setting, key=lambda s: sum(by_setting[s]) / len(by_setting[s]))
+        assert row["setting"] == best and row["seeds"] == 2
+        tests = [r["mean_test"] for r in runs if r["method"] == method and r["setting"] == best]
+        assert row["test_mean"] == pytest.approx(sum(tests) / 2) and row["test_std"] >= 0  # … reported on test
+    assert sum(row.get("clients_won", 0) for row in result["table"]) == len(result["per_client"])
