@@ -47,6 +47,7 @@ from hyperfed.rundir import RunDirectory
 from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
 from hyperfed.unlearning.canaries import mean_exposure
 from hyperfed.unlearning.forget import forget_client
+from hyperfed.unlearning.frontier import frontier_points, plot_frontier
 from hyperfed.unlearning.membership import block_losses, membership_auc
 from hyperfed.unlearning.replay import load_experiment
 from hyperfed.unlearning.strong_attack import residual_recovery_attack
@@ -168,8 +169,8 @@ def forget_and_verify(
     """Forget ``client_id`` from the run with ``mode`` and measure it against retraining.
 
     ``compare_modes`` are also run (on a scratch copy of the run made before the forget)
-    so one report compares e.g. delete and exact. Writes ``forgets/<client>/report.json``
-    and ``report.png`` into the run directory.
+    so one report compares e.g. delete and exact. Writes ``forgets/<client>/report.json``,
+    ``report.png`` and ``frontier.png`` (remaining clients' loss vs exposure) into the run directory.
     """
     rd = RunDirectory(run_dir)
     config, corpus, base = load_experiment(rd)
@@ -229,6 +230,9 @@ def forget_and_verify(
     out = rd.forget_dir(client_id)
     rd.write_json(out / "report.json", report.to_dict())
     plot_report(report, out / "report.png")
+    points = frontier_points(report.to_dict()["rows"])
+    if points:
+        plot_frontier(points, out / "frontier.png", f"Forgetting {client_id} ({report.guarantee['policy']})")
     return report
 
 
