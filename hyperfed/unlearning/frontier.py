@@ -14,7 +14,7 @@ from typing import Any
 
 from hypernet.errors import ConfigError
 
-__all__ = ["FRONTIER_SYSTEMS", "frontier_points", "plot_frontier"]
+__all__ = ["FRONTIER_SYSTEMS", "frontier_points", "plot_frontier", "draw_frontier"]
 
 FRONTIER_SYSTEMS = {
     "base model": "base",
@@ -44,21 +44,26 @@ def plot_frontier(points: Sequence[Mapping[str, Any]], path: str | Path, title: 
         raise ConfigError("plot_frontier needs at least one point (rows with retained_loss and exposure_bits)")
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
-    colors = {"base": "grey", "before": "tab:red", "gold": "tab:green"}
     fig = Figure(figsize=(6, 4.5))
     ax = fig.subplots()
+    draw_frontier(ax, points)
+    ax.set_title(title or "Utility ↔ unlearning frontier", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def draw_frontier(ax: Any, points: Sequence[Mapping[str, Any]]) -> None:
+    """Draw the points on a matplotlib ``Axes`` (labelled, coloured by system)."""
+    colors = {"base": "grey", "before": "tab:red", "gold": "tab:green"}
     for p in points:
         label = str(p["system"])
         color = colors.get(label.rsplit(" ", 1)[-1], "tab:blue")
         ax.scatter(p["retained_loss"], p["exposure_bits"], color=color, s=40, zorder=3)
         xy = (p["retained_loss"], p["exposure_bits"])
         ax.annotate(label, xy, fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("remaining clients' mean held-out loss (nats/byte)")
-    ax.set_ylabel("forgotten client's canary exposure (bits)")
-    ax.set_title(title or "Utility ↔ unlearning frontier", fontsize=10)
+    ax.set_xlabel("remaining clients' mean held-out loss (nats/byte)", fontsize=8)
+    ax.set_ylabel("forgotten client's canary exposure (bits)", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path

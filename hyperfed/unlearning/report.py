@@ -47,7 +47,7 @@ from hyperfed.rundir import RunDirectory
 from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
 from hyperfed.unlearning.canaries import mean_exposure
 from hyperfed.unlearning.forget import forget_client
-from hyperfed.unlearning.frontier import frontier_points, plot_frontier
+from hyperfed.unlearning.frontier import draw_frontier, frontier_points
 from hyperfed.unlearning.membership import block_losses, membership_auc
 from hyperfed.unlearning.replay import load_experiment
 from hyperfed.unlearning.strong_attack import residual_recovery_attack
@@ -169,8 +169,8 @@ def forget_and_verify(
     """Forget ``client_id`` from the run with ``mode`` and measure it against retraining.
 
     ``compare_modes`` are also run (on a scratch copy of the run made before the forget)
-    so one report compares e.g. delete and exact. Writes ``forgets/<client>/report.json``,
-    ``report.png`` and ``frontier.png`` (remaining clients' loss vs exposure) into the run directory.
+    so one report compares e.g. delete and exact. Writes ``forgets/<client>/report.json``
+    and ``report.png`` (its last panel: the utility ↔ unlearning frontier) into the run directory.
     """
     rd = RunDirectory(run_dir)
     config, corpus, base = load_experiment(rd)
@@ -230,9 +230,6 @@ def forget_and_verify(
     out = rd.forget_dir(client_id)
     rd.write_json(out / "report.json", report.to_dict())
     plot_report(report, out / "report.png")
-    points = frontier_points(report.to_dict()["rows"])
-    if points:
-        plot_frontier(points, out / "frontier.png", f"Forgetting {client_id} ({report.guarantee['policy']})")
     return report
 
 
@@ -332,14 +329,14 @@ def plot_report(report: VerificationReport, path: Path) -> Path:
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     names = [r.name for r in report.rows]
-    fig = Figure(figsize=(14, 4))
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(18, 4))
+    axes = fig.subplots(1, 4)
     series = [
         ("canary exposure (bits)", [r.exposure_bits or 0.0 for r in report.rows]),
         ("membership AUC (0.5 = chance)", [r.mia_auc for r in report.rows]),
         ("forgotten client's loss (nats/byte)", [r.forgotten_loss for r in report.rows]),
     ]
-    for ax, (title, values) in zip(axes, series, strict=True):
+    for ax, (title, values) in zip(axes[:3], series, strict=True):
         colors = [
             "grey"
             if n == "base model"
@@ -355,6 +352,10 @@ def plot_report(report: VerificationReport, path: Path) -> Path:
         ax.invert_yaxis()
         ax.tick_params(labelsize=7)
     axes[1].axvline(0.5, color="k", ls="--", lw=0.8)
+    points = frontier_points(report.to_dict()["rows"])
+    if points:
+        draw_frontier(axes[3], points)
+    axes[3].set_title("frontier: remaining clients' loss vs exposure", fontsize=9)
     fig.suptitle(f"Forgetting {report.client_id} ({report.mode}) vs retraining without it")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
