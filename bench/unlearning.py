@@ -7,8 +7,12 @@ Run:  python bench/unlearning.py [--out bench/results/unlearning.json] [--quick]
    mode — every step included: purge of all checkpoints and adapter files, regeneration of
    every remaining adapter, salt destruction and the ledger record. Retraining = running the
    same rounds again without that client. Reported: seconds and the speed-up.
-2. Efficacy on the demo setup (canaries planted in one client): exposure, membership AUC
-   and retained loss for delete vs exact vs retraining, next to the base model.
+2. Efficacy on the demo setup (canaries planted in one client): exposure, excess exposure
+   removed ((before − after) / (before − gold)), membership AUC and retained loss for delete
+   vs exact vs retraining, next to the base model, and both recovery attacks (embedding only;
+   embedding + residual fitted with the canary prefixes) on each. The utility ↔ unlearning
+   frontier (remaining clients' loss vs exposure, one point per system) is written as a PNG
+   next to the JSON (``<out stem>_frontier.png``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from hyperfed.render import format_table  # noqa: E402
 from hyperfed.rundir import RunDirectory  # noqa: E402
 from hyperfed.rundir.recorder import RunRecorder  # noqa: E402
 from hyperfed.unlearning import forget_client  # noqa: E402
-from hyperfed.unlearning.report import forget_and_verify  # noqa: E402
+from hyperfed.unlearning.frontier import frontier_points, plot_frontier  # noqa: E402
+from hyperfed.unlearning.report import VerificationReport, forget_and_verify  # noqa: E402
 from hypernet import (
     ClientData,  # noqa: E402
     LocalTrainConfig,
@@ -87,7 +92,31 @@ def bench_latency(sizes: tuple[int, ...], rounds: int) -> list[dict]:
     return rows
 
 
-def bench_efficacy(quick: bool) -> list[dict]:
+def efficacy_rows(report: VerificationReport) -> list[dict]:
+    """The report's rows as bench rows: excess removed is a fraction, "n/a" (no excess to remove)
+    or "" (not a forget or attack row)."""
+
+    def excess(name: str) -> float | str:
+        if name not in report.excess_removed:
+            return ""
+        value = report.excess_removed[name]
+        return "n/a" if value is None else value
+
+    return [
+        {
+            "system": r.name,
+            "exposure_bits": r.exposure_bits,
+            "excess_removed": excess(r.name),
+            "mia_auc": r.mia_auc,
+            "client_loss": r.forgotten_loss,
+            "retained_loss": r.retained_loss if r.retained_loss is not None else "",
+            "seconds": r.seconds if r.seconds is not None else "",
+        }
+        for r in report.rows
+    ]
+
+
+def bench_efficacy(quick: bool) -> VerificationReport:
     if quick:
         config = RunConfig(
             federation=FederationConfig(rounds=2, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2),
@@ -121,33 +150,32 @@ def bench_efficacy(quick: bool) -> list[dict]:
             num_candidates=candidates,
             attack_steps=attack,
         )
-    rows = [
-        {
-            "system": r.name,
-            "exposure_bits": r.exposure_bits,
-            "mia_auc": r.mia_auc,
-            "client_loss": r.forgotten_loss,
-            "retained_loss": r.retained_loss if r.retained_loss is not None else "",
-            "seconds": r.seconds if r.seconds is not None else "",
-        }
-        for r in report.rows
-    ]
-    return rows
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/unlearning.json")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, not a measurement)")
+    parser.add_argument("--no-latency", action="store_true", help="only the efficacy part")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sizes, rounds = ((10, 30), 1) if args.quick else ((10, 100, 1000), 3)
     result: dict = {"machine": machine_info()}
-    result["latency"] = bench_latency(sizes, rounds)
-    print(format_table(result["latency"], title="Forget (delete) vs retraining without the client"))
-    result["efficacy"] = bench_efficacy(args.quick)
+    if not args.no_latency:
+        result["latency"] = bench_latency(sizes, rounds)
+        print(format_table(result["latency"], title="Forget (delete) vs retraining without the client"))
+    report = bench_efficacy(args.quick)
+    result["efficacy"] = efficacy_rows(report)
+    result["guarantee"] = report.guarantee
+    result["frontier"] = frontier_points(result["efficacy"])
     print(format_table(result["efficacy"], title="\nEfficacy: delete vs exact vs retraining (gold)"))
-    write_result(args.out, result)
+    out = write_result(args.out, result)
+    policy = report.guarantee.get("policy", "shared")
+    png = plot_frontier(
+        result["frontier"], out.with_name(f"{out.stem}_frontier.png"), f"Forgetting {report.client_id} ({policy})"
+    )
+    print(f"wrote {png}")
     return result
 
 

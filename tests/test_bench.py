@@ -86,3 +86,20 @@ def test_personalisation_quick_chooses_on_val_and_reports_test_with_seeds(tmp_pa
         tests = [r["mean_test"] for r in runs if r["method"] == method and r["setting"] == best]
         assert row["test_mean"] == pytest.approx(sum(tests) / 2) and row["test_std"] >= 0  # … reported on test
     assert sum(row.get("clients_won", 0) for row in result["table"]) == len(result["per_client"])
+
+
+def test_unlearning_quick_efficacy_writes_excess_removed_both_attacks_and_the_frontier(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
+    from bench.unlearning import main
+
+    out = tmp_path / "unlearning.json"
+    result = main(["--quick", "--no-latency", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    rows = {r["system"]: r for r in saved["efficacy"]}
+    for system in ("after delete", "after exact", "attack on delete", "strong attack on delete"):
+        assert rows[system]["excess_removed"] == "n/a" or isinstance(rows[system]["excess_removed"], float)
+    assert rows["base model"]["excess_removed"] == "" and "strong attack on retrain" in rows
+    assert saved["guarantee"]["policy"] == "shared"
+    assert {p["system"] for p in saved["frontier"]} == {"base", "before", "delete", "exact", "gold"}
+    assert (tmp_path / "unlearning_frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["efficacy"] == saved["efficacy"]

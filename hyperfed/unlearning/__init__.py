@@ -5,7 +5,8 @@ trace of it (see :mod:`hyperfed.unlearning.forget`).
 
 Measurements (pure functions, see DESIGN §5 and §8): canary exposure (Carlini et al.,
 "The Secret Sharer"), loss-threshold membership-inference AUC, and an embedding-recovery
-attack against the frozen hypernetwork.
+attack against the frozen hypernetwork, and a stronger one (embedding + residual, steered by
+the canary prefixes).
 
 Names load on first use (PEP 562): importing the package (or its light registry,
 :mod:`hyperfed.unlearning.modes`) does not import torch.
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     )
     from hyperfed.unlearning.forget import ForgetResult, forget_client, forgotten_clients, recover_pending_forget
     from hyperfed.unlearning.membership import block_losses, membership_auc
+    from hyperfed.unlearning.strong_attack import residual_recovery_attack
 
 __all__ = [
     "forget_client",
@@ -53,6 +55,7 @@ __all__ = [
     "membership_auc",
     "embedding_recovery_attack",
     "adapter_from_embedding",
+    "residual_recovery_attack",
 ]
 
 _LAZY = {
@@ -62,6 +65,7 @@ _LAZY = {
     "recover_pending_forget": "hyperfed.unlearning.forget",
     "adapter_from_embedding": "hyperfed.unlearning.attack",
     "embedding_recovery_attack": "hyperfed.unlearning.attack",
+    "residual_recovery_attack": "hyperfed.unlearning.strong_attack",
     "DEFAULT_ALPHABET": "hyperfed.unlearning.canaries",
     "Canary": "hyperfed.unlearning.canaries",
     "CanaryFormat": "hyperfed.unlearning.canaries",

@@ -11,7 +11,15 @@ retrain (gold)     the same, for a hypernetwork trained without the client
 attack on <mode>   an embedding fitted on the client's *other* text against the
                    frozen post-forget hypernetwork (can the secrets be recovered?)
 attack on retrain  the same attack against the gold standard
+strong attack on   an embedding *and* a free residual fitted on the client's other
+<mode> / retrain   text and the canary prefixes (the attacker knows the format)
 =================  ==========================================================
+
+"Excess exposure removed" (DESIGN §5) is ``(before − after) / (before − gold)``: 1 when the
+forget leaves no more exposure than retraining without the client, 0 when it removes nothing.
+For an attack row the gold is the same attack against the retrained model. It is ``None``
+("n/a") when ``before − gold`` is below :data:`EXCESS_EPSILON_BITS` (nothing to remove).
+The report also states the run's shared-weight policy and the guarantee it gives.
 
 Columns: canary exposure (bits; Carlini et al.), loss-threshold membership AUC on the
 client's train vs held-out blocks (tie-safe, 0.5 = chance; each block's loss is calibrated
@@ -39,14 +47,31 @@ from hyperfed.rundir import RunDirectory
 from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
 from hyperfed.unlearning.canaries import mean_exposure
 from hyperfed.unlearning.forget import forget_client
+from hyperfed.unlearning.frontier import draw_frontier, frontier_points
 from hyperfed.unlearning.membership import block_losses, membership_auc
 from hyperfed.unlearning.replay import load_experiment
+from hyperfed.unlearning.strong_attack import residual_recovery_attack
 from hypernet import HyperLoRA, evaluate_loss
 from hypernet.base_models import add_lora
 
-__all__ = ["VerificationRow", "VerificationReport", "forget_and_verify", "render_report", "plot_report"]
+__all__ = [
+    "VerificationRow",
+    "VerificationReport",
+    "forget_and_verify",
+    "render_report",
+    "plot_report",
+    "excess_removed",
+    "excess_removed_by_row",
+    "shared_guarantee",
+    "EXCESS_EPSILON_BITS",
+]
 
 log = logging.getLogger(__name__)
+
+EXCESS_EPSILON_BITS = 0.05
+"""Below this ``before − gold`` gap (bits) there is no excess to remove: the fraction is n/a."""
+
+_NO_GUARANTEE = "no guarantee: residual measured; use --mode exact"
 
 
 @dataclass
@@ -67,6 +92,9 @@ class VerificationReport:
     exposure_ceiling_bits: float | None
     canaries: int
     speedup_vs_retrain: dict[str, float] = field(default_factory=dict)
+    excess_removed: dict[str, float | None] = field(default_factory=dict)
+    excess_epsilon_bits: float = EXCESS_EPSILON_BITS
+    guarantee: dict = field(default_factory=dict)
 
     def row(self, name: str) -> VerificationRow:
         return next(r for r in self.rows if r.name == name)
@@ -100,6 +128,7 @@ class _Measure:
         adapter: Mapping[str, torch.Tensor] | None,
         hypernet: HyperLoRA | None,
         seconds: float | None = None,
+        retained_base: bool = False,
     ) -> VerificationRow:
         exposure = (
             mean_exposure(self.model, adapter, self.canaries, self.num_candidates, seed=0) if self.canaries else None
@@ -116,6 +145,8 @@ class _Measure:
                 adapters = hypernet.generate_many([c for c in self.others if c in hypernet.clients])
             losses = [evaluate_loss(self.model, a, self.others[c].val) for c, a in adapters.items()]
             retained = sum(losses) / len(losses)
+        elif retained_base:
+            retained = sum(evaluate_loss(self.model, None, d.val) for d in self.others.values()) / len(self.others)
         forgotten = evaluate_loss(self.model, adapter, self.data.val)
         log.info("%s: exposure %s, AUC %.3f, loss %.4f", name, exposure, auc, forgotten)
         return VerificationRow(name, exposure, auc, forgotten, retained, seconds)
@@ -139,7 +170,7 @@ def forget_and_verify(
 
     ``compare_modes`` are also run (on a scratch copy of the run made before the forget)
     so one report compares e.g. delete and exact. Writes ``forgets/<client>/report.json``
-    and ``report.png`` into the run directory.
+    and ``report.png`` (its last panel: the utility ↔ unlearning frontier) into the run directory.
     """
     rd = RunDirectory(run_dir)
     config, corpus, base = load_experiment(rd)
@@ -154,7 +185,7 @@ def forget_and_verify(
         forget_client(rd, client_id, mode)  # raises the right typed error (unknown / forgotten)
     with torch.no_grad():
         own = {k: v.detach().clone() for k, v in before.generate(client_id).items()}
-    rows = [measure.row("base model", None, None), measure.row("before forget", own, before)]
+    rows = [measure.row("base model", None, None, retained_base=True), measure.row("before forget", own, before)]
 
     # the gold standard: the same run, trained without the client from the start
     start = time.perf_counter()
@@ -176,12 +207,15 @@ def forget_and_verify(
             after = where.load_checkpoint(latest)
             rows.append(measure.row(f"after {name}", newcomer_adapter(after), after, result.seconds))
         rows.append(measure.row("retrain (gold)", newcomer_adapter(gold.hypernet), gold.hypernet, retrain_s))
-        for name, (_, where) in results.items():
-            after = where.load_checkpoint(latest)
-            emb = embedding_recovery_attack(after, model, measure.data.val, steps=attack_steps, seed=0)
-            rows.append(measure.row(f"attack on {name}", adapter_from_embedding(after, emb), None))
-    emb = embedding_recovery_attack(gold.hypernet, model, measure.data.val, steps=attack_steps, seed=0)
-    rows.append(measure.row("attack on retrain", adapter_from_embedding(gold.hypernet, emb), None))
+        attacked = {name: where.load_checkpoint(latest) for name, (_, where) in results.items()}
+    attacked["retrain"] = gold.hypernet
+    for name, target in attacked.items():
+        emb = embedding_recovery_attack(target, model, measure.data.val, steps=attack_steps, seed=0)
+        rows.append(measure.row(f"attack on {name}", adapter_from_embedding(target, emb), None))
+    prefixes = [c.format.prefix for c in measure.canaries]
+    for name, target in attacked.items():
+        adapter = residual_recovery_attack(target, model, measure.data.val, prefixes, steps=attack_steps, seed=0)
+        rows.append(measure.row(f"strong attack on {name}", adapter, None))
 
     report = VerificationReport(
         client_id,
@@ -190,11 +224,65 @@ def forget_and_verify(
         math.log2(num_candidates + 1) if measure.canaries else None,
         len(measure.canaries),
         {name: retrain_s / max(result.seconds, 1e-9) for name, (result, _) in results.items()},
+        excess_removed_by_row(rows),
+        guarantee=shared_guarantee(rd.read_json(rd.config_path), latest),
     )
     out = rd.forget_dir(client_id)
     rd.write_json(out / "report.json", report.to_dict())
     plot_report(report, out / "report.png")
     return report
+
+
+def excess_removed(before: float, after: float, gold: float, epsilon: float = EXCESS_EPSILON_BITS) -> float | None:
+    """``(before − after) / (before − gold)``: the fraction of the excess exposure a forget removed.
+
+    1.0 = as forgotten as retraining without the client, 0.0 = nothing removed; values above 1
+    (below gold) or below 0 (above before) are returned as measured. ``None`` when
+    ``before − gold < epsilon``: the client left no measurable excess, so no fraction exists.
+    """
+    gap = before - gold
+    if not gap >= epsilon:  # also catches NaN
+        return None
+    return (before - after) / gap
+
+
+def excess_removed_by_row(rows: list[VerificationRow], epsilon: float = EXCESS_EPSILON_BITS) -> dict[str, float | None]:
+    """Excess exposure removed for every ``after <mode>`` row (gold: ``retrain (gold)``) and every
+    ``[strong ]attack on <mode>`` row (gold: the same attack on ``retrain``); ``{}`` without canaries."""
+    by_name = {r.name: r.exposure_bits for r in rows}
+    before = by_name.get("before forget")
+    if before is None:
+        return {}
+    out: dict[str, float | None] = {}
+    for name, exposure in by_name.items():
+        if exposure is None:
+            continue
+        attack, _, target = name.partition(" on ")
+        if name.startswith("after "):
+            gold = by_name.get("retrain (gold)")
+        elif attack in ("attack", "strong attack") and target and target != "retrain":
+            gold = by_name.get(f"{attack} on retrain")
+        else:
+            continue
+        if gold is not None:
+            out[name] = excess_removed(before, exposure, gold, epsilon)
+    return out
+
+
+def shared_guarantee(run_json: Mapping, rounds: int) -> dict:
+    """The run's shared-weight policy (``run.json`` → ``federation.shared_policy``, missing =
+    ``"shared"``) and what it guarantees, from :func:`hyperfed.federation.privacy.describe_guarantee`.
+
+    Until that module exists the guarantee is stated as none (what ``shared`` gives)."""
+    federation = run_json.get("federation", {}) if isinstance(run_json, Mapping) else {}
+    policy = str(federation.get("shared_policy", "shared"))
+    try:
+        from hyperfed.federation.privacy import describe_guarantee  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # TODO(integrator): drop once hyperfed.federation.privacy is merged
+        return {"policy": policy, "guarantee": "none", "text": _NO_GUARANTEE}
+    from hyperfed.config import RunConfig
+
+    return dict(describe_guarantee(RunConfig.from_dict(dict(run_json)).federation, rounds))
 
 
 def render_report(report: VerificationReport) -> str:
@@ -204,10 +292,17 @@ def render_report(report: VerificationReport) -> str:
     def show(value: float | None, fmt: str) -> str:
         return "—" if value is None else format(value, fmt)
 
+    def share(name: str) -> str:
+        if name not in report.excess_removed:
+            return "—"
+        value = report.excess_removed[name]
+        return "n/a" if value is None else f"{value:.0%}"
+
     rows = [
         {
             "system": r.name,
             "exposure (bits)": show(r.exposure_bits, ".2f"),
+            "excess removed": share(r.name),
             "MIA AUC": show(r.mia_auc, ".3f"),
             "client loss": show(r.forgotten_loss, ".4f"),
             "retained loss": show(r.retained_loss, ".4f"),
@@ -220,21 +315,28 @@ def render_report(report: VerificationReport) -> str:
         f"exposure ceiling {show(report.exposure_ceiling_bits, '.2f')} bits, chance ≈ 1.44"
     )
     speed = ", ".join(f"{m} {x:.3g}× the speed of retraining" for m, x in report.speedup_vs_retrain.items())
-    return format_table(rows, title=title) + (f"\n{speed}" if speed else "")
+    g = report.guarantee
+    guarantee = f"\nshared weights: {g['policy']!r}; guarantee: {g['guarantee']} — {g['text']}" if g else ""
+    note = (
+        "\nexcess removed = (before − after) / (before − gold); attacks: gold = the same attack on retrain"
+        if report.excess_removed
+        else ""
+    )
+    return format_table(rows, title=title) + (f"\n{speed}" if speed else "") + note + guarantee
 
 
 def plot_report(report: VerificationReport, path: Path) -> Path:
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     names = [r.name for r in report.rows]
-    fig = Figure(figsize=(14, 4))
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(18, 4))
+    axes = fig.subplots(1, 4)
     series = [
         ("canary exposure (bits)", [r.exposure_bits or 0.0 for r in report.rows]),
         ("membership AUC (0.5 = chance)", [r.mia_auc for r in report.rows]),
         ("forgotten client's loss (nats/byte)", [r.forgotten_loss for r in report.rows]),
     ]
-    for ax, (title, values) in zip(axes, series, strict=True):
+    for ax, (title, values) in zip(axes[:3], series, strict=True):
         colors = [
             "grey"
             if n == "base model"
@@ -250,6 +352,10 @@ def plot_report(report: VerificationReport, path: Path) -> Path:
         ax.invert_yaxis()
         ax.tick_params(labelsize=7)
     axes[1].axvline(0.5, color="k", ls="--", lw=0.8)
+    points = frontier_points(report.to_dict()["rows"])
+    if points:
+        draw_frontier(axes[3], points)
+    axes[3].set_title("frontier: remaining clients' loss vs exposure", fontsize=9)
     fig.suptitle(f"Forgetting {report.client_id} ({report.mode}) vs retraining without it")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,14 @@ from hyperfed.experiment import run_experiment
 from hyperfed.federation import FederationConfig
 from hyperfed.rundir import client_file_name
 from hyperfed.rundir.audit import audit_run
-from hyperfed.unlearning.report import forget_and_verify, render_report
+from hyperfed.unlearning.report import (
+    VerificationRow,
+    excess_removed,
+    excess_removed_by_row,
+    forget_and_verify,
+    render_report,
+    shared_guarantee,
+)
 from hypernet import LocalTrainConfig
 
 VICTIM = "code/asyncio"
@@ -55,6 +62,9 @@ def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monk
         "attack on delete",
         "attack on exact",
         "attack on retrain",
+        "strong attack on delete",
+        "strong attack on exact",
+        "strong attack on retrain",
     ]
     for row in report.rows:
         assert 0.0 <= row.mia_auc <= 1.0
@@ -67,10 +77,55 @@ def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monk
         report.row("retrain (gold)").retained_loss, abs=1e-6
     )
 
+    expected = {"after delete", "after exact", "attack on delete", "attack on exact"}
+    assert set(report.excess_removed) == expected | {"strong attack on delete", "strong attack on exact"}
+    bits = {r.name: r.exposure_bits for r in report.rows}
+    got = report.excess_removed["after delete"]
+    assert got == excess_removed(bits["before forget"], bits["after delete"], bits["retrain (gold)"])
+    assert report.guarantee["policy"] == "shared" and report.guarantee["guarantee"] == "none"
+    assert report.row("base model").retained_loss is not None  # the frontier's origin
+
     out = tmp_path / "run" / "forgets" / client_file_name(VICTIM)
-    assert json.loads((out / "report.json").read_text())["client_id"] == VICTIM
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["client_id"] == VICTIM and saved["guarantee"]["policy"] == "shared"
+    assert saved["excess_removed"].keys() == report.excess_removed.keys()
+    rendered = render_report(report)
+    assert "excess removed" in rendered and "shared weights: 'shared'; guarantee: none" in rendered
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "exposure" in render_report(report) and "the speed of retraining" in render_report(report)
     audit = audit_run(tmp_path / "run")
-    assert audit.ok and VICTIM in audit.forgotten
+    assert audit.ok and VICTIM in audit.forgotten, [f for f in audit.findings if f.status not in ("match", "ok")]
     assert not [p for p in os.listdir(tmp_path) if p.startswith("hyperfed-compare")]
+
+
+def test_excess_removed_is_the_fraction_and_na_without_an_excess():
+    assert excess_removed(4.0, 3.0, 0.0) == pytest.approx(0.25)
+    assert excess_removed(4.0, 0.0, 0.0) == 1.0 and excess_removed(4.0, 4.0, 0.0) == 0.0
+    assert excess_removed(1.0, 0.5, 0.99) is None  # before − gold below epsilon: nothing to remove
+    assert excess_removed(1.0, 0.5, 2.0) is None and excess_removed(float("nan"), 0.5, 0.0) is None
+
+
+def test_excess_removed_by_row_pairs_each_attack_with_its_gold():
+    def row(name: str, bits: float | None) -> VerificationRow:
+        return VerificationRow(name, bits, 0.5, 1.0, None)
+
+    rows = [
+        row("base model", 1.0),
+        row("before forget", 5.0),
+        row("after delete", 4.0),
+        row("retrain (gold)", 1.0),
+        row("attack on delete", 4.5),
+        row("attack on retrain", 2.0),
+        row("strong attack on delete", 5.0),
+        row("strong attack on retrain", 4.99),
+    ]
+    got = excess_removed_by_row(rows)
+    assert got == {"after delete": 0.25, "attack on delete": pytest.approx(0.5 / 3), "strong attack on delete": None}
+    assert excess_removed_by_row([row("before forget", None), row("after delete", None)]) == {}
+
+
+def test_shared_guarantee_reads_the_policy_from_run_json():
+    run_json = RunConfig().to_dict()
+    run_json["federation"].pop("shared_policy", None)  # a run made before the policies: "shared"
+    got = shared_guarantee(run_json, rounds=3)
+    assert got["policy"] == "shared" and got["guarantee"] == "none" and got["text"]
