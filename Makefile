@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export MPLBACKEND = Agg
 
-.PHONY: install demo lint test test-fast bench clean
+.PHONY: install demo lint test test-fast bench notebooks clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ test-fast: install
 
 bench: install
 	$(PY) bench/run_all.py   # writes bench/results/*.json and BENCHMARKS.md
+
+# execute the notebooks in place at their default sizes, so the committed copies show a real run
+notebooks: install
+	$(PY) notebooks/execute_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
