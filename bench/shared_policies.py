@@ -68,11 +68,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--attack-steps", type=int, default=100)
+    parser.add_argument("--no-local", action="store_true", help="skip the local-only reference run")
     parser.add_argument("--out", default="bench/results/shared_policies.json")
     args = parser.parse_args(argv)
     results = []
     for n, name in enumerate(args.policies.split(",")):
-        results.append(bench_policy(name, args.rounds, n == 0, args.candidates, args.attack_steps))
+        results.append(
+            bench_policy(name, args.rounds, n == 0 and not args.no_local, args.candidates, args.attack_steps)
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1, default=str))
         print(json.dumps(results[-1], indent=1, default=str), flush=True)
