@@ -91,6 +91,11 @@ class HyperLoRAConfig:
         start at exactly zero (bias-HyperInit), so every generated adapter starts at ΔW = 0.
     seed:
         Seed for the shared weights and for client embeddings.
+    client_residual:
+        Give every client its own *residual adapter*: a client-owned tensor (one flat
+        vector per client, zero at registration, so ΔW is still 0) added to the generated
+        adapter. It is client state like the embedding: removed with the client, outside the
+        shared weights, trained by the trainer's own residual step.
     """
 
     client_dim: int = 32
@@ -103,8 +108,11 @@ class HyperLoRAConfig:
     client_init_std: float = 0.1
     head_init_std: float = 1e-3
     seed: int = 0
+    client_residual: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.client_residual, bool):
+            raise _fail(self, "client_residual", "a bool")
         _require_positive(self, "client_dim", "layer_dim", "type_dim", "hidden_dim", "trunk_depth")
         _require_positive(self, "chunk_dim")
         if self.chunk_size is not None:
@@ -139,6 +147,10 @@ class TrainerConfig:
         learning rate instead of joining the shared optimizer. With ``base_lr=1`` and the
         pFedHN rule, the base moves by the clients' mean update — exactly a FedAvg step — and
         the rest of the hypernetwork learns each client's deviation from it.
+    residual_lr: learning rate of the plain SGD step of client-owned residual adapters
+        (generators built with ``client_residual``). The pFedHN gradient of a residual is
+        the client's own ``θ − θ̃`` (not weighted by the other clients), so ``1.0`` makes the
+        residual absorb the client's local update exactly, as in local training.
     grad_clip: max global grad norm of the shared weights per step (``None``: off).
     batch_size: blocks per client per end-to-end step.
     clients_per_step: clients sampled per end-to-end step.
@@ -150,6 +162,7 @@ class TrainerConfig:
     optimizer: str = "adam"
     momentum: float = 0.9
     base_lr: float | None = None
+    residual_lr: float = 1.0
     grad_clip: float | None = 50.0
     batch_size: int = 8
     clients_per_step: int = 4
@@ -160,7 +173,7 @@ class TrainerConfig:
         _require_float(self, "lr", positive=True)
         _require_positive(self, "batch_size", "clients_per_step")
         _require_float(self, "embedding_lr", "base_lr", "grad_clip", positive=True, optional=True)
-        _require_float(self, "momentum", positive=False)
+        _require_float(self, "momentum", "residual_lr", positive=False)
         _require_int(self, "seed")
 
     def to_dict(self) -> dict[str, Any]:

@@ -98,6 +98,12 @@ class Generator(Protocol):
 
     def client_parameters(self) -> list[nn.Parameter]: ...
 
+    def residual_parameter(self, client_id: str) -> nn.Parameter | None:
+        """The client-owned residual adapter of ``client_id`` (``None``: the generator has none)."""
+        ...
+
+    def residual_parameters(self) -> list[nn.Parameter]: ...
+
     def shared_parameters(self) -> list[nn.Parameter]: ...
 
     def base_parameters(self) -> list[nn.Parameter]: ...
@@ -137,7 +143,8 @@ def generator_class(architecture: str) -> type[Generator]:
 
 
 def embedding_tensor_names(client_id: str, architecture: str = DEFAULT_ARCHITECTURE) -> tuple[str, ...]:
-    """State-dict names of ``client_id``'s tensors in a generator of ``architecture``.
+    """State-dict names of ``client_id``'s tensors in a generator of ``architecture``
+    (the embedding first; every name a checkpoint holds for the client is among them).
 
     A function of the id alone (no model is built): ``embedding_tensor_names("alice")`` →
     ``("clients.vectors.c…",)`` for HyperLoRA.

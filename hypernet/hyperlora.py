@@ -16,6 +16,12 @@ Initialisation (bias-HyperInit, as in Text-to-LoRA): each target has a learned *
 adapter initialised exactly like peft initialises LoRA (A Kaiming-uniform, B = 0), and the
 head's B outputs start at exactly zero, so every generated adapter starts at ΔW = B·A = 0
 and the model's logits equal the base model's before training.
+
+Client-owned residuals (``HyperLoRAConfig.client_residual``): each client may also own a
+flat vector, zero at registration, added to its generated adapter (A and B of every target,
+in the spec's order). Like the embedding it is client state, not a shared weight: it is
+listed by :meth:`HyperLoRA.embedding_tensor_names`, left out of :meth:`shared_parameters`,
+and removed by :meth:`HyperLoRA.remove_client`.
 """
 
 from __future__ import annotations
@@ -116,6 +122,7 @@ class HyperLoRA(nn.Module):
     trunk: nn.Sequential
     groups: nn.ModuleList  # of _TargetGroup, one per module type
     clients: ClientEmbeddings
+    residuals: ClientEmbeddings | None  # per-client residual adapters (flat), with client_residual
 
     def __init__(
         self,
@@ -140,8 +147,9 @@ class HyperLoRA(nn.Module):
         self.group_names = list(groups)
         self.lora_config: dict[str, Any] | None = None  # peft LoraConfig as JSON, for export
         self.clients = ClientEmbeddings(cfg.client_dim, cfg.client_init_std, cfg.seed)
+        self.residuals = ClientEmbeddings(spec.adapter_numel, 0.0, cfg.seed) if cfg.client_residual else None
         for cid in client_ids:
-            self.clients.add(cid)
+            self.add_client(cid)
 
     @classmethod
     def from_peft_model(
@@ -171,12 +179,14 @@ class HyperLoRA(nn.Module):
     # ------------------------------------------------------------ tensor names
     @classmethod
     def embedding_tensor_names(cls, client_id: str) -> tuple[str, ...]:
-        """State-dict names of ``client_id``'s tensors (one: its embedding).
+        """State-dict names of ``client_id``'s tensors: its embedding first, then its
+        residual adapter (present only in a generator built with ``client_residual``).
 
         A fixed function of the id alone, so a checkpoint's tensors can be named without
         building a model.
         """
-        return (f"clients.vectors.{embedding_parameter_name(client_id)}",)
+        name = embedding_parameter_name(client_id)
+        return (f"clients.vectors.{name}", f"residuals.vectors.{name}")
 
     @classmethod
     def shared_tensor_names(cls, spec: TargetSpec, config: Mapping[str, Any]) -> frozenset[str]:
@@ -199,17 +209,32 @@ class HyperLoRA(nn.Module):
         """Every client's embedding parameter, in registration order."""
         return list(self.clients.parameters())
 
+    def residual_parameter(self, client_id: str) -> nn.Parameter | None:
+        """The residual adapter of ``client_id`` (``None`` without ``client_residual``)."""
+        return self.residuals.parameter(client_id) if self.residuals is not None else None
+
+    def residual_parameters(self) -> list[nn.Parameter]:
+        """Every client's residual adapter, in registration order (empty without residuals)."""
+        return list(self.residuals.parameters()) if self.residuals is not None else []
+
     def add_client(self, client_id: str, embedding: torch.Tensor | None = None) -> nn.Parameter:
-        """Register a client; other clients' parameters are untouched."""
-        return self.clients.add(client_id, embedding)
+        """Register a client (and its zero residual); other clients' parameters are untouched."""
+        param = self.clients.add(client_id, embedding)
+        if self.residuals is not None:
+            self.residuals.add(client_id, torch.zeros(self.residuals.dim))
+        return param
 
     def remove_client(self, client_id: str) -> torch.Tensor:
-        """Unregister a client and return a detached copy of its embedding."""
-        return self.clients.remove(client_id).detach().clone()
+        """Unregister a client (embedding and residual) and return a detached copy of its embedding."""
+        removed = self.clients.remove(client_id).detach().clone()
+        if self.residuals is not None:
+            self.residuals.remove(client_id)
+        return removed
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Every parameter except client embeddings (φ in pFedHN's notation)."""
+        """Every parameter except client-owned ones (φ in pFedHN's notation)."""
         client_params = {id(p) for p in self.clients.parameters()}
+        client_params |= {id(p) for p in self.residual_parameters()}
         return [p for p in self.parameters() if id(p) not in client_params]
 
     def base_parameters(self) -> list[nn.Parameter]:
@@ -251,11 +276,18 @@ class HyperLoRA(nn.Module):
             per_group.append((group, a, b))
         index = {key: (g, j) for g, _, _ in per_group for j, key in enumerate(g.keys)}
         tensors = {id(g): (a, b) for g, a, b in per_group}
+        residual = self.residuals.stack(client_ids) if self.residuals is not None else None  # (b, D)
+        offset = 0
         for target in self.spec:  # emit in peft's order: A then B per target
             group, j = index[target.key]
             a, b = tensors[id(group)]
             out[target.a_key] = a[:, j]  # (b, r, i)
             out[target.b_key] = b[:, j]  # (b, o, r)
+            if residual is not None:
+                for key, shape in ((target.a_key, target.a_shape), (target.b_key, target.b_shape)):
+                    size = shape[0] * shape[1]
+                    out[key] = out[key] + residual[:, offset : offset + size].reshape(-1, *shape)
+                    offset += size
         return out
 
     def generate(self, client_id: str) -> Adapter:

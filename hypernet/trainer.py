@@ -62,6 +62,9 @@ class HypernetTrainer:
         self.shared_optimizer = self._make_optimizer(rest, cfg.lr)
         self.base_optimizer = torch.optim.SGD([{"params": base}], lr=cfg.base_lr or 0.0) if base else None
         self.client_optimizer = self._make_optimizer(hypernet.client_parameters(), cfg.embedding_lr or cfg.lr)
+        # Client-owned residual adapters: plain SGD without momentum, so it holds no state
+        # (nothing of a client's residual is kept outside the residual itself).
+        self.residual_optimizer = torch.optim.SGD([{"params": hypernet.residual_parameters()}], lr=cfg.residual_lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step_count = 0
 
@@ -76,16 +79,26 @@ class HypernetTrainer:
         """Register a client in the hypernetwork and its optimizer."""
         param = self.hypernet.add_client(client_id, embedding)
         self.client_optimizer.param_groups[0]["params"].append(param)
+        residual = self.hypernet.residual_parameter(client_id)
+        if residual is not None:
+            self.residual_optimizer.param_groups[0]["params"].append(residual)
 
     def remove_client(self, client_id: str) -> torch.Tensor:
-        """Delete a client's embedding and its optimizer state; return the removed embedding."""
+        """Delete a client's embedding, its residual and their optimizer state; return the
+        removed embedding."""
         param = self.hypernet.client_parameter(client_id)
-        group = self.client_optimizer.param_groups[0]
-        group["params"] = [p for p in group["params"] if p is not param]
-        self.client_optimizer.state.pop(param, None)
+        residual = self.hypernet.residual_parameter(client_id)
+        owned = [(param, self.client_optimizer)] + (
+            [(residual, self.residual_optimizer)] if residual is not None else []
+        )
+        for p_owned, optimizer in owned:
+            group = optimizer.param_groups[0]
+            group["params"] = [p for p in group["params"] if p is not p_owned]
+            optimizer.state.pop(p_owned, None)
         removed = self.hypernet.remove_client(client_id)
-        param.grad = None
-        param.data = torch.empty(0)  # drop our last reference to the values
+        for p_owned, _ in owned:
+            p_owned.grad = None
+            p_owned.data = torch.empty(0)  # drop our last reference to the values
         return removed
 
     def client_optimizer_state(self, client_id: str) -> dict[str, torch.Tensor]:
@@ -153,12 +166,45 @@ class HypernetTrainer:
         returned: Mapping[str, Mapping[str, torch.Tensor]],
         sent: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
         weights: Mapping[str, float] | None = None,
+        update_shared: bool = True,
     ) -> dict[str, float]:
-        """One pFedHN step from clients' returned adapters; returns per-client update norms."""
+        """One pFedHN step from clients' returned adapters; returns per-client update norms.
+
+        With ``update_shared=False`` only client-owned state (embeddings, residuals) moves:
+        the shared weights get no gradient and their optimizers do not step (the ``frozen``
+        policy). A client's residual steps on its own ``θ − θ̃``, unweighted by the others.
+        """
         self._zero_grad()
         norms = pfedhn_backward(self.hypernet, returned, sent, weights)
+        self._unweight_residuals(returned, weights)
+        if not update_shared:
+            for p in self.hypernet.shared_parameters():
+                p.grad = None
         self._step()
         return norms
+
+    def step_from_gradients(self) -> None:
+        """Step every optimizer on the ``.grad`` a caller has set (e.g. a privatised shared
+        gradient, :mod:`hyperfed.federation.privacy`); clears the gradients first and after."""
+        self._step()
+        self._zero_grad()
+
+    def zero_grad(self) -> None:
+        """Clear every gradient of the generator."""
+        self._zero_grad()
+
+    def _unweight_residuals(
+        self, returned: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float] | None
+    ) -> None:
+        """pFedHN scales client i's direction by its weight wᵢ/Σw; a residual is the client's
+        alone, so its gradient is rescaled to the client's own direction ``θ − θ̃``."""
+        ids = list(returned)
+        raw = {cid: float(weights[cid]) if weights else 1.0 for cid in ids}
+        total = sum(raw.values())
+        for cid in ids:
+            residual = self.hypernet.residual_parameter(cid)
+            if residual is not None and residual.grad is not None and raw[cid] > 0:
+                residual.grad.mul_(total / raw[cid])
 
     # ---------------------------------------------------------------- shared
     def _zero_grad(self) -> None:
@@ -166,6 +212,7 @@ class HypernetTrainer:
             self.base_optimizer.zero_grad(set_to_none=True)
         self.shared_optimizer.zero_grad(set_to_none=True)
         self.client_optimizer.zero_grad(set_to_none=True)
+        self.residual_optimizer.zero_grad(set_to_none=True)
 
     def _step(self) -> None:
         if self.config.grad_clip is not None:
@@ -174,6 +221,7 @@ class HypernetTrainer:
             self.base_optimizer.step()
         self.shared_optimizer.step()
         self.client_optimizer.step()  # params without .grad (unsampled clients) are skipped
+        self.residual_optimizer.step()
         self.step_count += 1
 
     def config_dict(self) -> dict[str, Any]:

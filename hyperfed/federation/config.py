@@ -16,7 +16,10 @@ from typing import Any
 from hypernet import LocalTrainConfig, TrainerConfig
 from hypernet.errors import ConfigError
 
-__all__ = ["FederationConfig", "local_seed"]
+__all__ = ["FederationConfig", "local_seed", "SHARED_POLICIES"]
+
+#: How the hypernetwork's shared weights may learn from clients (see :class:`FederationConfig`).
+SHARED_POLICIES = ("shared", "frozen", "dp")
 
 
 def local_seed(seed: int, round_: int, client_id: str) -> int:
@@ -50,6 +53,19 @@ class FederationConfig:
     lora_rank: LoRA rank of the adapters.
     max_update_norm: replies whose ‖θ̃ − θ‖₂ exceeds this are rejected.
     seed: seeds sampling, client training and the hypernetwork.
+    client_residual: a HyperLoRA run gives each client its own residual adapter
+        (:class:`hypernet.HyperLoRAConfig` ``client_residual``): client-owned capacity that
+        forget deletes with the embedding.
+    shared_policy: how the shared weights (everything not owned by one client) learn:
+        ``"shared"`` — from every client's pFedHN gradient (no unlearning guarantee: delete
+        leaves a residual, measured; use the exact mode); ``"frozen"`` — never during the
+        federation, only client-owned state learns (delete is exact by construction);
+        ``"dp"`` — client-level differential privacy: each client's contribution to the
+        shared gradient is clipped to ``dp_clip`` (L2), Gaussian noise of std
+        ``dp_noise_multiplier · dp_clip`` is added to the sum, which is divided by the
+        expected number of clients per round (``sample_rate`` × registered clients).
+    dp_noise_multiplier, dp_clip, dp_delta: the ``dp`` policy's noise multiplier z, clipping
+        norm C and the δ at which ε is reported (:mod:`hyperfed.federation.privacy`).
     local: the client's LoRA fine-tuning per round (its ``seed`` is set from ``seed``).
     server: the hypernetwork's optimisation (pFedHN update; its ``seed`` is set from ``seed``).
     """
@@ -61,6 +77,11 @@ class FederationConfig:
     lora_rank: int = 8
     max_update_norm: float = 50.0
     seed: int = 0
+    client_residual: bool = False
+    shared_policy: str = "shared"
+    dp_noise_multiplier: float = 1.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
     local: LocalTrainConfig = field(default_factory=_default_local)
     server: TrainerConfig = field(default_factory=_default_server)
 
@@ -80,6 +101,18 @@ class FederationConfig:
                 raise ConfigError(f"FederationConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if not self.max_update_norm > 0:
             raise ConfigError(f"FederationConfig.max_update_norm must be > 0, got {self.max_update_norm!r}")
+        if self.shared_policy not in SHARED_POLICIES:
+            raise ConfigError(
+                f"FederationConfig.shared_policy must be one of {list(SHARED_POLICIES)}, got {self.shared_policy!r}"
+            )
+        if not isinstance(self.client_residual, bool):
+            raise ConfigError(f"FederationConfig.client_residual must be true or false, got {self.client_residual!r}")
+        if not self.dp_noise_multiplier >= 0:
+            raise ConfigError(f"FederationConfig.dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier!r}")
+        if not self.dp_clip > 0:
+            raise ConfigError(f"FederationConfig.dp_clip must be > 0, got {self.dp_clip!r}")
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ConfigError(f"FederationConfig.dp_delta must be in (0, 1), got {self.dp_delta!r}")
         if self.local.steps <= 0:
             raise ConfigError(f"FederationConfig.local.steps must be > 0, got {self.local.steps!r}")
         # One seed for the whole tree (frozen dataclass: set through object.__setattr__).

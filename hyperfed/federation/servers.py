@@ -241,13 +241,26 @@ class AdapterServer(ABC):
 
 
 class HyperLoRAServer(AdapterServer):
-    """Generates a personalised adapter per client and trains the hypernetwork (pFedHN)."""
+    """Generates a personalised adapter per client and trains the hypernetwork (pFedHN).
+
+    The shared weights learn as ``config.shared_policy`` says: ``"shared"`` from every
+    reply, ``"frozen"`` never (only embeddings and residuals move), ``"dp"`` from clipped
+    per-client contributions plus Gaussian noise (:mod:`hyperfed.federation.privacy`; the
+    noise comes from ``noise_generator``, by default seeded from the OS's secure randomness).
+    """
 
     method = "hyperlora"
 
-    def __init__(self, hypernet: HyperLoRA, peft_model: nn.Module, config: FederationConfig) -> None:
+    def __init__(
+        self,
+        hypernet: HyperLoRA,
+        peft_model: nn.Module,
+        config: FederationConfig,
+        noise_generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__(hypernet.spec, config)
         self.trainer = HypernetTrainer(hypernet, peft_model, config.server)
+        self.noise_generator = noise_generator
 
     @property
     def hypernet(self) -> HyperLoRA:
@@ -280,7 +293,23 @@ class HyperLoRAServer(AdapterServer):
         returned = {cid: r.adapter for cid, r in accepted.items()}
         weights = {cid: float(r.num_examples) for cid, r in accepted.items()}
         sent = {cid: self.sent[cid] for cid in accepted}
-        return self.trainer.apply_client_updates(returned, sent, weights)
+        policy = self.config.shared_policy
+        if policy == "dp":
+            from hyperfed.federation.privacy import dp_shared_update, secret_generator
+
+            if self.noise_generator is None:
+                self.noise_generator = secret_generator()
+            expected = self.config.sample_rate * len(self.hypernet.client_ids)
+            return dp_shared_update(
+                self.trainer,
+                returned,
+                sent,
+                self.config.dp_clip,
+                self.config.dp_noise_multiplier,
+                expected,
+                self.noise_generator,
+            )
+        return self.trainer.apply_client_updates(returned, sent, weights, update_shared=policy == "shared")
 
 
 class FedAvgLoRAServer(AdapterServer):
@@ -332,7 +361,9 @@ def make_hyperlora_server(
 ) -> HyperLoRAServer:
     """A hypernetwork (``config.generator``, a tag of :data:`hypernet.GENERATORS`) on
     ``peft_model``'s LoRA targets, or around an existing ``hypernet``."""
-    hypernet = hypernet or generator_class(config.generator).from_peft_model(peft_model, {"seed": config.seed})
+    if hypernet is None:
+        settings = {"seed": config.seed, "client_residual": config.client_residual}
+        hypernet = generator_class(config.generator).from_peft_model(peft_model, settings)
     return HyperLoRAServer(hypernet, peft_model, config)
 
 

@@ -117,13 +117,11 @@ class CheckpointTensors:
 
 
 def _embedding_name(generator: type[Generator], client_id: str) -> str:
-    """The one tensor holding ``client_id``'s embedding (what its commitment is over)."""
+    """The tensor holding ``client_id``'s embedding (what its commitment is over): the first
+    of the generator's client tensors (the others, e.g. a residual adapter, follow it)."""
     names = generator.embedding_tensor_names(client_id)
-    if len(names) != 1:
-        raise CorruptFileError(
-            f"generator {generator.architecture!r} keeps {len(names)} tensors per client; "
-            "embedding commitments need exactly one"
-        )
+    if not names:
+        raise CorruptFileError(f"generator {generator.architecture!r} names no tensor for client {client_id!r}")
     return names[0]
 
 
@@ -160,13 +158,15 @@ def read_checkpoint_tensors(folder: str | os.PathLike, also_look_for: Iterable[s
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(f"{folder / 'hypernet.json'} does not describe a known generator ({exc})") from None
     names = {cid: _embedding_name(generator, cid) for cid in dict.fromkeys([*listed, *also_look_for])}
+    # Every tensor of a listed client (its residual too); a forgotten client's leftovers stay unexpected.
+    owned = {n for cid in listed for n in generator.embedding_tensor_names(cid)} | set(names.values())
     return CheckpointTensors(
         folder=folder,
         listed_clients=tuple(listed),
         shared={k: tensors[k] for k in sorted(shared_names) if k in tensors},
         embeddings={cid: tensors[n] for cid, n in names.items() if n in tensors},
         missing_shared=tuple(sorted(shared_names - set(tensors))),
-        unexpected=tuple(sorted(set(tensors) - shared_names - set(names.values()))),
+        unexpected=tuple(sorted(set(tensors) - shared_names - owned)),
     )
 
 

@@ -94,11 +94,11 @@ def test_embedding_tensor_names_are_the_checkpoints_embedding_tensors(llama_mode
     tensors = load_file(tmp_path / "ckpt" / HYPERNET_WEIGHTS)
     saved = set(tensors)
     per_client = {cid: embedding_tensor_names(cid) for cid in hn.client_ids}
-    assert all(len(names) == 1 for names in per_client.values())
-    embedding_names = {n for names in per_client.values() for n in names}
+    embedding_names = {names[0] for names in per_client.values()}
     assert embedding_names <= saved
-    for cid, (name,) in per_client.items():  # each name holds exactly that client's embedding
-        assert torch.equal(tensors[name], hn.client_parameter(cid).detach())
+    for cid, names in per_client.items():  # the first name holds exactly that client's embedding
+        assert torch.equal(tensors[names[0]], hn.client_parameter(cid).detach())
+        assert not set(names[1:]) & saved  # no residual without client_residual
     shared = HyperLoRA.shared_tensor_names(hn.spec, hn.config.to_dict())
     assert shared == saved - embedding_names  # the two name sets partition the checkpoint
     assert hn.embedding_tensor_names("a") == embedding_tensor_names("a", architecture="hyperlora")

@@ -25,7 +25,9 @@ What is checked (each check yields :class:`~hyperfed.rundir.audit.report.Finding
    active client must have a salt.
 6. **outbox** — records still waiting for the ledger, or refused by it (:mod:`~hyperfed.rundir.audit.ledger_view`,
    which also opens the ledger from private copies of its files).
-7. **stray / forget / metrics / checkpoint files** (:mod:`~hyperfed.rundir.audit.files`) —
+7. **policy** — under the ``frozen`` shared-weight policy, every checkpoint carries the shared
+   hash committed with the first one (:mod:`~hyperfed.rundir.audit.policy`).
+8. **stray / forget / metrics / checkpoint files** (:mod:`~hyperfed.rundir.audit.files`) —
    anything outside the layout, a pending forget (reported, never finished here),
    ``metrics.json``, each checkpoint's metadata, loadability, config and optimizer digests.
 """
@@ -52,6 +54,7 @@ from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 from hyperfed.rundir.audit.files import check_checkpoint_files, check_layout, check_metrics, check_pending_forget
 from hyperfed.rundir.audit.forgets import check_regenerated_adapters
 from hyperfed.rundir.audit.ledger_view import audited_ledger, check_outbox
+from hyperfed.rundir.audit.policy import check_shared_policy
 from hyperfed.rundir.audit.report import AuditReport, Finding
 from hyperfed.rundir.fingerprints import (
     embedding_commitment,
@@ -424,6 +427,7 @@ def audit_run(
             if opened is not None:
                 forgotten = audit.check_clients(opened, salts)
                 audit.check_checkpoints(opened, forgotten, salts)
+                check_shared_policy(audit, opened)
                 audit.check_adapters(opened, forgotten)
                 check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
                 check_metrics(audit, audit.active, forgotten)
