@@ -238,6 +238,10 @@ def _run_experiment(
         log.info("%s: mean val loss %.4f in %.1f s", method, _mean(final[method]), seconds[method])
     probe = add_lora(copy.deepcopy(base_model), rank=config.federation.lora_rank)
     base_losses = {cid: evaluate_loss(probe, None, data.val) for cid, data in corpus.clients.items()}
+    if corpus.tokens_per_byte:  # a real model's token losses, reported in nats/byte like the byte model's
+        final = {m: _per_byte(corpus, losses) for m, losses in final.items()}
+        base_losses = _per_byte(corpus, base_losses)
+        curve_losses = {m: [(r, _per_byte(corpus, ls)) for r, ls in pts] for m, pts in curve_losses.items()}
     curves = {m: [(r, _mean(losses)) for r, losses in pts] for m, pts in curve_losses.items()}
     result = ExperimentResult(
         final, base_losses, curves, seconds, corpus.domain_of, rd.root, rejected, servers, curve_losses
@@ -357,6 +361,10 @@ def plot_curves(result: ExperimentResult, path: Path | BinaryIO) -> Path | Binar
         path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, format="png")
     return path
+
+
+def _per_byte(corpus: FederatedCorpus, losses: dict[str, float]) -> dict[str, float]:
+    return {cid: corpus.nats_per_byte(cid, loss) for cid, loss in losses.items()}
 
 
 def _mean(losses: dict[str, float]) -> float:

@@ -31,6 +31,7 @@ import torch
 from hyperfed.data.canaries import make_canaries, plant_canaries
 from hyperfed.data.sources import LICENSES_DIR, license_text, pydoc_topics_text, stdlib_family_text
 from hyperfed.data.tokenizer import ByteTokenizer
+from hyperfed.pretrained import HFTokenizer, load_tokenizer, tokens_per_byte
 from hypernet import ClientData, to_blocks
 from hypernet.errors import ConfigError
 
@@ -102,6 +103,9 @@ class CorpusConfig:
         measure memorisation and unlearning; see :mod:`hyperfed.data.canaries`).
     canary_count, canary_copies, canary_seed: how many canaries, copies of each, and the
         seed they are generated and placed from (DESIGN §8: a real dose is needed).
+    tokenizer: ``""`` = bytes (:class:`ByteTokenizer`); else a base-model name whose own
+        tokenizer cuts the text into ``block_size``-token blocks (:mod:`hyperfed.pretrained`;
+        :class:`~hyperfed.config.RunConfig` sets it from ``base_model.name``).
     """
 
     domains: tuple[str, ...] = ("code", "docs", "legal")
@@ -113,6 +117,7 @@ class CorpusConfig:
     canary_count: int = 5
     canary_copies: int = 20
     canary_seed: int = 1234
+    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.domains) - set(DOMAINS))
@@ -134,6 +139,13 @@ class FederatedCorpus:
     domain_of: dict[str, str]
     pretrain_text: str
     manifest: dict[str, str] = field(default_factory=dict)  # client id → sha256 of its text
+    # client id → tokens per byte of its scored validation text (multiply a token loss by it
+    # for nats/byte); empty for the byte tokenizer, whose factor is exactly 1
+    tokens_per_byte: dict[str, float] = field(default_factory=dict)
+
+    def nats_per_byte(self, client_id: str, token_loss: float) -> float:
+        """A mean next-token validation loss of ``client_id`` in nats per byte."""
+        return token_loss * self.tokens_per_byte.get(client_id, 1.0)
 
     @property
     def client_ids(self) -> list[str]:
@@ -146,11 +158,12 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
     Raises :class:`ConfigError` if a client's source is shorter than
     ``train_kib + val_kib`` (choose less data per client).
     """
-    tok = ByteTokenizer()
+    tok: ByteTokenizer | HFTokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else ByteTokenizer()
     train_bytes, val_bytes = int(config.train_kib * 1024), int(config.val_kib * 1024)
     clients: dict[str, ClientData] = {}
     domain_of: dict[str, str] = {}
     manifest: dict[str, str] = {}
+    factors: dict[str, float] = {}
     for domain in config.domains:
         client_sources, pretrain_sources = DOMAINS[domain]
         for name, load in client_sources[: config.clients_per_domain]:
@@ -170,12 +183,14 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
                 val=to_blocks(tok.encode(val.decode("utf-8", "replace")), config.block_size),
             )
             domain_of[cid] = domain
+            if isinstance(tok, HFTokenizer):
+                factors[cid] = tokens_per_byte(clients[cid].val, tok)
             manifest[cid] = hashlib.sha256(train + b"\x00" + val).hexdigest()
     if not clients:
         raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
     if config.canary_client:
-        _plant(clients, config)
-    return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest)
+        _plant(clients, config, tok)
+    return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest, factors)
 
 
 def corpus_canaries(config: CorpusConfig) -> list:
@@ -183,12 +198,12 @@ def corpus_canaries(config: CorpusConfig) -> list:
     return make_canaries(config.canary_count, config.canary_seed) if config.canary_client else []
 
 
-def _plant(clients: dict[str, ClientData], config: CorpusConfig) -> None:
+def _plant(clients: dict[str, ClientData], config: CorpusConfig, tokenizer: ByteTokenizer | HFTokenizer) -> None:
     if config.canary_client not in clients:
         raise ConfigError(f"CorpusConfig.canary_client {config.canary_client!r} is not a client: {sorted(clients)}")
     target = clients[config.canary_client]
     clients[config.canary_client] = plant_canaries(
-        target, corpus_canaries(config), config.canary_copies, config.canary_seed
+        target, corpus_canaries(config), config.canary_copies, config.canary_seed, tokenizer
     )
 
 
