@@ -22,8 +22,9 @@ from torch import nn
 
 from hyperfed.data.corpus import FederatedCorpus, pretrain_blocks, pretraining_text
 from hyperfed.data.tokenizer import ByteTokenizer
+from hyperfed.pretrained import load_pretrained, lora_layer_indices
 from hypernet.atomic import atomic_directory
-from hypernet.base_models import load_causal_lm, tiny_llama
+from hypernet.base_models import LORA_LAYERS_ATTR, load_causal_lm, tiny_llama
 from hypernet.data import sample_batch
 from hypernet.errors import ConfigError
 
@@ -34,8 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BaseModelConfig:
-    """Architecture and pretraining recipe (every field is part of the cache key)."""
+    """Architecture and pretraining recipe (every field is part of the cache key).
 
+    ``name`` picks a real pretrained model instead (``smollm2-135m``, a local Hugging Face
+    folder, or a hub id; see :mod:`hyperfed.pretrained`): then the architecture and recipe
+    fields are unused, nothing is pretrained, and the model's own tokenizer tokenizes the
+    corpus. ``lora_layers`` > 0 puts LoRA on the top that many transformer layers only
+    (peft's ``layers_to_transform``; 0: every layer) — the budget knob for a real model.
+    """
+
+    name: str = ""
+    lora_layers: int = 0
     hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 4
@@ -50,12 +60,16 @@ class BaseModelConfig:
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "batch_size", "block_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"BaseModelConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.lora_layers < 0:
+            raise ConfigError(f"BaseModelConfig.lora_layers must be >= 0 (0: every layer), got {self.lora_layers}")
         if self.steps < 0 or not self.lr > 0:
             raise ConfigError(f"BaseModelConfig needs steps >= 0 and lr > 0, got {self}")
 
     def key(self, pretrain_text: str = "") -> str:
         """Short hash of the recipe and of the pretraining text: the cache folder name."""
-        recipe = json.dumps(asdict(self), sort_keys=True) + hashlib.sha256(pretrain_text.encode()).hexdigest()
+        # name and lora_layers do not change what is pretrained: out of the key (old caches stay valid)
+        fields = {k: v for k, v in asdict(self).items() if k not in ("name", "lora_layers")}
+        recipe = json.dumps(fields, sort_keys=True) + hashlib.sha256(pretrain_text.encode()).hexdigest()
         return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
@@ -112,8 +126,22 @@ def load_or_build_base_model(
 
     The pretraining text is the corpus's reserved text (by default every domain's, so the
     same base serves every client subset); its hash is part of the cache key, so a changed
-    corpus never reuses a base model that may have seen client text.
+    corpus never reuses a base model that may have seen client text. A named model
+    (``config.name``) is loaded as it is, never pretrained here.
     """
+    if config.name:
+        model = load_pretrained(config.name)
+    else:
+        model = _byte_level_model(config, corpus, callback)
+    layers = lora_layer_indices(model, config.lora_layers)
+    if layers is not None:
+        setattr(model.config, LORA_LAYERS_ATTR, layers)  # add_lora's default on every copy
+    return model
+
+
+def _byte_level_model(
+    config: BaseModelConfig, corpus: FederatedCorpus | None, callback: Callable[[int, float], None] | None
+) -> nn.Module:
     text = corpus.pretrain_text if corpus is not None else pretraining_text()
     folder = cache_dir() / f"base-llama-{config.key(text)}"
     if not (folder / "config.json").exists():

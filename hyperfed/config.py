@@ -133,6 +133,14 @@ class RunConfig:
             raise ConfigError(f"RunConfig.min_nodes must be >= 1, got {self.min_nodes!r}")
         if not self.round_timeout > 0:
             raise ConfigError(f"RunConfig.round_timeout must be > 0 seconds, got {self.round_timeout!r}")
+        # the corpus is tokenized by the base model's own tokenizer: derived unless given
+        if self.base_model.name and not self.corpus.tokenizer:
+            object.__setattr__(self, "corpus", replace(self.corpus, tokenizer=self.base_model.name))
+        elif self.corpus.tokenizer != self.base_model.name:
+            raise ConfigError(
+                f"corpus.tokenizer {self.corpus.tokenizer!r} differs from base_model.name {self.base_model.name!r}; "
+                "leave corpus.tokenizer unset (it follows the base model)"
+            )
 
     def with_method(self, method: str) -> RunConfig:
         """The same run training ``method``."""

@@ -332,6 +332,12 @@ def _run_experiment(
     base_test = {
         cid: evaluate_loss(probe, None, data.test) for cid, data in corpus.clients.items() if data.test is not None
     }
+    if corpus.tokens_per_byte:  # a real model's token losses, reported in nats/byte like the byte model's
+        final = {m: _per_byte(corpus, losses) for m, losses in final.items()}
+        base_losses = _per_byte(corpus, base_losses)
+        curve_losses = {m: [(r, _per_byte(corpus, ls)) for r, ls in pts] for m, pts in curve_losses.items()}
+        base_test = _per_byte(corpus, base_test, "test")
+        test_curves = {m: [(r, _per_byte(corpus, ls, "test")) for r, ls in pts] for m, pts in test_curves.items()}
     curves = {m: [(r, _mean(losses)) for r, losses in pts] for m, pts in curve_losses.items()}
     result = ExperimentResult(
         final,
@@ -480,6 +486,10 @@ def plot_curves(result: ExperimentResult, path: Path | BinaryIO) -> Path | Binar
         path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, format="png")
     return path
+
+
+def _per_byte(corpus: FederatedCorpus, losses: dict[str, float], split: str = "val") -> dict[str, float]:
+    return {cid: corpus.nats_per_byte(cid, loss, split) for cid, loss in losses.items()}
 
 
 def _mean(losses: dict[str, float]) -> float:

@@ -12,7 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["tiny_llama", "tiny_gpt2", "tiny_qwen2", "add_lora", "load_causal_lm", "DEFAULT_TARGETS"]
+__all__ = ["tiny_llama", "tiny_gpt2", "tiny_qwen2", "add_lora", "load_causal_lm", "DEFAULT_TARGETS", "LORA_LAYERS_ATTR"]
+
+#: The model-config attribute a loader sets to give :func:`add_lora` its default layers.
+LORA_LAYERS_ATTR = "lora_layers_to_transform"
 
 # Which linear layers get LoRA by default, per model family (peft's naming).
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -104,8 +107,15 @@ def add_lora(
     target_modules: Sequence[str] | str | None = None,
     alpha: int | None = None,
     seed: int = 0,
+    layers_to_transform: Sequence[int] | None = None,
 ) -> nn.Module:
-    """Wrap ``model`` with a peft LoRA adapter named ``default`` (dropout 0)."""
+    """Wrap ``model`` with a peft LoRA adapter named ``default`` (dropout 0).
+
+    ``layers_to_transform`` limits LoRA to those transformer layers (peft's option); by
+    default it is the model config's ``lora_layers_to_transform`` attribute where the loader
+    set one (:data:`LORA_LAYERS_ATTR`), so every copy of a base model gets the same targets,
+    else every layer.
+    """
     from peft import LoraConfig, get_peft_model
 
     hf_model: Any = model  # a transformers PreTrainedModel (its config is untyped)
@@ -113,12 +123,16 @@ def add_lora(
     targets: Sequence[str] | str = (
         DEFAULT_TARGETS.get(model_type, "all-linear") if target_modules is None else target_modules
     )
+    layers = layers_to_transform
+    if layers is None:
+        layers = getattr(hf_model.config, LORA_LAYERS_ATTR, None)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else 2 * rank,
         target_modules=targets if isinstance(targets, str) else list(targets),
         lora_dropout=0.0,
         fan_in_fan_out=model_type == "gpt2",
+        layers_to_transform=list(layers) if layers else None,
     )
     return _seeded(lambda: get_peft_model(model, config), seed)
 

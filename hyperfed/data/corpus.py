@@ -31,6 +31,7 @@ import torch
 from hyperfed.data.canaries import make_canaries, plant_canaries
 from hyperfed.data.sources import LICENSES_DIR, license_text, pydoc_topics_text, stdlib_family_text
 from hyperfed.data.tokenizer import ByteTokenizer
+from hyperfed.pretrained import HFTokenizer, load_tokenizer, tokens_per_byte
 from hypernet import ClientData, to_blocks
 from hypernet.errors import ConfigError
 
@@ -114,6 +115,9 @@ class CorpusConfig:
         measure memorisation and unlearning; see :mod:`hyperfed.data.canaries`).
     canary_count, canary_copies, canary_seed: how many canaries, copies of each, and the
         seed they are generated and placed from (DESIGN §8: a real dose is needed).
+    tokenizer: ``""`` = bytes (:class:`ByteTokenizer`); else a base-model name whose own
+        tokenizer cuts the text into ``block_size``-token blocks (:mod:`hyperfed.pretrained`;
+        :class:`~hyperfed.config.RunConfig` sets it from ``base_model.name``).
     """
 
     domains: tuple[str, ...] = ("code", "docs", "legal")
@@ -126,6 +130,7 @@ class CorpusConfig:
     canary_count: int = 5
     canary_copies: int = 20
     canary_seed: int = 1234
+    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.domains) - set(DOMAINS))
@@ -149,6 +154,15 @@ class FederatedCorpus:
     domain_of: dict[str, str]
     pretrain_text: str
     manifest: dict[str, str] = field(default_factory=dict)  # client id → sha256 of its text
+    # client id → tokens per byte of its scored validation text (multiply a token loss by it
+    # for nats/byte); empty for the byte tokenizer, whose factor is exactly 1
+    tokens_per_byte: dict[str, float] = field(default_factory=dict)
+    test_tokens_per_byte: dict[str, float] = field(default_factory=dict)  # the same for its test text
+
+    def nats_per_byte(self, client_id: str, token_loss: float, split: str = "val") -> float:
+        """A mean next-token loss of ``client_id`` on its ``split`` (``"val"``/``"test"``) in nats per byte."""
+        factors = self.test_tokens_per_byte if split == "test" else self.tokens_per_byte
+        return token_loss * factors.get(client_id, 1.0)
 
     @property
     def client_ids(self) -> list[str]:
@@ -161,12 +175,14 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
     Raises :class:`ConfigError` if a client's source is shorter than
     ``train_kib + val_kib + test_kib`` (choose less data per client).
     """
-    tok = ByteTokenizer()
+    tok: ByteTokenizer | HFTokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else ByteTokenizer()
     ranges = split_ranges(config)
     total = sum(stop - start for start, stop in ranges.values())
     clients: dict[str, ClientData] = {}
     domain_of: dict[str, str] = {}
     manifest: dict[str, str] = {}
+    factors: dict[str, float] = {}
+    test_factors: dict[str, float] = {}
     for domain in config.domains:
         client_sources, pretrain_sources = DOMAINS[domain]
         for name, load in client_sources[: config.clients_per_domain]:
@@ -185,12 +201,16 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
             cid = f"{domain}/{name}"
             clients[cid] = ClientData(**blocks)
             domain_of[cid] = domain
+            if isinstance(tok, HFTokenizer):
+                factors[cid] = tokens_per_byte(clients[cid].val, tok)
+                if clients[cid].test is not None:
+                    test_factors[cid] = tokens_per_byte(clients[cid].test, tok)
             manifest[cid] = hashlib.sha256(b"\x00".join(parts.values())).hexdigest()
     if not clients:
         raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
     if config.canary_client:
-        _plant(clients, config)
-    return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest)
+        _plant(clients, config, tok)
+    return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest, factors, test_factors)
 
 
 def split_ranges(config: CorpusConfig) -> dict[str, tuple[int, int]]:
@@ -209,12 +229,12 @@ def corpus_canaries(config: CorpusConfig) -> list:
     return make_canaries(config.canary_count, config.canary_seed) if config.canary_client else []
 
 
-def _plant(clients: dict[str, ClientData], config: CorpusConfig) -> None:
+def _plant(clients: dict[str, ClientData], config: CorpusConfig, tokenizer: ByteTokenizer | HFTokenizer) -> None:
     if config.canary_client not in clients:
         raise ConfigError(f"CorpusConfig.canary_client {config.canary_client!r} is not a client: {sorted(clients)}")
     target = clients[config.canary_client]
     clients[config.canary_client] = plant_canaries(
-        target, corpus_canaries(config), config.canary_copies, config.canary_seed
+        target, corpus_canaries(config), config.canary_copies, config.canary_seed, tokenizer
     )
 
 
