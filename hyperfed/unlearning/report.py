@@ -71,7 +71,6 @@ log = logging.getLogger(__name__)
 EXCESS_EPSILON_BITS = 0.05
 """Below this ``before − gold`` gap (bits) there is no excess to remove: the fraction is n/a."""
 
-_NO_GUARANTEE = "no guarantee: residual measured; use --mode exact"
 
 
 @dataclass
@@ -271,16 +270,9 @@ def excess_removed_by_row(rows: list[VerificationRow], epsilon: float = EXCESS_E
 
 def shared_guarantee(run_json: Mapping, rounds: int) -> dict:
     """The run's shared-weight policy (``run.json`` → ``federation.shared_policy``, missing =
-    ``"shared"``) and what it guarantees, from :func:`hyperfed.federation.privacy.describe_guarantee`.
-
-    Until that module exists the guarantee is stated as none (what ``shared`` gives)."""
-    federation = run_json.get("federation", {}) if isinstance(run_json, Mapping) else {}
-    policy = str(federation.get("shared_policy", "shared"))
-    try:
-        from hyperfed.federation.privacy import describe_guarantee  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # TODO(integrator): drop once hyperfed.federation.privacy is merged
-        return {"policy": policy, "guarantee": "none", "text": _NO_GUARANTEE}
+    ``"shared"``) and what it guarantees, from :func:`hyperfed.federation.privacy.describe_guarantee`."""
     from hyperfed.config import RunConfig
+    from hyperfed.federation.privacy import describe_guarantee
 
     return dict(describe_guarantee(RunConfig.from_dict(dict(run_json)).federation, rounds))
 
