@@ -72,7 +72,6 @@ EXCESS_EPSILON_BITS = 0.05
 """Below this ``before − gold`` gap (bits) there is no excess to remove: the fraction is n/a."""
 
 
-
 @dataclass
 class VerificationRow:
     name: str
