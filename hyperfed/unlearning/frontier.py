@@ -58,12 +58,14 @@ def plot_frontier(points: Sequence[Mapping[str, Any]], path: str | Path, title: 
 def draw_frontier(ax: Any, points: Sequence[Mapping[str, Any]]) -> None:
     """Draw the points on a matplotlib ``Axes`` (labelled, coloured by system)."""
     colors = {"base": "grey", "before": "tab:red", "gold": "tab:green"}
+    labels: dict[tuple[float, float], list[str]] = {}  # coincident points (exact = gold) share one label
     for p in points:
         label = str(p["system"])
         color = colors.get(label.rsplit(" ", 1)[-1], "tab:blue")
         ax.scatter(p["retained_loss"], p["exposure_bits"], color=color, s=40, zorder=3)
-        xy = (p["retained_loss"], p["exposure_bits"])
-        ax.annotate(label, xy, fontsize=8, xytext=(4, 4), textcoords="offset points")
+        labels.setdefault((round(p["retained_loss"], 6), round(p["exposure_bits"], 6)), []).append(label)
+    for xy, names in labels.items():
+        ax.annotate(" = ".join(names), xy, fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("remaining clients' mean held-out loss (nats/byte)", fontsize=8)
     ax.set_ylabel("forgotten client's canary exposure (bits)", fontsize=8)
     ax.grid(alpha=0.3)
