@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, evaluation=EvaluationConfig(every=args.evaluate_every))
 
     def document(result: dict[str, Any]) -> dict[str, Any]:
+        planned = len(seeds) * sum(len(grid_points(m)) for m in args.methods)
         return {
+            "complete": len(result["runs"]) == planned,  # False in the .partial.json of a cut-off run
             "machine": machine_info(),
             "protocol": SELECTION_RULE,
             "grid": {m: {k: list(v) for k, v in axes.items()} for m, axes in GRID.items()},

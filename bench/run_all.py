@@ -106,6 +106,8 @@ def render(results: Path, timings: dict[str, float]) -> str:
             f"engine {setup['engine']}. Test loss (nats/byte): mean ± std over seeds of the mean over clients; "
             "clients_won = clients on which the method's test loss (mean over seeds) is the lowest.\n\n"
         )
+        if not pers.get("complete", True):
+            parts.append("**Cut-off run**: not every method × setting × seed finished (see each row's seeds).\n\n")
         parts.append(md_table(pers["table"]))
         parts.append("\nPer client (test loss, mean over seeds):\n\n")
         parts.append(md_table(pers["per_client"]))

@@ -53,6 +53,7 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         assert heading in report
 
 
+@pytest.mark.slow
 def test_personalisation_quick_chooses_on_val_and_reports_test_with_seeds(tmp_path):
     out = tmp_path / "personalisation.json"
     env = {
