@@ -176,7 +176,7 @@ class HypernetTrainer:
         """
         self._zero_grad()
         norms = pfedhn_backward(self.hypernet, returned, sent, weights)
-        self._unweight_residuals(returned, weights)
+        self._unweight_client_state(returned, weights, embeddings=not update_shared)
         if not update_shared:
             for p in self.hypernet.shared_parameters():
                 p.grad = None
@@ -193,18 +193,22 @@ class HypernetTrainer:
         """Clear every gradient of the generator."""
         self._zero_grad()
 
-    def _unweight_residuals(
-        self, returned: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float] | None
+    def _unweight_client_state(
+        self, returned: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float] | None, embeddings: bool
     ) -> None:
-        """pFedHN scales client i's direction by its weight wᵢ/Σw; a residual is the client's
-        alone, so its gradient is rescaled to the client's own direction ``θ − θ̃``."""
+        """pFedHN scales client i's direction by its weight wᵢ/Σw; a residual (and, with
+        ``embeddings``, the embedding) is the client's alone, so its gradient is rescaled to
+        the client's own direction ``θ − θ̃``: with frozen shared weights a client's state
+        then does not depend on who else took part (delete equals retraining bit for bit)."""
         ids = list(returned)
         raw = {cid: float(weights[cid]) if weights else 1.0 for cid in ids}
         total = sum(raw.values())
         for cid in ids:
-            residual = self.hypernet.residual_parameter(cid)
-            if residual is not None and residual.grad is not None and raw[cid] > 0:
-                residual.grad.mul_(total / raw[cid])
+            owned = [self.hypernet.residual_parameter(cid)]
+            owned += [self.hypernet.client_parameter(cid)] if embeddings else []
+            for param in owned:
+                if param is not None and param.grad is not None and raw[cid] > 0:
+                    param.grad.mul_(total / raw[cid])
 
     # ---------------------------------------------------------------- shared
     def _zero_grad(self) -> None:

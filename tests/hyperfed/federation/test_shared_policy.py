@@ -110,3 +110,20 @@ def test_frozen_audit_proves_the_committed_shared_hash_and_catches_a_change(tiny
     assert [Path(c).name for c, _ in problems] == [folder.name]
     report = audit_run(rd)
     assert not report.ok and any(f.check == "policy" and f.status == "mismatch" for f in report.findings)
+
+
+def test_frozen_delete_equals_retraining_without_the_client(tiny_peft):
+    # equal to float rounding: the generation batch has 3 clients in one run, 2 in the other
+    import copy
+
+    config = _config("frozen")
+    clients = _clients()
+    full = make_server("hyperlora", copy.deepcopy(tiny_peft), config)
+    run_rounds(full, full.trainer.model, clients, config)
+    full.trainer.remove_client("c1")  # delete mode
+    gold = make_server("hyperlora", copy.deepcopy(tiny_peft), config)
+    run_rounds(gold, gold.trainer.model, {c: d for c, d in clients.items() if c != "c1"}, config)
+    mine, theirs = full.hypernet.state_dict(), gold.hypernet.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
