@@ -158,6 +158,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         forget_id, attack_steps = DEMO_FORGET_CLIENT, 100
     if args.rounds is not None:
         config = replace(config, federation=replace(config.federation, rounds=args.rounds))
+    # a policy whose delete carries a guarantee by default: frozen shared weights, client-owned residuals
+    residual = args.policy != "shared"
+    config = replace(config, federation=replace(config.federation, shared_policy=args.policy, client_residual=residual))
     status = _run_comparison(config, args.out, overwrite=True)  # the demo's own folder: start fresh
     if status or args.no_forget:
         return status
@@ -264,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
     demo.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     demo.add_argument("--no-forget", action="store_true", help="stop after the comparison")
+    demo.add_argument(
+        "--policy",
+        choices=("frozen", "dp", "shared"),
+        default="frozen",
+        help="how HyperLoRA's shared weights learn (frozen: delete is exact; dp: (ε, δ); shared: no guarantee)",
+    )
     demo.add_argument(
         "--model",
         default="",
