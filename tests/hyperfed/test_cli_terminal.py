@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
 def test_train_prints_bars_and_tables_and_no_line_twice(trained):
     _, output = trained
     lines = text_lines(output)
-    assert any("Validation loss per client" in line for line in lines) and any(
+    assert any("Test loss per client at each method's selected round" in line for line in lines) and any(
         line.startswith("MEAN") for line in lines
     )
     assert BAR.search(output), "the rounds show progress bars"
