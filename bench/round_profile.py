@@ -135,9 +135,11 @@ def instrumented(clock: PhaseClock) -> Iterator[None]:
     _wrap(clock, AdapterServer, "aggregate_round", "aggregate", patches)
     for module in (client_app, loop):
         _wrap(clock, module, "local_round", "train", patches)
-        _wrap(clock, module, "evaluate_client", "evaluate/client", patches)
+        for name in ("evaluate_client", "evaluate_splits"):
+            if hasattr(module, name):
+                _wrap(clock, module, name, "evaluate/client", patches)
     _wrap(clock, strategy.AdapterStrategy, "evaluation_messages", "evaluate/server", patches)
-    _wrap(clock, experiment, "evaluate_all", "evaluate/server", patches)  # loop engine; clients nest inside
+    _wrap(clock, experiment, "evaluate_all_splits", "evaluate/server", patches)  # loop engine; clients nest inside
     _wrap(clock, inprocess, "wire_roundtrip", "serialise", patches)
     _wrap(clock, strategy, "adapter_to_record", "serialise", patches)
     _wrap(clock, client_app, "record_to_adapter", "serialise", patches)

@@ -47,6 +47,8 @@ def execute_in_place(path: Path, specs: KernelSpecManager) -> float:
         nb, km=km, timeout=CELL_TIMEOUT_S, startup_timeout=300, resources={"metadata": {"path": str(path.parent)}}
     ).execute()
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    nb.metadata["hyperfed"] = {"executed_by": "notebooks/execute_all.py", "fast": False,
+                               "seconds": round(time.perf_counter() - start)}
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     tmp.replace(path)  # a failed run leaves the committed copy as it was

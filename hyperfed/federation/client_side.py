@@ -64,10 +64,9 @@ def evaluate_splits(
     blocks are only measured, never used to choose.
     """
     grid = _finetune_grid(config)
-    if not grid:
+    if config is None or not grid:
         return _measure(peft_model, adapter, data, 0)
-    assert config is not None  # a grid comes from a config
-    best: Evaluation | None = None
+    points: list[Evaluation] = []
     done = 0
     for steps in grid:
         if steps > done:
@@ -76,11 +75,8 @@ def evaluate_splits(
                 peft_model, adapter, data.train, replace(config.local, steps=steps - done, seed=seed)
             )
             done = steps
-        current = _measure(peft_model, adapter, data, steps)
-        if best is None or current.val < best.val:
-            best = current
-    assert best is not None
-    return best
+        points.append(_measure(peft_model, adapter, data, steps))
+    return min(points, key=lambda point: point.val)  # earliest grid point on a tie
 
 
 def _finetune_grid(config: FederationConfig | None) -> tuple[int, ...]:

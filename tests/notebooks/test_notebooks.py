@@ -97,12 +97,19 @@ def test_every_notebook_is_listed_here():
 
 
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
-def test_notebook_is_saved_without_outputs(path):
+def test_notebook_is_saved_with_the_outputs_of_a_full_run(path):
+    """The committed copy shows a real run at default sizes (``make notebooks``), top to bottom."""
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code), \
-        "clear the outputs before saving"
+    assert code, "a notebook without code"
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), \
+        "every code cell executed once, in order: run `make notebooks`"
+    errors = [out for c in code for out in c.outputs if out.output_type == "error"]
+    assert not errors, f"the saved run failed: {errors[0].get('ename')}"
+    assert images(nb) >= 1, "the saved run shows at least one plot"
+    assert nb.metadata.get("hyperfed", {}).get("fast") is False, \
+        "saved by notebooks/execute_all.py at default sizes, not in fast mode"
     assert nb.cells[0].cell_type == "markdown", "open with prose: what the notebook teaches"
     assert "HYPERFED_NOTEBOOK_FAST" in code[0].source, \
         "the first code cell holds the settings and reads HYPERFED_NOTEBOOK_FAST"
