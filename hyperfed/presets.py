@@ -33,7 +33,12 @@ def real_llm_config(name: str = "smollm2-135m") -> RunConfig:
     """
     return RunConfig(
         federation=FederationConfig(
-            rounds=3, sample_rate=1.0, lora_rank=8, local=LocalTrainConfig(steps=2, batch_size=2, lr=3e-3)
+            rounds=3,
+            sample_rate=1.0,
+            lora_rank=8,
+            local=LocalTrainConfig(steps=2, batch_size=2, lr=3e-3),
+            shared_policy="frozen",
+            client_residual=True,
         ),
         corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=32),
         base_model=BaseModelConfig(name=name, lora_layers=2),

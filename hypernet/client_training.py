@@ -24,14 +24,21 @@ __all__ = ["train_local_adapter", "evaluate_loss", "get_adapter", "set_adapter"]
 Adapter = dict[str, torch.Tensor]
 
 
+def _lora_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    # LoRA on linear layers only, never on embeddings: peft need not look for the base
+    # model's config.json (a GGUF folder has none, and offline it warns it cannot tell)
+    state: dict[str, torch.Tensor] = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    return state
+
+
 def get_adapter(peft_model: nn.Module) -> Adapter:
     """The model's current LoRA weights in peft's state-dict format (detached copies)."""
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    return {k: v.detach().clone() for k, v in _lora_state_dict(peft_model).items()}
 
 
 def set_adapter(peft_model: nn.Module, adapter: Mapping[str, torch.Tensor]) -> None:
     """Copy ``adapter`` into the model, refusing missing, extra or mis-shaped keys."""
-    expected = get_peft_model_state_dict(peft_model)
+    expected = _lora_state_dict(peft_model)
     if set(adapter) != set(expected):
         missing, extra = sorted(set(expected) - set(adapter)), sorted(set(adapter) - set(expected))
         raise CheckpointMismatchError(f"adapter keys differ from the model's: missing {missing[:3]}, extra {extra[:3]}")

