@@ -2,6 +2,7 @@
 
 Run:  python bench/personalisation.py [--out bench/results/personalisation.json] [--quick]
                                       [--seeds 0 1 2] [--rounds 15] [--methods hyperlora fedavg ...]
+                                      [--policy shared|frozen|dp]
 
 Protocol (the experiment's, :mod:`hyperfed.experiment`):
 
@@ -240,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-kib", type=float, default=None, help="train KiB per client (default: the demo's)")
     parser.add_argument("--local-steps", type=int, default=None, help="local steps per round (default: the demo's)")
     parser.add_argument("--evaluate-every", type=int, default=None, help="evaluation period in rounds")
+    parser.add_argument(
+        "--policy",
+        choices=["shared", "frozen", "dp"],
+        default="shared",
+        help="HyperLoRA's shared-weight policy (frozen and dp with client-owned residual adapters, as the demo)",
+    )
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     config = base_config(args.quick, args.rounds, args.train_kib)
@@ -248,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, federation=replace(fed, local=replace(fed.local, steps=args.local_steps)))
     if args.evaluate_every is not None:
         config = replace(config, evaluation=EvaluationConfig(every=args.evaluate_every))
+    config = replace(
+        config,
+        federation=replace(config.federation, shared_policy=args.policy, client_residual=args.policy != "shared"),
+    )
 
     def document(result: dict[str, Any]) -> dict[str, Any]:
         planned = len(seeds) * sum(len(grid_points(m)) for m in args.methods)
@@ -257,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             "protocol": SELECTION_RULE,
             "grid": {m: {k: list(v) for k, v in axes.items()} for m, axes in GRID.items()},
             "setup": budget(config, len(result["base_test"]))
-            | {"seeds": seeds, "engine": config.engine, "corpus": repr(config.corpus), "quick": args.quick},
+            | {"seeds": seeds, "engine": config.engine, "corpus": repr(config.corpus), "quick": args.quick}
+            | {"hyperlora_policy": args.policy},
             **result,
         }
 

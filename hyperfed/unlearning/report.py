@@ -113,6 +113,8 @@ class _Measure:
         num_candidates: int,
     ) -> None:
         self.model = peft_model
+        self.corpus = corpus
+        self.client_id = client_id
         self.data = corpus.clients[client_id]
         self.others = {c: d for c, d in corpus.clients.items() if c != client_id}
         self.canaries = corpus_canaries(corpus_config) if corpus_config.canary_client == client_id else []
@@ -141,13 +143,18 @@ class _Measure:
         if hypernet is not None:
             with torch.no_grad():
                 adapters = hypernet.generate_many([c for c in self.others if c in hypernet.clients])
-            losses = [evaluate_loss(self.model, a, self.others[c].val) for c, a in adapters.items()]
+            losses = [self._per_byte(c, a, self.others[c].val) for c, a in adapters.items()]
             retained = sum(losses) / len(losses)
         elif retained_base:
-            retained = sum(evaluate_loss(self.model, None, d.val) for d in self.others.values()) / len(self.others)
-        forgotten = evaluate_loss(self.model, adapter, self.data.val)
+            retained = sum(self._per_byte(c, None, d.val) for c, d in self.others.items()) / len(self.others)
+        forgotten = self._per_byte(self.client_id, adapter, self.data.val)
         log.info("%s: exposure %s, AUC %.3f, loss %.4f", name, exposure, auc, forgotten)
         return VerificationRow(name, exposure, auc, forgotten, retained, seconds)
+
+
+    def _per_byte(self, client_id: str, adapter: Mapping[str, torch.Tensor] | None, blocks: torch.Tensor) -> float:
+        """Validation loss in nats/byte (the token loss × the client's tokens per byte)."""
+        return self.corpus.nats_per_byte(client_id, evaluate_loss(self.model, adapter, blocks))
 
 
 def newcomer_adapter(hypernet: HyperLoRA) -> dict[str, torch.Tensor]:

@@ -129,3 +129,27 @@ def test_shared_guarantee_reads_the_policy_from_run_json():
     run_json["federation"].pop("shared_policy", None)  # a run made before the policies: "shared"
     got = shared_guarantee(run_json, rounds=3)
     assert got["policy"] == "shared" and got["guarantee"] == "none" and got["text"]
+
+
+def test_report_losses_are_nats_per_byte_for_any_tokenizer(tmp_path, monkeypatch):
+    """The report converts token losses with the corpus's tokens-per-byte factors (a real
+    model's tokenizer has ~0.3 tokens per byte; the byte tokenizer exactly 1)."""
+    import dataclasses
+
+    from hyperfed.base_model import load_or_build_base_model
+    from hyperfed.data.corpus import build_corpus
+    from hyperfed.unlearning.report import _Measure
+    from hypernet import evaluate_loss
+    from hypernet.base_models import add_lora
+
+    monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
+    model = add_lora(load_or_build_base_model(CONFIG.base_model), rank=2)
+    corpus = build_corpus(CONFIG.corpus)
+    factors = {cid: 0.25 * (i + 1) for i, cid in enumerate(corpus.clients)}
+    scaled = dataclasses.replace(corpus, tokens_per_byte=factors)
+    row = _Measure(model, scaled, CONFIG.corpus, VICTIM, 10).row("base model", None, None, retained_base=True)
+    token_losses = {cid: evaluate_loss(model, None, d.val) for cid, d in corpus.clients.items()}
+    assert row.forgotten_loss == pytest.approx(token_losses[VICTIM] * factors[VICTIM], rel=1e-6)
+    others = [c for c in corpus.clients if c != VICTIM]
+    expected = sum(token_losses[c] * factors[c] for c in others) / len(others)
+    assert row.retained_loss == pytest.approx(expected, rel=1e-6)
