@@ -17,7 +17,9 @@ what the recorder computed, straight from the files.
   spec, LoRA config — not its client list or ``extra``, which a forget changes),
   ``optimizer/shared`` (every non-client entry of ``optimizer.safetensors``) and
   ``optimizer/client/<id>`` (one client's entries, so purging one client leaves the
-  others' digests valid).
+  others' digests valid), and ``policy`` (sha256 of the canonical shared-weight policy
+  stored in ``hypernet.json``'s ``extra``, :func:`run_policy`: so the ledger holds, with
+  every checkpoint, which policy — and so which forget guarantee — the run trained under).
 """
 
 from __future__ import annotations
@@ -52,11 +54,39 @@ __all__ = [
     "OPTIMIZER_PART",
     "config_digest",
     "checkpoint_file_digests",
+    "POLICY_PART",
+    "POLICY_KEY",
+    "run_policy",
+    "policy_digest",
 ]
 
 CONFIG_PART = "config"
 OPTIMIZER_PART = "optimizer/"  # + "shared" or "client/<client id>"
 _CONFIG_FIELDS = ("format", "architecture", "config", "spec", "lora_config")
+POLICY_PART = "policy"
+POLICY_KEY = "policy"  # hypernet.json: {"extra": {"policy": run_policy(...)}}
+_DP_FIELDS = ("dp_noise_multiplier", "dp_clip", "dp_delta", "sample_rate")  # what dp's (ε, δ) depends on
+
+
+def run_policy(config: Mapping[str, object] | None) -> dict[str, object]:
+    """The shared-weight policy of a run config (``run.json``'s dict): the fields its forget
+    guarantee depends on (``dp``: noise, clip, δ and sampling rate too). A config without a
+    federation section is the ``shared`` default."""
+    federation = config.get("federation") if isinstance(config, Mapping) else None
+    federation = federation if isinstance(federation, Mapping) else {}
+    policy = str(federation.get("shared_policy", "shared"))
+    out: dict[str, object] = {
+        "shared_policy": policy,
+        "client_residual": bool(federation.get("client_residual", False)),
+    }
+    if policy == "dp":
+        out |= {name: federation.get(name) for name in _DP_FIELDS}
+    return out
+
+
+def policy_digest(policy: Mapping[str, object]) -> str:
+    """sha256 (hex) of a :func:`run_policy` dict, canonical JSON."""
+    return hashlib.sha256(json.dumps(dict(policy), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def shared_state(hypernet: Generator) -> dict[str, torch.Tensor]:
@@ -203,7 +233,11 @@ def checkpoint_file_digests(folder: str | os.PathLike) -> dict[str, str]:
         ``hypernet.json`` or ``optimizer.safetensors`` is unreadable.
     """
     folder = Path(folder)
-    parts = {CONFIG_PART: config_digest(read_meta(folder))}
+    meta = read_meta(folder)
+    parts = {CONFIG_PART: config_digest(meta)}
+    extra = meta.get("extra")
+    if isinstance(extra, Mapping) and isinstance(extra.get(POLICY_KEY), Mapping):
+        parts[POLICY_PART] = policy_digest(extra[POLICY_KEY])
     path = folder / OPTIMIZER_FILE
     if not path.exists():
         return parts

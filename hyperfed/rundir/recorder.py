@@ -46,10 +46,12 @@ from hyperfed.ledger.records import DEFAULT_WRITER_MSP, Receipt, violation_code
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.fingerprints import (
+    POLICY_KEY,
     checkpoint_file_digests,
     embedding_bytes,
     embedding_commitment,
     read_checkpoint_tensors,
+    run_policy,
     shared_weights_hash,
 )
 
@@ -223,7 +225,8 @@ class RunRecorder:
         Clients of ``hypernet`` not registered yet (late joiners) are registered first.
         """
         self.register_clients([c for c in hypernet.client_ids if c not in self._registered], hypernet)
-        self.run_dir.save_checkpoint(round, hypernet, trainer)
+        policy = run_policy(self.run_dir.read_json(self.run_dir.config_path, default={}))
+        self.run_dir.save_checkpoint(round, hypernet, trainer, extra={POLICY_KEY: policy})
         weights = shared_weights_hash(hypernet)
         receipt = self.ledger.record_checkpoint(round, weights, self.commitments(hypernet))
         self._weights[round] = weights

@@ -16,8 +16,10 @@ from hyperfed.config import RunConfig
 from hyperfed.data.corpus import FederatedCorpus
 from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, load_optimizer_file
+from hyperfed.rundir.fingerprints import POLICY_KEY
 from hypernet.base_models import add_lora
 from hypernet.errors import ConfigError
+from hypernet.io import read_meta
 
 __all__ = ["replay_without", "load_experiment", "exact_model_step"]
 
@@ -63,4 +65,6 @@ def exact_model_step(rd: RunDirectory, journal: dict[str, Any]) -> None:
     replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)
     journal["replayed_rounds"] = rounds
     # weights and optimizer state in one swap; the checkpoint does not name the client
-    rd.save_checkpoint(round_, replayed.hypernet, replayed.trainer, extra={"exact_forget": True})
+    kept = read_meta(rd.checkpoint_dir(round_)).get("extra", {})  # the run's recorded policy stays
+    policy = {POLICY_KEY: kept[POLICY_KEY]} if isinstance(kept, dict) and POLICY_KEY in kept else {}
+    rd.save_checkpoint(round_, replayed.hypernet, replayed.trainer, extra={"exact_forget": True, **policy})

@@ -151,7 +151,6 @@ class _Measure:
         log.info("%s: exposure %s, AUC %.3f, loss %.4f", name, exposure, auc, forgotten)
         return VerificationRow(name, exposure, auc, forgotten, retained, seconds)
 
-
     def _per_byte(self, client_id: str, adapter: Mapping[str, torch.Tensor] | None, blocks: torch.Tensor) -> float:
         """Validation loss in nats/byte (the token loss × the client's tokens per byte)."""
         return self.corpus.nats_per_byte(client_id, evaluate_loss(self.model, adapter, blocks))

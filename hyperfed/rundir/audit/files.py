@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyperfed.errors import CorruptFileError, HyperFedError
 from hyperfed.rundir import OPTIMIZER_FILE
-from hyperfed.rundir.fingerprints import CONFIG_PART, OPTIMIZER_PART, checkpoint_file_digests
+from hyperfed.rundir.fingerprints import CONFIG_PART, OPTIMIZER_PART, POLICY_PART, checkpoint_file_digests
 from hyperfed.rundir.layout import layout_strays
 from hypernet.io import HYPERNET_META, HYPERNET_WEIGHTS, load_hypernet, read_meta
 
@@ -189,7 +189,7 @@ def check_checkpoint_files(
     failed = False
     bad: dict[Path, list[str]] = {}
     for part in sorted(set(actual) | set(parts)):
-        culprit = folder / (HYPERNET_META if part == CONFIG_PART else OPTIMIZER_FILE)
+        culprit = folder / (HYPERNET_META if part in (CONFIG_PART, POLICY_PART) else OPTIMIZER_FILE)
         if part in gone:
             continue  # a forgotten client's state: check_checkpoint reports it if present
         if part not in actual:

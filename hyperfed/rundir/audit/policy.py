@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from hyperfed.errors import CorruptFileError
 from hyperfed.rundir import RunDirectory
-from hyperfed.rundir.fingerprints import read_checkpoint_tensors
+from hyperfed.rundir.fingerprints import POLICY_KEY, read_checkpoint_tensors, run_policy
+from hypernet.io import read_meta
 
 if TYPE_CHECKING:
     from hyperfed.ledger.client import Ledger
     from hyperfed.rundir.audit.checks import AuditContext
 
-__all__ = ["shared_policy_of", "frozen_shared_problems", "check_shared_policy"]
+__all__ = ["shared_policy_of", "recorded_policies", "frozen_shared_problems", "check_shared_policy"]
 
 
 def shared_policy_of(run_dir: RunDirectory) -> str:
@@ -28,6 +29,21 @@ def shared_policy_of(run_dir: RunDirectory) -> str:
     federation = config.get("federation", {}) if isinstance(config, dict) else {}
     policy = federation.get("shared_policy", "shared") if isinstance(federation, dict) else "shared"
     return str(policy)
+
+
+def recorded_policies(run_dir: RunDirectory) -> dict[int, dict[str, Any]]:
+    """``{round: policy}`` recorded in each checkpoint's ``hypernet.json`` (its digest is on
+    the ledger with the checkpoint's files, checked by the files step); checkpoints written
+    before the policy was recorded are left out."""
+    out: dict[int, dict[str, Any]] = {}
+    for round_ in run_dir.checkpoint_rounds():
+        try:
+            extra = read_meta(run_dir.checkpoint_dir(round_)).get("extra", {})
+        except CorruptFileError:
+            continue  # reported by the checkpoint checks
+        if isinstance(extra, dict) and isinstance(extra.get(POLICY_KEY), dict):
+            out[round_] = dict(extra[POLICY_KEY])
+    return out
 
 
 def frozen_shared_problems(run_dir: RunDirectory, committed: str | None = None) -> list[tuple[str, str]]:
@@ -57,10 +73,28 @@ def frozen_shared_problems(run_dir: RunDirectory, committed: str | None = None) 
 
 
 def check_shared_policy(audit: AuditContext, ledger: Ledger) -> None:
-    """Audit step: under ``frozen``, every checkpoint (files and ledger records) carries the
-    shared-weights hash committed with the first checkpoint."""
+    """Audit step: the policy ``run.json`` states is the one recorded with every checkpoint;
+    under ``frozen`` (stated or recorded), every checkpoint (files and ledger records)
+    carries the shared-weights hash committed with the first checkpoint."""
     run_dir = audit.run_dir
-    if shared_policy_of(run_dir) != "frozen":
+    stated = run_policy(run_dir.read_json(run_dir.config_path, default={}))
+    recorded = recorded_policies(run_dir)
+    differ = {r: p for r, p in recorded.items() if p != stated}
+    for round_, policy in sorted(differ.items()):
+        audit.add(
+            "policy",
+            "mismatch",
+            run_dir.checkpoint_dir(round_) / "hypernet.json",
+            f"run.json states policy {stated}, the checkpoint recorded {policy}",
+        )
+    if recorded and not differ:
+        audit.add(
+            "policy",
+            "match",
+            run_dir.config_path,
+            f"policy {stated['shared_policy']!r} = the one recorded with all {len(recorded)} checkpoints",
+        )
+    if stated["shared_policy"] != "frozen" and all(p.get("shared_policy") != "frozen" for p in recorded.values()):
         return
     records: list[Any] = audit.query("list_checkpoints", ledger.list_checkpoints, [])
     if not records:

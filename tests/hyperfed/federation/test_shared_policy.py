@@ -8,10 +8,11 @@ from safetensors.torch import load_file
 
 from hyperfed.config import RunConfig
 from hyperfed.federation import FederationConfig, make_server, run_rounds
+from hyperfed.ledger.client import Ledger
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.audit import audit_run
-from hyperfed.rundir.audit.policy import frozen_shared_problems, shared_policy_of
-from hyperfed.rundir.fingerprints import shared_weights_hash
+from hyperfed.rundir.audit.policy import frozen_shared_problems, recorded_policies, shared_policy_of
+from hyperfed.rundir.fingerprints import POLICY_PART, policy_digest, shared_weights_hash
 from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.unlearning import forget_client
 from hypernet import ClientData, LocalTrainConfig, load_hypernet, save_hypernet
@@ -94,10 +95,10 @@ def test_frozen_audit_proves_the_committed_shared_hash_and_catches_a_change(tiny
     assert shared_policy_of(rd) == "frozen"
     report = audit_run(rd)
     policy = [f for f in report.findings if f.check == "policy"]
-    assert report.ok and [f.status for f in policy] == ["match"]
+    assert report.ok and [f.status for f in policy] == ["match", "match"]  # recorded policy; frozen hash
     forget_client(rd, "c1", "delete")  # exact by construction: the shared hash is untouched
     report = audit_run(rd)
-    assert report.ok and [f.status for f in report.findings if f.check == "policy"] == ["match"]
+    assert report.ok and [f.status for f in report.findings if f.check == "policy"] == ["match", "match"]
     assert frozen_shared_problems(rd) == []
     # the shared weights of a later checkpoint change: the frozen proof breaks
     folder = rd.checkpoint_dir(max(rd.checkpoint_rounds()))
@@ -127,3 +128,25 @@ def test_frozen_delete_equals_retraining_without_the_client(tiny_peft):
     assert mine.keys() == theirs.keys()
     for key in mine:
         torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_the_policy_is_recorded_with_every_checkpoint_and_run_json_cannot_change_it(tiny_peft, tmp_path):
+    rd, _ = _frozen_run(tmp_path / "run", tiny_peft)
+    recorded = recorded_policies(rd)
+    assert sorted(recorded) == rd.checkpoint_rounds() and len(recorded) >= 2
+    assert all(p == {"shared_policy": "frozen", "client_residual": True} for p in recorded.values())
+    # on the ledger: the policy's digest is one of each checkpoint's recorded file parts
+    ledger = Ledger.from_url(rd.ledger_path)
+    try:
+        parts = ledger.checkpoint_files()
+    finally:
+        ledger.close()
+    assert all(files[POLICY_PART] == policy_digest(recorded[r]) for (r, _), files in parts.items())
+    # run.json rewritten to claim another policy: the audit names the checkpoints that disagree
+    config = rd.read_json(rd.config_path)
+    config["federation"]["shared_policy"] = "shared"
+    rd.write_json(rd.config_path, config)
+    report = audit_run(rd)
+    bad = [f for f in report.findings if f.check == "policy" and f.status == "mismatch"]
+    assert not report.ok and len(bad) == len(recorded)
+    assert "run.json states policy" in bad[0].message and "'frozen'" in bad[0].message

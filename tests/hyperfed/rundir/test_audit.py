@@ -71,13 +71,14 @@ def test_a_clean_run_passes(run_dir):
     counts = report.counts()
     checkpoints, generations = ROUNDS + 1, ROUNDS * len(CLIENTS)
     assert counts == {
-        # the ledger; per checkpoint its weights, its config + optimizer digests, its embeddings
-        "match": 1 + 2 * checkpoints + checkpoints * len(CLIENTS) + generations,
+        # the ledger; per checkpoint its weights, its config + optimizer digests, its embeddings;
+        # the policy run.json states = the one recorded with every checkpoint
+        "match": 1 + 2 * checkpoints + checkpoints * len(CLIENTS) + generations + 1,
         "mismatch": 0,
         "missing": 0,
         "forgotten": 0,
     }
-    assert {f.check for f in report.findings} == {"ledger", "checkpoint", "embedding", "adapter"}
+    assert {f.check for f in report.findings} == {"ledger", "checkpoint", "embedding", "adapter", "policy"}
     assert json.loads(json.dumps(report.to_dict()))["ok"] is True
     text = render(report)
     assert text.startswith("audit PASSED") and "matched: 1 ledger, 6 checkpoint" in text
