@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from bench.results_io import machine_info  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 
-BENCHES = ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger")
+BENCHES = ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger", "real_llm")
 QUICK_ARGS = {
     "hypernet": ["--repeats", "3"],
     "federation": ["--quick"],
@@ -31,6 +31,7 @@ QUICK_ARGS = {
     "round_profile": ["--quick"],
     "unlearning": ["--quick"],
     "ledger": ["--n", "20", "--rounds", "2"],
+    "real_llm": ["--quick"],
 }
 
 
@@ -145,7 +146,47 @@ def render(results: Path, timings: dict[str, float]) -> str:
             parts.append(md_table(rows))
         else:
             parts.append("```json\n" + json.dumps(ledger, indent=1)[:4000] + "\n```\n")
+    real = _load(results / "real_llm.json")
+    if real:
+        parts.append(render_real_llm(real))
     return "\n".join(parts)
+
+
+def render_real_llm(real: dict) -> str:
+    """The real-LLM section (SmolLM2-135M), or a line saying why it was skipped."""
+    parts = ["\n## Real LLM: SmolLM2-135M on this CPU (`bench/real_llm.py`)\n\n"]
+    if "skipped" in real:
+        return parts[0] + f"\nSkipped: {real['skipped']}\n"
+    setup, memory = real["setup"], real["memory"]
+    machine = real["machine"]
+    parts.append(
+        f"{setup['model']} (GGUF de-quantised to float32), LoRA r={setup['lora']['top-2']['rank']} on q_proj, v_proj "
+        f"of the top 2 (adapter {setup['adapter_params']['top-2']:,} parameters) or all 30 layers "
+        f"({setup['adapter_params']['all-30']:,}); {machine.get('torch_threads')} torch thread(s), "
+        f"{setup['repeats']} timed repeats after a warm-up{' (quick)' if setup['quick'] else ''}. "
+        f"Load {memory['load_s']:.1f} s; peak RSS {memory['peak_rss_before_mib']:.0f} MiB before, "
+        f"{memory['peak_rss_after_load_mib']:.0f} MiB after the load, "
+        f"{memory['peak_rss_end_mib']:.0f} MiB at the end. Machine: "
+        + ", ".join(f"{k} {v}" for k, v in machine.items())
+        + "\n\n"
+    )
+    parts.append(
+        f"One client local-training step (`train_local_adapter`, 1 step, batch {setup['batch_size']}×"
+        f"{setup['block_size']} tokens), ms:\n\n"
+    )
+    parts.append(md_table(real["local_step"]))
+    parts.append("\nHypernetwork generation (`generate_many`, no grad), ms:\n\n")
+    parts.append(md_table(real["generation"]))
+    parts.append(
+        "\nHypernetwork vs N separately stored LoRAs (parameters; ratio > 1: the hypernetwork is smaller):\n\n"
+    )
+    parts.append(md_table(real["parameters"]))
+    parts.append(
+        "\nForget one of 100 clients (delete mode), ms: in memory (remove the embedding, regenerate the other 99) "
+        "and the full `forget_client` on a minimal recorded run (round-0 checkpoint, no training round):\n\n"
+    )
+    parts.append(md_table(real["forget"]))
+    return "".join(parts)
 
 
 def _load(path: Path) -> dict | None:

@@ -30,7 +30,7 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger"):
+    for name in ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger", "real_llm"):
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())
     profile = json.loads((tmp_path / "results" / "round_profile.json").read_text())
     phases = {row["phase"]: row for row in profile["phases"]}
@@ -48,6 +48,7 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         "## Where a round",
         "## Unlearning",
         "## Ledger",
+        "## Real LLM",
         "Machine:",
     ):
         assert heading in report
