@@ -27,7 +27,7 @@ def real_llm_config(name: str = "smollm2-135m") -> RunConfig:
     """HyperLoRA vs the baselines on base model ``name``, budgeted for 2 CPU cores.
 
     LoRA r=8 on q,v of the top 2 of SmolLM2's 30 layers only, 32-token blocks, 4 clients of
-    2 domains (2 KiB of train and 1 KiB of validation text each), 3 rounds of 2 local steps
+    2 domains (2 KiB of train, 1 KiB of validation and 1 KiB of test text each), 3 rounds of 2 local steps
     of 2 blocks, the loop engine. One forward+backward costs seconds on a busy CPU: every
     knob here is set by that cost, not by what would converge.
     """
@@ -40,7 +40,9 @@ def real_llm_config(name: str = "smollm2-135m") -> RunConfig:
             shared_policy="frozen",
             client_residual=True,
         ),
-        corpus=CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, block_size=32),
+        corpus=CorpusConfig(
+            domains=("code", "docs"), clients_per_domain=2, train_kib=2, val_kib=1, test_kib=1, block_size=32
+        ),
         base_model=BaseModelConfig(name=name, lora_layers=2),
         evaluation=EvaluationConfig(every=3),
         methods=("hyperlora", "fedavg", "local"),
