@@ -17,6 +17,7 @@ from hyperfed.federation import public_pretrain as pp
 from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hyperfed.rundir.audit.policy import frozen_shared_problems
 from hyperfed.rundir.fingerprints import shared_weights_hash
+from hyperfed.unlearning.report import forget_and_verify
 from hypernet import HypernetTrainer, LocalTrainConfig
 from hypernet.base_models import add_lora
 from hypernet.errors import ConfigError
@@ -109,6 +110,12 @@ def test_a_run_starts_from_the_pretrained_generator_and_keeps_it_frozen(tmp_path
     pp._CACHE.clear()
     fresh = pp.make_run_server("hyperlora", copy.deepcopy(model), fed, CORPUS)
     assert shared_weights_hash(cached.hypernet) == shared_weights_hash(fresh.hypernet) == shared_weights_hash(first)
+    # and a delete then matches it: the retained clients' losses after delete equal the gold's
+    report = forget_and_verify(rd.root, sorted(real)[0], "delete", num_candidates=4, attack_steps=1)
+    rows = {r.name: r for r in report.rows}
+    after, gold = rows["after delete"], rows["retrain (gold)"]
+    assert after.retained_loss == pytest.approx(gold.retained_loss, abs=1e-5)
+    assert after.forgotten_loss == pytest.approx(gold.forgotten_loss, abs=1e-5)  # both: the newcomer adapter
 
 
 def test_public_pretrain_rounds_is_validated_and_travels_in_the_flat_config():
@@ -120,3 +127,12 @@ def test_public_pretrain_rounds_is_validated_and_travels_in_the_flat_config():
     assert config.to_run_config()["public-pretrain-rounds"] == 7
     assert RunConfig.from_dict(config.to_dict()) == config
     assert replace(FederationConfig(), public_pretrain_rounds=0).public_pretrain_rounds == 0
+
+
+def test_the_flower_server_app_builds_the_publicly_pretrained_generator():
+    from hyperfed.flower.server_app import build_strategy
+
+    server = build_strategy(RUN).server
+    plain = build_strategy(replace(RUN, federation=replace(RUN.federation, public_pretrain_rounds=0))).server
+    assert server.hypernet.client_ids == [] and server.initial_embedding is not None
+    assert shared_weights_hash(server.hypernet) != shared_weights_hash(plain.hypernet)
