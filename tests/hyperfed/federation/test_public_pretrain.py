@@ -136,3 +136,11 @@ def test_the_flower_server_app_builds_the_publicly_pretrained_generator():
     plain = build_strategy(replace(RUN, federation=replace(RUN.federation, public_pretrain_rounds=0))).server
     assert server.hypernet.client_ids == [] and server.initial_embedding is not None
     assert shared_weights_hash(server.hypernet) != shared_weights_hash(plain.hypernet)
+
+
+def test_the_frozen_guarantee_says_the_shared_weights_saw_public_text_only():
+    from hyperfed.federation.privacy import describe_guarantee
+
+    guarantee = describe_guarantee(_fed(), 2)
+    assert guarantee["guarantee"] == "exact" and "public text only, 2 rounds" in guarantee["text"]
+    assert "public" not in describe_guarantee(replace(_fed(), public_pretrain_rounds=0), 2)["text"]
