@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -254,20 +255,24 @@ def pretraining_text(domains: tuple[str, ...] = tuple(DOMAINS)) -> str:
 PUBLIC_PREFIX = "public/"
 
 
-def public_clients(config: CorpusConfig = CorpusConfig()) -> dict[str, ClientData]:
+def public_clients(config: CorpusConfig = CorpusConfig(), train_kib: float | None = None) -> dict[str, ClientData]:
     """One *public pseudo-client* per pretraining source of ``config.domains``: text no
     client owns, cut like a client's (same tokenizer and block size), for pretraining the
     hypernetwork's shared weights on public data only.
 
     Each takes the last ``train_kib + val_kib`` KiB of its source (validation last, no test
-    split); a shorter source is split in the same train : val proportion. A block whose
+    split; ``train_kib`` defaults to a client's, ``config.train_kib``; ``math.inf``: all of
+    the source before its validation text); a shorter source is split in the same train :
+    val proportion. A block whose
     text also occurs anywhere in a client's source (a repeated sentence of the reference
     docs, a licence's boilerplate) is dropped, and so is a source left without a block in
     each split. Ids are ``public/<domain>/<source>``; the result is the same on every call
     and every machine with the same files.
     """
     tok: ByteTokenizer | HFTokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else ByteTokenizer()
-    train, val = int(config.train_kib * 1024), int(config.val_kib * 1024)
+    train_kib = config.train_kib if train_kib is None else train_kib
+    val = int(config.val_kib * 1024)
+    train = int(min(train_kib * 1024, 2**40))  # inf: every byte there is
     owned = b"\x00".join(
         load().encode("utf-8") for d in config.domains for _, load in DOMAINS[d][0][: config.clients_per_domain]
     )
@@ -276,7 +281,8 @@ def public_clients(config: CorpusConfig = CorpusConfig()) -> dict[str, ClientDat
         for name, load in DOMAINS[domain][1]:
             raw = load().encode("utf-8")
             size = min(len(raw), train + val)
-            n_val = max(1, size * val // (train + val))
+            whole = size == train + val or math.isinf(train_kib)  # else a short source: the same proportion
+            n_val = min(size, val) if whole else max(1, size * val // (train + val))
             parts = (raw[len(raw) - size : len(raw) - n_val], raw[len(raw) - n_val :])
             splits = [_public_blocks(tok, part, config.block_size, owned) for part in parts]
             if all(len(blocks) for blocks in splits):  # else nothing to learn from or select on
@@ -288,7 +294,7 @@ def _public_blocks(
     tokenizer: ByteTokenizer | HFTokenizer, raw: bytes, block_size: int, owned: bytes
 ) -> list[torch.Tensor]:
     """``raw`` cut into blocks, without any block whose bytes occur in ``owned``."""
-    ids = tokenizer.encode(raw.decode("utf-8", "replace"))
+    ids = tokenizer.encode(raw.decode("utf-8", "replace")) if raw else []
     if len(ids) < block_size:
         return []
     blocks = to_blocks(ids, block_size)

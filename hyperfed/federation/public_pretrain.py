@@ -33,7 +33,7 @@ from hyperfed.data.corpus import CorpusConfig, public_clients
 from hyperfed.federation.config import FederationConfig
 from hyperfed.federation.loop import run_rounds
 from hyperfed.federation.methods import make_server
-from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, make_hyperlora_server
+from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome, make_hyperlora_server
 from hypernet import ClientData, HyperLoRA
 
 __all__ = ["PublicPretraining", "pretrain_on_public", "publicly_pretrained", "make_run_server"]
@@ -46,14 +46,15 @@ class PublicPretraining:
     """A generator pretrained on public pseudo-clients, which it no longer holds.
 
     ``mean_embedding``: the mean of the pseudo-clients' final embeddings (public: a start for
-    real clients that depends on none of them); ``val_before`` / ``val_after``: each
-    pseudo-client's validation loss with its generated adapter before and after.
+    real clients that depends on none of them); ``round``: the pretraining round kept
+    (lowest public validation loss; 0 = none helped); ``val_before`` / ``val_after``: each
+    pseudo-client's validation loss with its generated adapter before and at that round.
     """
 
     hypernet: HyperLoRA
     mean_embedding: torch.Tensor
     pseudo_clients: list[str]
-    rounds: int
+    round: int
     seconds: float
     val_before: dict[str, float] = field(default_factory=dict)
     val_after: dict[str, float] = field(default_factory=dict)
@@ -62,10 +63,11 @@ class PublicPretraining:
 def pretrain_on_public(
     peft_model: nn.Module, config: FederationConfig, public: Mapping[str, ClientData], rounds: int | None = None
 ) -> PublicPretraining:
-    """Train a fresh HyperLoRA on ``public`` for ``rounds`` (default
+    """Train a fresh HyperLoRA on ``public`` for up to ``rounds`` (default
     ``config.public_pretrain_rounds``) rounds with the run's local and server settings,
-    every pseudo-client in every round and the shared weights learning; then remove the
-    pseudo-clients. ``peft_model`` is not modified (the rounds train a copy)."""
+    every pseudo-client in every round and the shared weights learning; keep the round (0
+    included) with the lowest mean *public* validation loss, the earliest on a tie; then
+    remove the pseudo-clients. ``peft_model`` is not modified (the rounds train a copy)."""
     from hyperfed.federation.loop import evaluate_all
 
     rounds = config.public_pretrain_rounds if rounds is None else rounds
@@ -75,19 +77,39 @@ def pretrain_on_public(
     server = make_hyperlora_server(model, fed)
     ids = sorted(public)
     before = evaluate_all(server, model, public)
-    log.info("public pretraining: %d pseudo-clients, %d rounds", len(ids), rounds)
+    log.info("public pretraining: %d pseudo-clients, up to %d rounds, val %.4f", len(ids), rounds, _mean(before))
+    best = _Best(before, 0, copy.deepcopy(server.hypernet))
+
+    def keep_best(outcome: RoundOutcome) -> None:
+        losses = evaluate_all(server, model, public)
+        log.info("public pretraining round %d: pseudo-clients' mean val loss %.4f", outcome.round, _mean(losses))
+        if _mean(losses) < _mean(best.losses):
+            best.losses, best.round, best.hypernet = losses, outcome.round, copy.deepcopy(server.hypernet)
+
     if rounds:
-        run_rounds(server, model, public, fed)
-    after = evaluate_all(server, model, public)
-    log.info("public pretraining: pseudo-clients' mean val loss %.4f -> %.4f", _mean(before), _mean(after))
-    hypernet = server.hypernet
+        run_rounds(server, model, public, fed, callback=keep_best)
+    hypernet = best.hypernet
     with torch.no_grad():
         mean = torch.stack([hypernet.client_parameter(c).detach() for c in ids]).mean(0).clone()
     for cid in ids:
-        server.trainer.remove_client(cid)
+        hypernet.remove_client(cid)  # a copy: no optimizer holds its parameters
     seconds = time.perf_counter() - start
-    log.info("public pretraining done in %.1f s", seconds)
-    return PublicPretraining(hypernet, mean, ids, rounds, seconds, before, after)
+    log.info(
+        "public pretraining: kept round %d of %d (val %.4f -> %.4f) in %.1f s",
+        best.round,
+        rounds,
+        _mean(before),
+        _mean(best.losses),
+        seconds,
+    )
+    return PublicPretraining(hypernet, mean, ids, best.round, seconds, before, best.losses)
+
+
+@dataclass
+class _Best:
+    losses: dict[str, float]
+    round: int
+    hypernet: HyperLoRA
 
 
 #: fingerprint → pretraining; a forget report in the process that trained the run reuses it.

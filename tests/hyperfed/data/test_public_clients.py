@@ -34,3 +34,17 @@ def test_public_clients_are_deterministic():
     assert list(first) == list(again)
     for cid in first:
         assert torch.equal(first[cid].train, again[cid].train) and torch.equal(first[cid].val, again[cid].val)
+
+
+def test_a_larger_train_budget_takes_more_of_each_source_and_keeps_the_validation_text():
+    import math
+
+    config = CorpusConfig(domains=("docs", "legal"), train_kib=4, val_kib=1, block_size=64)
+    small, whole = public_clients(config), public_clients(config, train_kib=math.inf)
+    assert set(small) - {f"{PUBLIC_PREFIX}legal/BSD"} <= set(whole)
+    assert (
+        whole[f"{PUBLIC_PREFIX}docs/reference-5of5"].train.shape[0]
+        > 10 * small[f"{PUBLIC_PREFIX}docs/reference-5of5"].train.shape[0]
+    )
+    for cid in whole:
+        assert whole[cid].val.shape[0] <= 1024 // 64

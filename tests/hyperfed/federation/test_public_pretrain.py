@@ -45,7 +45,8 @@ def test_pretraining_moves_the_shared_weights_and_drops_every_pseudo_client(tiny
     assert pre.hypernet.client_ids == [] and pre.hypernet.residual_parameters() == []
     assert not any(k for k in pre.hypernet.state_dict() if "vectors." in k or "residuals." in k)
     assert pre.mean_embedding.shape == (fresh.clients.dim,)
-    assert all(not torch.isnan(torch.tensor(v)) for v in pre.val_after.values())
+    # the kept round is the best on the pseudo-clients' own validation text, round 0 included
+    assert 1 <= pre.round <= 2 and sum(pre.val_after.values()) < sum(pre.val_before.values())
     again = pp.pretrain_on_public(tiny_peft, _fed(), public)  # deterministic given the seed
     mine, theirs = pre.hypernet.state_dict(), again.hypernet.state_dict()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine) and torch.equal(pre.mean_embedding, again.mean_embedding)
