@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -119,11 +120,13 @@ _CACHE_SIZE = 2
 
 def publicly_pretrained(peft_model: nn.Module, config: FederationConfig, corpus: CorpusConfig) -> PublicPretraining:
     """:func:`pretrain_on_public` on :func:`~hyperfed.data.corpus.public_clients` of
-    ``corpus``; the same (config, corpus, base weights) in one process is trained once and
-    handed out as copies."""
+    ``corpus``, each pseudo-client with *all* of its source (public text is plentiful; cut to
+    a client's budget they overfit within a few rounds: measured on the demo corpus, their
+    validation loss rose from round 0 on); the same (config, corpus, base weights) in one
+    process is trained once and handed out as copies."""
     key = _fingerprint(peft_model, config, corpus)
     if key not in _CACHE:
-        _CACHE[key] = pretrain_on_public(peft_model, config, public_clients(corpus))
+        _CACHE[key] = pretrain_on_public(peft_model, config, public_clients(corpus, train_kib=math.inf))
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     else:
