@@ -35,7 +35,8 @@ import torch
 from hyperfed.base_model import load_or_build_base_model
 from hyperfed.config import RunConfig
 from hyperfed.data.corpus import FederatedCorpus, build_corpus
-from hyperfed.federation import Evaluation, evaluate_all_splits, make_server, method_label, run_rounds
+from hyperfed.federation import Evaluation, evaluate_all_splits, method_label, run_rounds
+from hyperfed.federation.public_pretrain import make_run_server
 from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.lock import run_lock
@@ -215,7 +216,7 @@ def run_method(
     config = config.with_method(method)
     fed = config.federation
     peft_model = add_lora(copy.deepcopy(base_model), rank=fed.lora_rank, seed=fed.seed)
-    server = make_server(method, peft_model, fed)
+    server = make_run_server(method, peft_model, fed, config.corpus)  # publicly pretrained if asked
     server.register(corpus.client_ids)
     recorder = None
     if run_dir is not None and isinstance(server, HyperLoRAServer):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,8 @@ __all__ = [
     "split_ranges",
     "corpus_canaries",
     "pretraining_text",
+    "public_clients",
+    "PUBLIC_PREFIX",
     "DOMAINS",
 ]
 
@@ -246,6 +249,58 @@ def pretraining_text(domains: tuple[str, ...] = tuple(DOMAINS)) -> str:
     ask for it.
     """
     return "\n".join(load() for domain in domains for _, load in DOMAINS[domain][1])
+
+
+#: Id prefix of the public pseudo-clients (:func:`public_clients`); no real client id has it.
+PUBLIC_PREFIX = "public/"
+
+
+def public_clients(config: CorpusConfig = CorpusConfig(), train_kib: float | None = None) -> dict[str, ClientData]:
+    """One *public pseudo-client* per pretraining source of ``config.domains``: text no
+    client owns, cut like a client's (same tokenizer and block size), for pretraining the
+    hypernetwork's shared weights on public data only.
+
+    Each takes the last ``train_kib + val_kib`` KiB of its source (validation last, no test
+    split; ``train_kib`` defaults to a client's, ``config.train_kib``; ``math.inf``: all of
+    the source before its validation text); a shorter source is split in the same train :
+    val proportion. A block whose
+    text also occurs anywhere in a client's source (a repeated sentence of the reference
+    docs, a licence's boilerplate) is dropped, and so is a source left without a block in
+    each split. Ids are ``public/<domain>/<source>``; the result is the same on every call
+    and every machine with the same files.
+    """
+    tok: ByteTokenizer | HFTokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else ByteTokenizer()
+    train_kib = config.train_kib if train_kib is None else train_kib
+    val = int(config.val_kib * 1024)
+    train = int(min(train_kib * 1024, 2**40))  # inf: every byte there is
+    owned = b"\x00".join(
+        load().encode("utf-8") for d in config.domains for _, load in DOMAINS[d][0][: config.clients_per_domain]
+    )
+    out: dict[str, ClientData] = {}
+    for domain in config.domains:
+        for name, load in DOMAINS[domain][1]:
+            raw = load().encode("utf-8")
+            size = min(len(raw), train + val)
+            whole = size == train + val or math.isinf(train_kib)  # else a short source: the same proportion
+            n_val = min(size, val) if whole else max(1, size * val // (train + val))
+            parts = (raw[len(raw) - size : len(raw) - n_val], raw[len(raw) - n_val :])
+            splits = [_public_blocks(tok, part, config.block_size, owned) for part in parts]
+            if all(len(blocks) for blocks in splits):  # else nothing to learn from or select on
+                out[f"{PUBLIC_PREFIX}{domain}/{name}"] = ClientData(*(torch.stack(b) for b in splits))
+    return out
+
+
+def _public_blocks(
+    tokenizer: ByteTokenizer | HFTokenizer, raw: bytes, block_size: int, owned: bytes
+) -> list[torch.Tensor]:
+    """``raw`` cut into blocks, without any block whose bytes occur in ``owned``."""
+    ids = tokenizer.encode(raw.decode("utf-8", "replace")) if raw else []
+    if len(ids) < block_size:
+        return []
+    blocks = to_blocks(ids, block_size)
+    if isinstance(tokenizer, ByteTokenizer):
+        return [b for b in blocks if bytes(b.tolist()) not in owned]
+    return [b for b in blocks if tokenizer.decode(b.tolist()).encode("utf-8") not in owned]
 
 
 def pretrain_blocks(text: str, block_size: int) -> torch.Tensor:

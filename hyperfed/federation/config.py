@@ -66,6 +66,11 @@ class FederationConfig:
         expected number of clients per round (``sample_rate`` × registered clients).
     dp_noise_multiplier, dp_clip, dp_delta: the ``dp`` policy's noise multiplier z, clipping
         norm C and the δ at which ε is reported (:mod:`hyperfed.federation.privacy`).
+    public_pretrain_rounds: before the federation, a HyperLoRA run trains its hypernetwork
+        (shared weights included) this many rounds on public pseudo-clients cut from the
+        corpus's pretraining text, then drops them
+        (:mod:`hyperfed.federation.public_pretrain`); ``0``: no public pretraining. Under
+        ``frozen`` the shared weights are then public-only: delete stays exact.
     local: the client's LoRA fine-tuning per round (its ``seed`` is set from ``seed``).
     server: the hypernetwork's optimisation (pFedHN update; its ``seed`` is set from ``seed``).
     """
@@ -82,6 +87,7 @@ class FederationConfig:
     dp_noise_multiplier: float = 1.0
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
+    public_pretrain_rounds: int = 0
     local: LocalTrainConfig = field(default_factory=_default_local)
     server: TrainerConfig = field(default_factory=_default_server)
 
@@ -113,6 +119,12 @@ class FederationConfig:
             raise ConfigError(f"FederationConfig.dp_clip must be > 0, got {self.dp_clip!r}")
         if not 0.0 < self.dp_delta < 1.0:
             raise ConfigError(f"FederationConfig.dp_delta must be in (0, 1), got {self.dp_delta!r}")
+        if isinstance(self.public_pretrain_rounds, bool) or not (
+            isinstance(self.public_pretrain_rounds, int) and self.public_pretrain_rounds >= 0
+        ):
+            raise ConfigError(
+                f"FederationConfig.public_pretrain_rounds must be an int >= 0, got {self.public_pretrain_rounds!r}"
+            )
         if self.local.steps <= 0:
             raise ConfigError(f"FederationConfig.local.steps must be > 0, got {self.local.steps!r}")
         # One seed for the whole tree (frozen dataclass: set through object.__setattr__).

@@ -89,12 +89,17 @@ def describe_guarantee(fed: FederationConfig, rounds: int) -> dict[str, Any]:
     """
     policy = fed.shared_policy
     if policy == "frozen":
+        public = (
+            f" (they were pretrained on public text only, {fed.public_pretrain_rounds} rounds before any client)"
+            if fed.public_pretrain_rounds
+            else ""
+        )
         return {
             "policy": policy,
             "guarantee": "exact",
             "epsilon": 0.0,
             "delta": 0.0,
-            "text": "exact: the shared weights never learned from a client during the federation "
+            "text": f"exact: the shared weights never learned from a client during the federation{public} "
             "(their hash is the one committed at registration); delete removes all client-owned state",
         }
     if policy == "dp":

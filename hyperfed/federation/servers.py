@@ -247,6 +247,9 @@ class HyperLoRAServer(AdapterServer):
     reply, ``"frozen"`` never (only embeddings and residuals move), ``"dp"`` from clipped
     per-client contributions plus Gaussian noise (:mod:`hyperfed.federation.privacy`; the
     noise comes from ``noise_generator``, by default seeded from the OS's secure randomness).
+    A client registered later starts from ``initial_embedding`` if given (it must not depend
+    on any client: e.g. the mean of public pseudo-clients' embeddings), else from its own
+    seeded random vector.
     """
 
     method = "hyperlora"
@@ -257,10 +260,12 @@ class HyperLoRAServer(AdapterServer):
         peft_model: nn.Module,
         config: FederationConfig,
         noise_generator: torch.Generator | None = None,
+        initial_embedding: torch.Tensor | None = None,
     ) -> None:
         super().__init__(hypernet.spec, config)
         self.trainer = HypernetTrainer(hypernet, peft_model, config.server)
         self.noise_generator = noise_generator
+        self.initial_embedding = None if initial_embedding is None else initial_embedding.detach().clone()
 
     @property
     def hypernet(self) -> HyperLoRA:
@@ -269,7 +274,7 @@ class HyperLoRAServer(AdapterServer):
     def register(self, client_ids: Sequence[str]) -> list[str]:
         new = [cid for cid in client_ids if cid not in self.hypernet.clients]
         for cid in new:
-            self.trainer.add_client(cid)
+            self.trainer.add_client(cid, self.initial_embedding)
         return new
 
     @torch.no_grad()
@@ -357,14 +362,18 @@ class LocalOnlyServer(AdapterServer):
 
 
 def make_hyperlora_server(
-    peft_model: nn.Module, config: FederationConfig, hypernet: HyperLoRA | None = None
+    peft_model: nn.Module,
+    config: FederationConfig,
+    hypernet: HyperLoRA | None = None,
+    initial_embedding: torch.Tensor | None = None,
 ) -> HyperLoRAServer:
     """A hypernetwork (``config.generator``, a tag of :data:`hypernet.GENERATORS`) on
-    ``peft_model``'s LoRA targets, or around an existing ``hypernet``."""
+    ``peft_model``'s LoRA targets, or around an existing ``hypernet``; new clients start
+    from ``initial_embedding`` if given."""
     if hypernet is None:
         settings = {"seed": config.seed, "client_residual": config.client_residual}
         hypernet = generator_class(config.generator).from_peft_model(peft_model, settings)
-    return HyperLoRAServer(hypernet, peft_model, config)
+    return HyperLoRAServer(hypernet, peft_model, config, initial_embedding=initial_embedding)
 
 
 def make_fedavg_server(peft_model: nn.Module, config: FederationConfig) -> FedAvgLoRAServer:

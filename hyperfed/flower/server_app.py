@@ -19,7 +19,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from hyperfed.config import RunConfig, RunConfigValue
-from hyperfed.federation import AdapterServer, RoundOutcome, make_server
+from hyperfed.federation import AdapterServer, RoundOutcome
+from hyperfed.federation.public_pretrain import make_run_server
 from hyperfed.flower.cache import build_peft_model
 from hyperfed.flower.strategy import AdapterStrategy, run_strategy
 from hypernet.atomic import atomic_write_text
@@ -36,14 +37,15 @@ FinishHook = Callable[[AdapterServer, AdapterStrategy, Path, RunConfig], Any]
 def build_strategy(
     config: RunConfig, server: AdapterServer | None = None, on_round: Callable[[RoundOutcome], None] | None = None
 ) -> AdapterStrategy:
-    """The strategy for ``config``, holding ``server`` or a fresh one from :func:`make_server`.
+    """The strategy for ``config``, holding ``server`` or a fresh one from
+    :func:`~hyperfed.federation.public_pretrain.make_run_server` (publicly pretrained if asked).
 
     A fresh server starts from the cached base model with LoRA of rank
     ``config.federation.lora_rank`` (the same layout every ClientApp builds).
     """
     if server is None:
         peft_model = build_peft_model(config.base_model, config.federation.lora_rank)
-        server = make_server(config.federation.method, peft_model, config.federation)
+        server = make_run_server(config.federation.method, peft_model, config.federation, config.corpus)
     return AdapterStrategy(
         server, min_nodes=config.min_nodes, evaluate_every=config.evaluation.every, on_round=on_round
     )
@@ -93,9 +95,8 @@ def _run_recorded(grid: Grid, config: RunConfig, run_dir: Any) -> AdapterStrateg
         return run_server(grid, config)
     from hyperfed.rundir.recorder import RunRecorder
 
-    server = make_server(
-        "hyperlora", build_peft_model(config.base_model, config.federation.lora_rank), config.federation
-    )
+    peft_model = build_peft_model(config.base_model, config.federation.lora_rank)
+    server = make_run_server("hyperlora", peft_model, config.federation, config.corpus)
     with RunRecorder.open(run_dir, config.ledger.url or None, writer_msp=config.ledger.writer_msp) as recorder:
         recorder.record_checkpoint(0, server.hypernet, server.trainer)
         return run_server(grid, config, server, on_round=recorder.round_callback(server))

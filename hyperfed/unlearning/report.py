@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 
 from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, corpus_canaries
-from hyperfed.federation import make_server, run_rounds
+from hyperfed.federation import run_rounds
+from hyperfed.federation.public_pretrain import make_run_server
 from hyperfed.rundir import RunDirectory
 from hyperfed.unlearning.attack import adapter_from_embedding, embedding_recovery_attack
 from hyperfed.unlearning.canaries import mean_exposure
@@ -194,7 +195,7 @@ def forget_and_verify(
     # the gold standard: the same run, trained without the client from the start
     start = time.perf_counter()
     gold_model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
-    gold = make_server("hyperlora", gold_model, fed)
+    gold = make_run_server("hyperlora", gold_model, fed, config.corpus)  # the run's public pretraining too
     run_rounds(gold, gold_model, measure.others, fed)
     retrain_s = time.perf_counter() - start
 
