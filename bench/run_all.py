@@ -104,7 +104,8 @@ def render(results: Path, timings: dict[str, float]) -> str:
             f"seeds {setup['seeds']}; budget {setup['rounds']} rounds × {setup['local_steps']} local steps × "
             f"{setup['clients']} clients at sample rate {setup['sample_rate']} for every method (FedAvg-LoRA+FT: "
             f"plus ≤ {setup['fedavg_ft_extra_steps_at_evaluation']} fine-tuning steps per client at evaluation); "
-            f"engine {setup['engine']}; HyperLoRA's shared weights {setup.get('hyperlora_policy', 'shared')!r}. Test loss (nats/byte): mean ± std over seeds of the mean over clients; "
+            f"engine {setup['engine']}; HyperLoRA's shared weights {setup.get('hyperlora_policy', 'shared')!r}. "
+            "Test loss (nats/byte): mean ± std over seeds of the mean over clients; "
             "clients_won = clients on which the method's test loss (mean over seeds) is the lowest.\n\n"
         )
         if not pers.get("complete", True):
