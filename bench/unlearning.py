@@ -107,7 +107,7 @@ def efficacy_rows(report: VerificationReport) -> list[dict]:
             "system": r.name,
             "exposure_bits": r.exposure_bits,
             "excess_removed": excess(r.name),
-            "mia_auc": r.mia_auc,
+            "mia_auc": r.mia_auc if r.mia_auc is not None else "",
             "client_loss": r.forgotten_loss,
             "retained_loss": r.retained_loss if r.retained_loss is not None else "",
             "seconds": r.seconds if r.seconds is not None else "",

@@ -23,8 +23,10 @@ The report also states the run's shared-weight policy and the guarantee it gives
 
 Columns: canary exposure (bits; Carlini et al.), loss-threshold membership AUC on the
 client's train vs held-out blocks (tie-safe, 0.5 = chance; each block's loss is calibrated
-by the base model's loss on it, so the base row is exactly 0.5), the client's held-out loss,
-the retained clients' mean held-out loss, and wall time (forget vs retrain).
+by the base model's loss on it, so the base row is exactly 0.5; none for an attack row: the
+attack is fitted on those held-out blocks, which would then look like members), the client's
+held-out loss (for an attack row: on the text it was fitted on), the retained clients' mean
+held-out loss, and wall time (forget vs retrain).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ EXCESS_EPSILON_BITS = 0.05
 class VerificationRow:
     name: str
     exposure_bits: float | None
-    mia_auc: float
+    mia_auc: float | None  # None for an attack row (fitted on the held-out blocks)
     forgotten_loss: float
     retained_loss: float | None
     seconds: float | None = None
@@ -130,6 +132,7 @@ class _Measure:
         hypernet: HyperLoRA | None,
         seconds: float | None = None,
         retained_base: bool = False,
+        membership: bool = True,
     ) -> VerificationRow:
         exposure = (
             mean_exposure(self.model, adapter, self.canaries, self.num_candidates, seed=0) if self.canaries else None
@@ -137,9 +140,11 @@ class _Measure:
         # Reference-calibrated scores (loss minus the base model's loss on the same block):
         # a client's train and held-out text come from different parts of its source, and
         # raw losses would mistake that shift for membership. 0.5 = chance.
-        members = block_losses(self.model, adapter, self.data.train) - self.base_train
-        nonmembers = block_losses(self.model, adapter, self.data.val) - self.base_val
-        auc = membership_auc(members, nonmembers)
+        auc = None
+        if membership:
+            members = block_losses(self.model, adapter, self.data.train) - self.base_train
+            nonmembers = block_losses(self.model, adapter, self.data.val) - self.base_val
+            auc = membership_auc(members, nonmembers)
         retained = None
         if hypernet is not None:
             with torch.no_grad():
@@ -149,7 +154,7 @@ class _Measure:
         elif retained_base:
             retained = sum(self._per_byte(c, None, d.val) for c, d in self.others.items()) / len(self.others)
         forgotten = self._per_byte(self.client_id, adapter, self.data.val)
-        log.info("%s: exposure %s, AUC %.3f, loss %.4f", name, exposure, auc, forgotten)
+        log.info("%s: exposure %s, AUC %s, loss %.4f", name, exposure, auc, forgotten)
         return VerificationRow(name, exposure, auc, forgotten, retained, seconds)
 
     def _per_byte(self, client_id: str, adapter: Mapping[str, torch.Tensor] | None, blocks: torch.Tensor) -> float:
@@ -216,11 +221,11 @@ def forget_and_verify(
     attacked["retrain"] = gold.hypernet
     for name, target in attacked.items():
         emb = embedding_recovery_attack(target, model, measure.data.val, steps=attack_steps, seed=0)
-        rows.append(measure.row(f"attack on {name}", adapter_from_embedding(target, emb), None))
+        rows.append(measure.row(f"attack on {name}", adapter_from_embedding(target, emb), None, membership=False))
     prefixes = [c.format.prefix for c in measure.canaries]
     for name, target in attacked.items():
         adapter = residual_recovery_attack(target, model, measure.data.val, prefixes, steps=attack_steps, seed=0)
-        rows.append(measure.row(f"strong attack on {name}", adapter, None))
+        rows.append(measure.row(f"strong attack on {name}", adapter, None, membership=False))
 
     report = VerificationReport(
         client_id,
@@ -331,7 +336,7 @@ def plot_report(report: VerificationReport, path: Path) -> Path:
     axes = fig.subplots(1, 4)
     series = [
         ("canary exposure (bits)", [r.exposure_bits or 0.0 for r in report.rows]),
-        ("membership AUC (0.5 = chance)", [r.mia_auc for r in report.rows]),
+        ("membership AUC (0.5 = chance)", [math.nan if r.mia_auc is None else r.mia_auc for r in report.rows]),
         ("forgotten client's loss (nats/byte)", [r.forgotten_loss for r in report.rows]),
     ]
     for ax, (title, values) in zip(axes[:3], series, strict=True):

@@ -67,7 +67,10 @@ def test_report_compares_modes_with_retraining_and_the_base_model(tmp_path, monk
         "strong attack on retrain",
     ]
     for row in report.rows:
-        assert 0.0 <= row.mia_auc <= 1.0
+        if "attack" in row.name:  # fitted on the held-out blocks: no membership score
+            assert row.mia_auc is None
+        else:
+            assert row.mia_auc is not None and 0.0 <= row.mia_auc <= 1.0
         assert row.exposure_bits is not None and 0.0 <= row.exposure_bits <= report.exposure_ceiling_bits + 1e-9
     assert report.row("base model").mia_auc == 0.5  # calibrated by the base model itself: chance
     assert report.row("after delete").retained_loss is not None and report.row("after delete").seconds > 0
