@@ -152,7 +152,7 @@ def instrumented(clock: PhaseClock) -> Iterator[None]:
     for name in ("open", "record_round", "record_checkpoint", "close"):
         _wrap(clock, RunRecorder, name, "record/other", patches)
     _wrap(clock, experiment, "add_lora", "setup", patches)
-    _wrap(clock, experiment, "make_server", "setup", patches)
+    _wrap(clock, experiment, "make_run_server", "setup", patches)  # incl. any public pretraining
     _wrap(clock, os, "fsync", "record/fsync", patches)
     try:
         yield
