@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hyperfed.errors import CorruptFileError
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.fingerprints import POLICY_KEY, read_checkpoint_tensors, run_policy
-from hypernet.io import read_meta
+from hypernet.io import HYPERNET_META, read_meta
 
 if TYPE_CHECKING:
     from hyperfed.ledger.client import Ledger
@@ -84,7 +84,7 @@ def check_shared_policy(audit: AuditContext, ledger: Ledger) -> None:
         audit.add(
             "policy",
             "mismatch",
-            run_dir.checkpoint_dir(round_) / "hypernet.json",
+            run_dir.checkpoint_dir(round_) / HYPERNET_META,
             f"run.json states policy {stated}, the checkpoint recorded {policy}",
         )
     if recorded and not differ:

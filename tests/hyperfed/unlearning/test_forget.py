@@ -178,16 +178,20 @@ def test_crash_after_any_step_then_retry_completes(recorded, tmp_path, crash_aft
     assert all(torch.equal(a["ckpt"][k], b["ckpt"][k]) for k in a["ckpt"])
 
 
-def test_process_killed_mid_forget_is_completed_by_the_next_call(run):
-    victim = read_meta(run.checkpoint_dir(4))["client_ids"][3]
-    code = f"""
+#: a forget in a child process that dies (exit code 9) right after the purge_adapters step
+_KILLED_AT_PURGE_ADAPTERS = """
 import os
 from hyperfed.unlearning.forget import forget_client
 def die(step):
     if step == "purge_adapters":
         os._exit(9)
-forget_client({str(run.root)!r}, {victim!r}, "delete", after_step=die)
+forget_client({root!r}, {victim!r}, "delete", after_step=die)
 """
+
+
+def test_process_killed_mid_forget_is_completed_by_the_next_call(run):
+    victim = read_meta(run.checkpoint_dir(4))["client_ids"][3]
+    code = _KILLED_AT_PURGE_ADAPTERS.format(root=str(run.root), victim=victim)
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ}, capture_output=True, timeout=300)
     assert proc.returncode == 9, proc.stderr.decode()[-2000:]
     assert (run.root / JOURNAL).exists()
