@@ -211,8 +211,10 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
     result: ForgetResult | None
     if args.resume:
-        if args.verify or args.compare:
-            raise _usage("--resume finishes a pending forget; it takes no --verify or --compare")
+        if args.verify or args.compare or args.superlink:
+            raise _usage(
+                "--resume finishes a pending forget as it was started; it takes no --verify, --compare or --superlink"
+            )
         pending = pending_forget(args.run_dir)
         if pending is not None and args.client_id not in (None, pending["client_id"]):
             raise _usage(f"the pending forget is of {pending['client_id']!r}, not {args.client_id!r}")
@@ -225,7 +227,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     elif args.verify:
         return _forget_and_report(args.run_dir, args.client_id, args.mode, tuple(args.compare or ()))
     else:
-        result = forget_client(args.run_dir, args.client_id, args.mode)
+        if args.superlink and args.mode != "exact":
+            raise _usage("--superlink drives an exact forget's replay: use it with --mode exact")
+        result = forget_client(args.run_dir, args.client_id, args.mode, superlink=args.superlink)
     print(
         f"forgot {result.client_id!r} ({result.mode}) in {result.seconds:.2f} s; "
         f"{len(result.remaining_clients)} clients remain; ledger: {result.ledger_status}"
@@ -316,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(FORGET_MODES),
         default="delete",
         help="; ".join(f"{name}: {mode.summary}" for name, mode in FORGET_MODES.items()),
+    )
+    forget.add_argument(
+        "--superlink",
+        default=None,
+        metavar="HOST:PORT",
+        help="--mode exact on a deployment's run: replay as a `flwr run` on this SuperLink (Control API), "
+        "where the remaining clients' SuperNodes are connected",
     )
     forget.add_argument("--verify", action="store_true", help="measure the forget against retraining (simulation runs)")
     forget.add_argument(

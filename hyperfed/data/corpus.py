@@ -107,7 +107,12 @@ class CorpusConfig:
     Attributes
     ----------
     domains: domains to draw clients from (see :data:`DOMAINS`).
-    clients_per_domain: clients taken from each domain (at most 4).
+    clients_per_domain: sources taken from each domain (at most 4).
+    shards: clients cut from each source (many clients with little data each, e.g. for the
+        ``dp`` policy): shard k takes the k-th run of ``train_kib + val_kib + test_kib`` KiB
+        counted from the end of the source and is split like a whole client; ids are
+        ``<domain>/<source>.<k>`` (1-based, zero-padded). ``1``: one client per source,
+        id ``<domain>/<source>``.
     train_kib, val_kib, test_kib: KiB of train, validation and test text per client. The
         test text is the very end of the source, validation comes just before it and train
         before that, so the three never share a byte. Validation selects (early-stopping
@@ -125,6 +130,7 @@ class CorpusConfig:
 
     domains: tuple[str, ...] = ("code", "docs", "legal")
     clients_per_domain: int = 3
+    shards: int = 1
     train_kib: float = 16
     val_kib: float = 3
     test_kib: float = 3
@@ -141,6 +147,8 @@ class CorpusConfig:
             raise ConfigError(f"CorpusConfig.domains: unknown {unknown}; choose from {sorted(DOMAINS)}")
         if not 1 <= self.clients_per_domain <= 4:
             raise ConfigError(f"CorpusConfig.clients_per_domain must be 1..4, got {self.clients_per_domain}")
+        if isinstance(self.shards, bool) or not (isinstance(self.shards, int) and self.shards >= 1):
+            raise ConfigError(f"CorpusConfig.shards must be an int >= 1, got {self.shards!r}")
         if not (self.train_kib > 0 and self.val_kib > 0 and self.test_kib >= 0 and self.block_size > 1):
             raise ConfigError(
                 f"CorpusConfig needs train_kib, val_kib > 0, test_kib >= 0 and block_size > 1, got {self}"
@@ -190,30 +198,38 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
         client_sources, pretrain_sources = DOMAINS[domain]
         for name, load in client_sources[: config.clients_per_domain]:
             raw = load().encode("utf-8")
-            if len(raw) < total:
+            if len(raw) < total * config.shards:
                 raise ConfigError(
                     f"{domain}/{name} has {len(raw) // 1024} KiB of text, fewer than the "
-                    f"{config.train_kib + config.val_kib + config.test_kib} KiB asked for; "
-                    "lower train_kib/val_kib/test_kib"
+                    f"{config.shards} × {config.train_kib + config.val_kib + config.test_kib} KiB asked for; "
+                    "lower train_kib/val_kib/test_kib or shards"
                 )
-            parts = {split: raw[len(raw) + start : len(raw) + stop] for split, (start, stop) in ranges.items()}
-            blocks = {
-                split: to_blocks(tok.encode(part.decode("utf-8", "replace")), config.block_size)
-                for split, part in parts.items()
-            }
-            cid = f"{domain}/{name}"
-            clients[cid] = ClientData(**blocks)
-            domain_of[cid] = domain
-            if isinstance(tok, HFTokenizer):
-                factors[cid] = tokens_per_byte(clients[cid].val, tok)
-                if clients[cid].test is not None:
-                    test_factors[cid] = tokens_per_byte(clients[cid].test, tok)
-            manifest[cid] = hashlib.sha256(b"\x00".join(parts.values())).hexdigest()
+            for shard in range(config.shards):
+                end = len(raw) - shard * total
+                parts = {split: raw[end + start : end + stop] for split, (start, stop) in ranges.items()}
+                cid = _client_id(domain, name, shard, config.shards)
+                clients[cid] = ClientData(
+                    **{
+                        split: to_blocks(tok.encode(part.decode("utf-8", "replace")), config.block_size)
+                        for split, part in parts.items()
+                    }
+                )
+                domain_of[cid] = domain
+                if isinstance(tok, HFTokenizer):
+                    factors[cid] = tokens_per_byte(clients[cid].val, tok)
+                    if clients[cid].test is not None:
+                        test_factors[cid] = tokens_per_byte(clients[cid].test, tok)
+                manifest[cid] = hashlib.sha256(b"\x00".join(parts.values())).hexdigest()
     if not clients:
         raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
     if config.canary_client:
         _plant(clients, config, tok)
     return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest, factors, test_factors)
+
+
+def _client_id(domain: str, source: str, shard: int, shards: int) -> str:
+    """``<domain>/<source>``, or ``<domain>/<source>.<k>`` for shard k (1-based) of several."""
+    return f"{domain}/{source}" if shards == 1 else f"{domain}/{source}.{shard + 1:0{len(str(shards))}d}"
 
 
 def split_ranges(config: CorpusConfig) -> dict[str, tuple[int, int]]:

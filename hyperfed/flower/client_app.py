@@ -37,7 +37,8 @@ _STATE_DATA = "hyperfed.client-data"
 
 
 def _run_config(context: Context, defaults: Mapping[str, RunConfigValue]) -> RunConfig:
-    return RunConfig.from_run_config({**defaults, **context.run_config})
+    run_config, _ = keys.split_replay_keys({**defaults, **context.run_config})  # a replay is the server's business
+    return RunConfig.from_run_config(run_config)
 
 
 def _state_tag(config: RunConfig) -> str:

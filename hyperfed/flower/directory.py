@@ -44,10 +44,14 @@ class ClientDirectory:
     ----------
     timeout
         Seconds to wait for handshake answers.
+    only
+        If given, the only client ids that take part (an exact forget's replay: the clients
+        left); a node claiming another id is logged and never asked again.
     """
 
-    def __init__(self, timeout: float = 3600.0) -> None:
+    def __init__(self, timeout: float = 3600.0, only: Iterable[str] | None = None) -> None:
         self.timeout = timeout
+        self.only = None if only is None else frozenset(only)
         self.node_of: dict[str, int] = {}  # user client id → Flower node id
         self.client_of: dict[int, str] = {}  # Flower node id → user client id
         self._failed: set[int] = set()  # nodes that failed the handshake: not asked again
@@ -79,6 +83,10 @@ class ClientDirectory:
         self._failed |= set(new) - set(found)
         added = []
         for node, client_id in sorted(found.items()):
+            if self.only is not None and client_id not in self.only:
+                log.warning("node %d is client %r, which takes no part in this run; ignoring it", node, client_id)
+                self._failed.add(node)
+                continue
             old = self.node_of.get(client_id)
             if old is not None and old in present:
                 log.error("nodes %d and %d both claim client id %r; ignoring node %d", old, node, client_id, node)
@@ -93,7 +101,13 @@ class ClientDirectory:
         log.info("handshake: %d new clients, %d known", len(added), len(self.node_of))
         return sorted(added)
 
-    def require_clients(self) -> None:
-        """Raise :class:`ClientIdentityError` if no node identified itself."""
+    def require_clients(self, required: Iterable[str] = ()) -> None:
+        """Raise :class:`ClientIdentityError` if no node identified itself, or if one of
+        ``required`` did not."""
         if not self.node_of:
             raise ClientIdentityError("no node answered the client-id handshake; see the warnings above")
+        missing = sorted(set(required) - set(self.node_of))
+        if missing:
+            raise ClientIdentityError(
+                f"{len(missing)} required clients did not connect and identify themselves: {missing}"
+            )

@@ -72,12 +72,13 @@ class FlowerRunResult:
         return self.run_dir / "logs"
 
 
-def write_run_config(config: RunConfig, path: Path) -> Path:
-    """Write ``config`` as the TOML file ``flwr run --run-config`` takes."""
+def write_run_config(config: RunConfig, path: Path, extra: Mapping[str, RunConfigValue] | None = None) -> Path:
+    """Write ``config`` (and ``extra`` keys, e.g. :data:`~hyperfed.flower.keys.REPLAY_DEFAULTS`'
+    ones) as the TOML file ``flwr run --run-config`` takes."""
     import tomli_w  # a dependency of flwr's CLI
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(config.to_run_config()))
+    path.write_text(tomli_w.dumps({**config.to_run_config(), **(extra or {})}))
     return path
 
 

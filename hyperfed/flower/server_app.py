@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from hyperfed.config import RunConfig, RunConfigValue
 from hyperfed.federation import AdapterServer, RoundOutcome
 from hyperfed.federation.public_pretrain import make_run_server
+from hyperfed.flower import keys
 from hyperfed.flower.cache import build_peft_model
 from hyperfed.flower.strategy import AdapterStrategy, run_strategy
 from hypernet.atomic import atomic_write_text
@@ -163,7 +164,14 @@ def build_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         _show_logs_with_flower()
-        config = RunConfig.from_run_config({**defaults, **context.run_config})
+        run_config, replay = keys.split_replay_keys({**defaults, **context.run_config})
+        config = RunConfig.from_run_config(run_config)
+        if replay is not None:  # an exact forget's replay: hyperfed.flower.replay
+            from hyperfed.flower.replay import serve_replay
+
+            log.info("HyperFed ServerApp: replaying without %r from round %d", *replay)
+            serve_replay(grid, config, *replay)
+            return
         log.info("HyperFed ServerApp: method %s, %d rounds", config.federation.method, config.federation.rounds)
         if config.run_dir:
             from hyperfed.rundir.lock import run_lock

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -56,6 +56,10 @@ class AdapterStrategy(FedAvg):
     on_round
         Called with each round's :class:`~hyperfed.federation.RoundOutcome` once the server
         has learned from it (recording, progress).
+    first_round
+        The run's round that Flower's round 1 is (an exact forget's replay resumes a run at
+        its client's first round): sampling, client seeds, history and ``on_round`` all see
+        the run's own round numbers, ``first_round .. server.config.rounds``.
 
     Attributes
     ----------
@@ -71,7 +75,10 @@ class AdapterStrategy(FedAvg):
         min_nodes: int = 1,
         evaluate_every: int = 1,
         on_round: Callable[[RoundOutcome], None] | None = None,
+        first_round: int = 1,
     ) -> None:
+        if not 1 <= first_round <= server.config.rounds:
+            raise ValueError(f"first_round must be in 1..{server.config.rounds}, got {first_round}")
         super().__init__(
             min_train_nodes=0,
             min_evaluate_nodes=0,
@@ -81,15 +88,21 @@ class AdapterStrategy(FedAvg):
             configrecord_key=keys.CONFIG,
         )
         self.server = server
-        self.directory = directory or ClientDirectory()
+        self.directory = directory if directory is not None else ClientDirectory()  # an empty one is falsy
         self.evaluate_every = evaluate_every
         self.on_round = on_round
+        self.first_round = first_round
         self.history = FlowerHistory()
         self._round_started: dict[int, float] = {}
 
     @property
     def num_rounds(self) -> int:
-        return self.server.config.rounds
+        """Rounds Flower runs: the run's rounds from :attr:`first_round` on."""
+        return self.server.config.rounds - self.first_round + 1
+
+    def run_round(self, flower_round: int) -> int:
+        """The run's round number of Flower's round ``flower_round``."""
+        return flower_round + self.first_round - 1
 
     def identify_new_nodes(self, grid: Grid) -> list[str]:
         """Handshake with new nodes and register their clients on the server."""
@@ -103,6 +116,7 @@ class AdapterStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One message per sampled client, each with that client's own adapter."""
+        server_round = self.run_round(server_round)
         self._round_started[server_round] = time.perf_counter()
         self.identify_new_nodes(grid)
         ids = self.directory.client_ids()  # id order: independent of node ids and arrival order
@@ -120,6 +134,7 @@ class AdapterStrategy(FedAvg):
         Returns ``(arrays, metrics)``: ``arrays`` is the new shared adapter for FedAvg-LoRA
         and ``None`` for the personalised methods (nothing global to publish).
         """
+        server_round = self.run_round(server_round)
         sampled = self.history.sampled.get(server_round, [])
         received: dict[str, Reply] = {}
         rejected: dict[str, str] = {}
@@ -171,7 +186,8 @@ class AdapterStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Every connected client gets the adapter the server would give it now."""
-        last = server_round == self.num_rounds
+        server_round = self.run_round(server_round)
+        last = server_round == self.server.config.rounds
         periodic = self.evaluate_every > 0 and server_round % self.evaluate_every == 0
         if not (last or periodic):
             return []
@@ -185,6 +201,10 @@ class AdapterStrategy(FedAvg):
         )
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Flower's hook: :meth:`record_evaluation` of the run's round."""
+        return self.record_evaluation(self.run_round(server_round), replies)
+
+    def record_evaluation(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Store each client's validation loss in ``history.eval_losses[server_round]`` (test
         loss in ``history.test_losses``, fine-tune steps in ``history.finetune_steps``); return
         the mean validation loss."""
@@ -241,9 +261,16 @@ class AdapterStrategy(FedAvg):
 
 
 def run_strategy(
-    grid: Grid, strategy: AdapterStrategy, *, timeout: float = 3600.0, evaluate_before_training: bool = True
+    grid: Grid,
+    strategy: AdapterStrategy,
+    *,
+    timeout: float = 3600.0,
+    evaluate_before_training: bool = True,
+    required: Collection[str] = (),
 ) -> Result:
     """Wait for the nodes, handshake, evaluate every client (round 0), run the rounds.
+
+    ``required``: client ids that must have identified themselves before the first round.
 
     Returns Flower's :class:`~flwr.serverapp.strategy.Result`; what happened is in
     ``strategy.history`` and the trained state in ``strategy.server``.
@@ -251,12 +278,12 @@ def run_strategy(
     Raises
     ------
     ClientIdentityError
-        If no node identified itself.
+        If no node identified itself, or a ``required`` client did not.
     """
     strategy.directory.timeout = float(timeout)
     wait_for_nodes(grid, strategy.min_available_nodes, timeout)
     strategy.identify_new_nodes(grid)
-    strategy.directory.require_clients()
+    strategy.directory.require_clients(required)
     cfg = strategy.server.config
     log.info(
         "%s: method %s, %d rounds, Poisson sample rate %.2f, seed %d, %d clients",
@@ -269,7 +296,7 @@ def run_strategy(
     )
     if evaluate_before_training:
         messages = strategy.evaluation_messages(0, ConfigRecord(), grid)
-        strategy.aggregate_evaluate(0, grid.send_and_receive(messages, timeout=timeout))
+        strategy.record_evaluation(0, grid.send_and_receive(messages, timeout=timeout))
     return strategy.start(grid, ArrayRecord(), strategy.num_rounds, timeout)
 
 

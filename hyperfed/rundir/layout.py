@@ -13,6 +13,8 @@
       checkpoints/round-0003/       hypernetwork after round 3 (see hypernet.io) + optimizer state
       adapters/round-0003/<id>.safetensors   the adapter generated for each client in round 3
       forgets/<id>/                 a forget's report and the adapters it regenerated
+      forgets/<id>/replay/, flower/ an exact forget's replay run by a deployment's ServerApp
+                                    (its result, then removed; the ``flwr run`` files)
       plots/*.png
 
 All writes are atomic (temp file + rename; a checkpoint folder is swapped as a whole, its
@@ -162,14 +164,17 @@ class RunDirectory:
         hypernet: HyperLoRA,
         trainer: HypernetTrainer | None = None,
         extra: dict[str, Any] | None = None,
+        optimizer_state: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Save the hypernetwork (and the trainer's :meth:`~hypernet.HypernetTrainer.state_dict`,
-        as ``optimizer.safetensors``) after ``round_``, in one atomic swap of the folder.
+        or ``optimizer_state`` as it returned it, as ``optimizer.safetensors``) after
+        ``round_``, in one atomic swap of the folder.
 
-        Without ``trainer`` an optimizer file already in the folder is kept.
+        Without either an optimizer file already in the folder is kept.
         """
         folder = self.checkpoint_dir(round_)
-        files = {OPTIMIZER_FILE: save(trainer.state_dict())} if trainer is not None else None
+        state = trainer.state_dict() if trainer is not None else optimizer_state
+        files = {OPTIMIZER_FILE: save(state)} if state is not None else None
         save_hypernet(hypernet, folder, extra={"round": round_, **(extra or {})}, files=files)
         return folder
 
@@ -233,9 +238,10 @@ _LAYOUT_DIRS = (
     f"forgets/{_NAME}",
     f"forgets/{_NAME}/adapters",
     f"forgets/{_NAME}/adapters/round-0000",
+    f"forgets/{_NAME}/replay",
     "plots",
 )
-_FREE_DIRS = ("logs", "flwr-home", r"flwr-home-node-\d+")
+_FREE_DIRS = ("logs", "flwr-home", r"flwr-home-node-\d+", f"forgets/{_NAME}/flower")
 _LAYOUT_FILES = (
     r"run\.json",
     r"corpus_manifest\.json",
@@ -251,6 +257,7 @@ _LAYOUT_FILES = (
     f"adapters/{_ROUND}/{_NAME}\\.safetensors",
     f"forgets/{_NAME}/(report\\.json|report\\.png|adapter_hashes\\.json)",
     f"forgets/{_NAME}/adapters/round-0000/{_NAME}\\.safetensors",
+    f"forgets/{_NAME}/replay/(hypernet\\.json|hypernet\\.safetensors|{re.escape(OPTIMIZER_FILE)})",
     f"plots/{_NAME}\\.png",
 )
 

@@ -133,6 +133,7 @@ def forget_client(
     *,
     server: HyperLoRAServer | None = None,
     after_step: Callable[[str], None] | None = None,
+    superlink: str | None = None,
 ) -> ForgetResult:
     """Forget ``client_id`` in the run at ``run_dir``; see the module docstring.
 
@@ -145,6 +146,10 @@ def forget_client(
         removed from its memory and optimizer too.
     after_step:
         Called with each step's name once it is durable (crash-injection tests use it).
+    superlink:
+        ``exact`` on a Flower deployment's run: ``HOST:PORT`` of the SuperLink's Control API
+        the remaining clients' SuperNodes are connected to; the replay is a ``flwr run`` of
+        the same app there (:mod:`hyperfed.flower.replay`). Default: replay in this process.
 
     Raises
     ------
@@ -161,8 +166,9 @@ def forget_client(
     ForgetJournalError
         A pending forget's journal cannot be completed (named, with what to do).
     ForgetInterruptedError
-        The forget was committed, then an OS error (e.g. a read-only disk) stopped it;
-        it finishes with :func:`recover_pending_forget` once the cause is fixed.
+        The forget was committed, then an OS error (e.g. a read-only disk) or a failed
+        Flower replay (SuperLink down, a remaining client not connected) stopped it; it
+        finishes with :func:`recover_pending_forget` once the cause is fixed.
     """
     forget_mode(mode)  # a typed error for a mode that is not registered
     rd = _run_dir(run_dir).require_run()
@@ -180,6 +186,7 @@ def forget_client(
             "mode": mode,
             "round": latest,
             "first_round": _first_round(rd, client_id),
+            **({"superlink": superlink} if superlink else {}),
             "done": [],
             "started": time.time(),
         }

@@ -1,7 +1,9 @@
 """Exact unlearning by replay: roll back before a client's first round, replay without it.
 
-The replay rebuilds the run's data and base model from ``run.json`` (the simulation knows
-every client's data); a deployment would replay the same rounds with the real clients.
+:func:`replay_without` replays a ``loop``-engine run in the loop, rebuilding its data and
+base model from ``run.json`` (the simulation knows every client's data). Runs made by the
+Flower engine or a deployment replay as a Flower run whose server holds no data
+(:mod:`hyperfed.flower.replay`); :func:`exact_model_step` picks the way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 
 from hyperfed.config import RunConfig
 from hyperfed.data.corpus import FederatedCorpus
+from hyperfed.errors import ForgetInterruptedError
 from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hyperfed.rundir.fingerprints import POLICY_KEY
@@ -60,11 +63,53 @@ def replay_without(
 
 def exact_model_step(rd: RunDirectory, journal: dict[str, Any]) -> None:
     """``exact`` (:data:`~hyperfed.unlearning.modes.FORGET_MODES`): the latest checkpoint
-    replayed from the one before the client's first round, without the client."""
-    client_id, round_ = journal["client_id"], journal["round"]
-    replayed, rounds = replay_without(rd, client_id, journal["first_round"], round_)
-    journal["replayed_rounds"] = rounds
-    # weights and optimizer state in one swap; the checkpoint does not name the client
+    replayed from the one before the client's first round, without the client.
+
+    Under ``frozen`` nothing shared ever learned from the client, so there is nothing to
+    replay: the step is delete's. Otherwise the replay runs where the run ran: ``flwr run``
+    on the deployment at ``journal["superlink"]`` if the forget names one, on an in-process
+    Flower grid for a run made by the Flower engine, in the loop for a ``loop`` run
+    (:mod:`hyperfed.flower.replay`).
+    """
+    client_id, round_, first = journal["client_id"], journal["round"], journal["first_round"]
+    config = RunConfig.from_dict(rd.read_json(rd.config_path))
+    if config.federation.shared_policy == "frozen":
+        from hyperfed.unlearning.forget import delete_model_step
+
+        journal["replayed_rounds"] = []
+        delete_model_step(rd, journal)
+        return
     kept = read_meta(rd.checkpoint_dir(round_)).get("extra", {})  # the run's recorded policy stays
     policy = {POLICY_KEY: kept[POLICY_KEY]} if isinstance(kept, dict) and POLICY_KEY in kept else {}
-    rd.save_checkpoint(round_, replayed.hypernet, replayed.trainer, extra={"exact_forget": True, **policy})
+    extra = {"exact_forget": True, **policy}
+    journal["replayed_rounds"] = list(range(first, round_ + 1))
+    if journal.get("superlink") or config.engine == "flower":
+        _flower_replay(rd, journal, config, extra)
+        return
+    server, _ = replay_without(rd, client_id, first, round_)
+    # weights and optimizer state in one swap; the checkpoint does not name the client
+    rd.save_checkpoint(round_, server.hypernet, server.trainer, extra=extra)
+
+
+def _flower_replay(rd: RunDirectory, journal: dict[str, Any], config: RunConfig, extra: dict[str, Any]) -> None:
+    """The replay as a Flower run (:mod:`hyperfed.flower.replay`); a SuperLink that is down or
+    a client that does not connect leaves the forget pending, to ``--resume``."""
+    from hyperfed.flower.errors import ClientIdentityError, FlowerRunError
+    from hyperfed.flower.replay import remove_replay_files, replay_in_process, replay_on_superlink
+
+    client_id, round_, first = journal["client_id"], journal["round"], journal["first_round"]
+    try:
+        if journal.get("superlink"):
+            hypernet, state = replay_on_superlink(
+                rd, client_id, first, journal["superlink"], timeout=config.round_timeout
+            )
+            rd.save_checkpoint(round_, hypernet, extra=extra, optimizer_state=state)
+            remove_replay_files(rd, [client_id])
+        else:
+            server = replay_in_process(rd, client_id, first)
+            rd.save_checkpoint(round_, server.hypernet, server.trainer, extra=extra)
+    except (FlowerRunError, ClientIdentityError) as exc:
+        raise ForgetInterruptedError(
+            f"the exact forget of {client_id!r} is committed but its replay failed: {exc}. Fix the cause (is the "
+            f"SuperLink up, is every remaining client connected?), then run `hyperfed forget {rd.root} --resume`"
+        ) from exc

@@ -5,7 +5,7 @@ import tomllib
 
 from hyperfed.config import RunConfig
 from hyperfed.data.corpus import CorpusConfig
-from hyperfed.flower import APP_DIR
+from hyperfed.flower import APP_DIR, keys
 from hypernet.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ def test_partial_run_config_takes_defaults():
 
 def test_flower_app_pyproject_lists_every_key_with_its_default():
     pyproject = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
-    listed, expected = pyproject["tool"]["flwr"]["app"]["config"], RunConfig().to_run_config()
+    listed, expected = pyproject["tool"]["flwr"]["app"]["config"], RunConfig().to_run_config() | keys.REPLAY_DEFAULTS
     # `flwr run --run-config` rejects keys the app does not list; stale defaults mislead.
     stale = {k: expected.get(k) for k in set(listed) | set(expected) if listed.get(k) != expected.get(k)}
     assert not stale, f"update [tool.flwr.app.config] in {APP_DIR / 'pyproject.toml'}: {stale}"

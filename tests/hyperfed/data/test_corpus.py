@@ -92,3 +92,36 @@ def test_the_default_corpus_builds_with_all_three_splits():
     corpus = build_corpus(CorpusConfig())
     assert len(corpus.clients) == 9 and set(corpus.domain_of.values()) == {"code", "docs", "legal"}
     assert all(d.val.shape == d.test.shape == (24, 128) for d in corpus.clients.values())
+
+
+def test_shards_cut_many_small_disjoint_clients_from_each_source_the_first_one_being_the_unsharded_client():
+    config = CorpusConfig(domains=("code", "docs"), clients_per_domain=2, train_kib=1, val_kib=0.25, test_kib=0.25)
+    whole = build_corpus(config)
+    sharded = build_corpus(CorpusConfig(**{**config.__dict__, "shards": 12}))
+    assert len(sharded.clients) == 4 * 12
+    assert sharded.client_ids[:3] == ["code/asyncio.01", "code/asyncio.02", "code/asyncio.03"]
+    assert {sharded.domain_of[c] for c in sharded.clients} == {"code", "docs"}
+    first = sharded.clients["code/asyncio.01"]  # shard 1 = the end of the source, as one client
+    assert torch.equal(first.test, whole.clients["code/asyncio"].test)
+    assert torch.equal(first.train, whole.clients["code/asyncio"].train)
+    tok = ByteTokenizer()
+    texts = {
+        c: [tok.decode(b) for d in (data.train, data.val, data.test) for b in d] for c, data in sharded.clients.items()
+    }
+    for cid, data in sharded.clients.items():
+        assert data.train.shape == (8, 128) and data.val.shape == (2, 128) and data.test.shape == (2, 128)
+        if cid.endswith(".01"):
+            continue
+        neighbour = cid[:-2] + f"{int(cid[-2:]) - 1:02d}"  # the shard just after it in the source
+        assert not set(texts[cid]) & set(texts[neighbour]), cid  # no shared block: disjoint byte ranges
+    assert len(set(sharded.manifest.values())) == len(sharded.clients)
+
+
+def test_shards_that_do_not_fit_the_source_or_are_not_positive_are_config_errors():
+    with pytest.raises(ConfigError, match="shards"):
+        build_corpus(
+            CorpusConfig(domains=("legal",), clients_per_domain=1, train_kib=2, val_kib=1, test_kib=1, shards=9)
+        )
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="shards"):
+            CorpusConfig(shards=bad)

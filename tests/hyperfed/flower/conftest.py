@@ -49,3 +49,9 @@ def one_torch_thread():
 @pytest.fixture
 def tiny_run_config():
     return dict(TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_module_run_config():
+    """:data:`TINY` for module-scoped fixtures (a run several tests read)."""
+    return dict(TINY)
