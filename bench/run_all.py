@@ -23,13 +23,23 @@ sys.path.insert(0, str(ROOT))
 from bench.results_io import machine_info  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 
-BENCHES = ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger", "real_llm")
+BENCHES = (
+    "hypernet",
+    "federation",
+    "personalisation",
+    "round_profile",
+    "unlearning",
+    "dp_many_clients",
+    "ledger",
+    "real_llm",
+)
 QUICK_ARGS = {
     "hypernet": ["--repeats", "3"],
     "federation": ["--quick"],
     "personalisation": ["--quick"],
     "round_profile": ["--quick"],
     "unlearning": ["--quick"],
+    "dp_many_clients": ["--quick"],
     "ledger": ["--n", "20", "--rounds", "2"],
     "real_llm": ["--quick"],
 }
@@ -139,6 +149,9 @@ def render(results: Path, timings: dict[str, float]) -> str:
             "\nEfficacy (canaries planted in the forgotten client; exposure chance ≈ 1.44 bits, AUC chance 0.5):\n\n"
         )
         parts.append(md_table(unl["efficacy"]))
+    dp = _load(results / "dp_many_clients.json")
+    if dp:
+        parts.append(render_dp_many_clients(dp))
     ledger = _load(results / "ledger.json")
     if ledger:
         parts.append("\n## Ledger (`bench/ledger.py`)\n")
@@ -151,6 +164,24 @@ def render(results: Path, timings: dict[str, float]) -> str:
     if real:
         parts.append(render_real_llm(real))
     return "\n".join(parts)
+
+
+def render_dp_many_clients(dp: dict) -> str:
+    s, g = dp["settings"], dp["guarantee"]
+    rows = [
+        {"method": m, "mean_test_loss": v, "selected_round": dp["selected_round"].get(m, "")}
+        for m, v in dp["mean_test_loss"].items()
+    ]
+    wins, total = dp["hyperlora_beats_local_on"]
+    return (
+        "\n## The `dp` policy with many clients (`bench/dp_many_clients.py`)\n\n"
+        f"{dp['clients']} clients (`corpus.shards = {s['shards']}`), {s['rounds']} rounds, Poisson q = "
+        f"{s['sample_rate']}, z = {s['noise']}, C = {s['clip']}: ε = {g['epsilon']:.3g} at δ = {g['delta']:g} "
+        "(Opacus RDP). Early-stopped on validation, reported on test; one seed.\n\n"
+        + md_table(rows)
+        + f"\nHyperLoRA (`dp`) beats local-only on {wins}/{total} clients. Forgetting the canary client (delete):\n\n"
+        + md_table(dp["unlearning"])
+    )
 
 
 def render_real_llm(real: dict) -> str:

@@ -13,7 +13,13 @@ from hyperfed.flower.directory import ClientDirectory
 from hyperfed.flower.errors import ClientIdentityError, FlowerRunError, MalformedReplyError
 from hyperfed.flower.history import FlowerHistory
 from hyperfed.flower.inprocess import InProcessGrid, InProcessRun, run_inprocess
-from hyperfed.flower.launch import APP_DIR, FlowerRunResult, run_flwr_simulation, run_loopback_deployment
+from hyperfed.flower.launch import (
+    APP_DIR,
+    FlowerRunResult,
+    loopback_deployment,
+    run_flwr_simulation,
+    run_loopback_deployment,
+)
 from hyperfed.flower.records import adapter_to_record, content_to_reply, record_to_adapter, reply_to_content
 from hyperfed.flower.server_app import build_server_app, on_finish, run_recorded, run_server
 from hyperfed.flower.strategy import AdapterStrategy, HyperLoRAStrategy, run_strategy
@@ -30,6 +36,7 @@ __all__ = [
     "run_inprocess",
     "run_flwr_simulation",
     "run_loopback_deployment",
+    "loopback_deployment",
     "FlowerRunResult",
     "APP_DIR",
     "run_server",

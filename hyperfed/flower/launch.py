@@ -7,11 +7,12 @@ back, and stop every process they started (by pid) whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,14 @@ from hyperfed.flower.processes import (
 )
 from hyperfed.flower.server_app import METRICS_FILE
 
-__all__ = ["APP_DIR", "FlowerRunResult", "run_flwr_simulation", "run_loopback_deployment", "write_run_config"]
+__all__ = [
+    "APP_DIR",
+    "FlowerRunResult",
+    "run_flwr_simulation",
+    "loopback_deployment",
+    "run_loopback_deployment",
+    "write_run_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +171,34 @@ def run_flwr_simulation(
         superlink.stop()
 
 
+@contextlib.contextmanager
+def loopback_deployment(client_ids: Sequence[str], home: str | Path) -> Iterator[FlowerProcess]:
+    """One SuperLink and one SuperNode per client id on this machine, for the ``with`` block;
+    yields the SuperLink (its ``address`` is the Control API a ``flwr run`` or
+    ``hyperfed forget --superlink`` talks to). Logs go to ``home/logs/``; every process is
+    stopped at the end, whatever happens.
+
+    Each SuperNode is started as a user would on their own machine,
+    ``flower-supernode --insecure --superlink HOST:PORT --node-config "client-id='…'"``.
+    """
+    home = Path(home)
+    superlink = start_superlink(home / "flwr-home", home / "logs", simulation=False)
+    supernodes: list[FlowerProcess] = []
+    try:
+        for index, client_id in enumerate(client_ids):
+            log_path = home / "logs" / f"supernode-{index}.log"
+            node_home = home / f"flwr-home-node-{index}"  # as on its own machine
+            supernodes.append(
+                start_supernode(
+                    node_home, superlink.address, {keys.CLIENT_ID: client_id}, log_path, extra_env=_ONE_THREAD
+                )
+            )
+        yield superlink
+    finally:
+        for process in [*supernodes, superlink]:
+            process.stop()
+
+
 def run_loopback_deployment(
     run_config: Mapping[str, RunConfigValue],
     client_ids: Sequence[str],
@@ -170,11 +206,8 @@ def run_loopback_deployment(
     *,
     timeout: float = 900.0,
 ) -> FlowerRunResult:
-    """A real deployment on this machine: one SuperLink, one SuperNode per client id.
-
-    Each SuperNode is started as a user would on their own machine,
-    ``flower-supernode --insecure --superlink HOST:PORT --node-config "client-id='…'"``,
-    and the run is submitted with ``flwr run`` (no Simulation Engine involved).
+    """A real deployment on this machine (:func:`loopback_deployment`), the run submitted
+    with ``flwr run`` (no Simulation Engine involved).
 
     Raises
     ------
@@ -182,19 +215,5 @@ def run_loopback_deployment(
         If a process does not start, the run fails or times out, or writes no metrics.
     """
     _, run_dir = _prepare(run_config, run_dir, len(client_ids))
-    flwr_home = run_dir / "flwr-home"
-    superlink = start_superlink(flwr_home, run_dir / "logs", simulation=False)
-    supernodes: list[FlowerProcess] = []
-    try:
-        for index, client_id in enumerate(client_ids):
-            log_path = run_dir / "logs" / f"supernode-{index}.log"
-            node_home = run_dir / f"flwr-home-node-{index}"  # as on its own machine
-            supernodes.append(
-                start_supernode(
-                    node_home, superlink.address, {keys.CLIENT_ID: client_id}, log_path, extra_env=_ONE_THREAD
-                )
-            )
+    with loopback_deployment(client_ids, run_dir) as superlink:
         return _execute(run_dir, superlink, timeout, None)
-    finally:
-        for process in [*supernodes, superlink]:
-            process.stop()

@@ -64,3 +64,29 @@ def test_superlink_and_supernodes_on_loopback(tiny_run_config, tmp_path):
     assert sorted((result.log_dir).glob("supernode-*.log"))
     _check_against_inprocess(result.metrics, run_config, ids)
     assert _no_flower_processes_left()
+
+
+@pytest.mark.deployment
+@pytest.mark.skipif(os.environ.get("HYPERFED_DEPLOYMENT_TEST") != "1", reason="opt-in: set HYPERFED_DEPLOYMENT_TEST=1")
+def test_an_exact_forget_of_a_deployment_run_replays_as_a_flwr_run_on_its_superlink(tiny_run_config, tmp_path):
+    import torch
+
+    from hyperfed.flower import loopback_deployment
+    from hyperfed.rundir import RunDirectory
+    from hyperfed.rundir.audit import audit_run
+    from hyperfed.unlearning import forget_client
+
+    run_config = {**tiny_run_config, "rounds": 3, "sample-rate": 0.7, "seed": 2}
+    ids = cached_corpus(RunConfig.from_run_config(run_config).corpus).client_ids
+    run = run_loopback_deployment(run_config, ids, tmp_path / "run", timeout=600)
+    sampled = {int(r): c for r, c in run.metrics["sampled"].items()}
+    victim = next(c for c in ids if c in sampled[2] and c not in sampled[1])  # joined the training in round 2
+    others = [c for c in ids if c != victim]
+    with loopback_deployment(others, tmp_path / "replay") as superlink:  # the clients left, still deployed
+        result = forget_client(run.run_dir, victim, mode="exact", superlink=superlink.address)
+    assert result.replayed_rounds == [2, 3]
+    gold = run_inprocess(run_config, client_ids=others).server.hypernet.state_dict()
+    mine = RunDirectory(run.run_dir).load_checkpoint(3).state_dict()
+    assert mine.keys() == gold.keys() and all(torch.allclose(mine[k], gold[k], atol=1e-6) for k in mine)
+    assert audit_run(run.run_dir).ok
+    assert _no_flower_processes_left()

@@ -1,0 +1,24 @@
+"""bench/dp_many_clients.py end to end on tiny settings: many sharded clients, ε from the
+accountant, the forget measured against the gold standard."""
+
+import json
+
+import pytest
+
+from bench.dp_many_clients import main
+from bench.run_all import render_dp_many_clients
+from hyperfed.federation.privacy import client_level_epsilon
+
+
+@pytest.mark.slow
+def test_the_quick_many_client_dp_bench_reports_epsilon_utility_and_the_forget(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
+    out = main(["--quick", "--out", str(tmp_path / "dp.json")])
+    assert out["clients"] == 8 * 4  # 8 sources × 4 shards
+    assert out["guarantee"]["guarantee"] == "(ε, δ)-DP"
+    assert out["guarantee"]["epsilon"] == pytest.approx(client_level_epsilon(1.0, 0.125, 2, 1e-5))
+    assert set(out["mean_test_loss"]) == {"hyperlora", "local", "fedavg", "base"}
+    systems = [r["system"] for r in out["unlearning"]]
+    assert {"before forget", "after delete", "retrain (gold)", "strong attack on delete"} <= set(systems)
+    assert json.loads((tmp_path / "dp.json").read_text())["clients"] == 32
+    assert "ε = " in render_dp_many_clients(out)
