@@ -149,6 +149,12 @@ def render(results: Path, timings: dict[str, float]) -> str:
             "\nEfficacy (canaries planted in the forgotten client; exposure chance ≈ 1.44 bits, AUC chance 0.5):\n\n"
         )
         parts.append(md_table(unl["efficacy"]))
+        if unl.get("late_exact"):
+            parts.append(
+                "\nExact forget of the client that joined latest (replay from its first round, plus every forget step) "
+                "vs retraining (a replay from round 1), sharded clients, small base model:\n\n"
+            )
+            parts.append(md_table([unl["late_exact"]]))
     dp = _load(results / "dp_many_clients.json")
     if dp:
         parts.append(render_dp_many_clients(dp))

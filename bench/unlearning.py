@@ -92,6 +92,53 @@ def bench_latency(sizes: tuple[int, ...], rounds: int) -> list[dict]:
     return rows
 
 
+def bench_late_exact(quick: bool) -> dict:
+    """Exact forget of the client that joined latest (its first round ≥ 3/4 of the run) vs
+    retraining: the replay from its first round against a replay from round 1 (the same
+    machinery: the full retrain), on ~100 sharded clients with a small base model."""
+    from hyperfed.unlearning.replay import replay_without
+
+    shards, rounds = (2, 4) if quick else (13, 16)
+    config = RunConfig(
+        federation=FederationConfig(
+            rounds=rounds, sample_rate=0.2, local=LocalTrainConfig(steps=2, batch_size=4), lora_rank=4
+        ),
+        corpus=CorpusConfig(
+            domains=("code", "docs"), clients_per_domain=4, shards=shards, train_kib=1, val_kib=0.25, block_size=64
+        ),
+        base_model=BaseModelConfig(
+            hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, steps=20, batch_size=4, block_size=64
+        ),
+        methods=("hyperlora",),
+        engine="loop",
+        evaluation=EvaluationConfig(every=rounds),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "run"
+        run_experiment(root, config)
+        rd = RunDirectory(root)
+        first = {}
+        for round_ in rd.adapter_rounds():
+            for cid in rd.adapter_clients(round_):
+                first.setdefault(cid, round_)
+        victim, joined = max(first.items(), key=lambda kv: (kv[1], kv[0]))
+        start = time.perf_counter()
+        replay_without(rd, victim, 1, rounds)
+        retrain_s = time.perf_counter() - start
+        result = forget_client(root, victim, "exact")
+    row = {
+        "clients": len(first),
+        "rounds": rounds,
+        "victim_first_round": joined,
+        "replayed_rounds": len(result.replayed_rounds),
+        "exact_forget_s": result.seconds,
+        "retrain_s": retrain_s,
+        "speedup": retrain_s / result.seconds,
+    }
+    print(format_table([row], title="Exact forget of the latest joiner vs retraining"), flush=True)
+    return row
+
+
 def efficacy_rows(report: VerificationReport) -> list[dict]:
     """The report's rows as bench rows: excess removed is a fraction, "n/a" (no excess to remove)
     or "" (not a forget or attack row)."""
@@ -165,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_latency:
         result["latency"] = bench_latency(sizes, rounds)
         print(format_table(result["latency"], title="Forget (delete) vs retraining without the client"))
+    result["late_exact"] = bench_late_exact(args.quick)
     report = bench_efficacy(args.quick)
     result["efficacy"] = efficacy_rows(report)
     result["guarantee"] = report.guarantee

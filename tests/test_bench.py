@@ -30,7 +30,8 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "ledger", "real_llm"):
+    names = ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "dp_many_clients", "ledger")
+    for name in (*names, "real_llm"):
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())
     profile = json.loads((tmp_path / "results" / "round_profile.json").read_text())
     phases = {row["phase"]: row for row in profile["phases"]}
@@ -105,3 +106,6 @@ def test_unlearning_quick_efficacy_writes_excess_removed_both_attacks_and_the_fr
     assert {p["system"] for p in saved["frontier"]} == {"base", "before", "delete", "exact", "gold"}
     assert (tmp_path / "unlearning_frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert result["efficacy"] == saved["efficacy"]
+    late = saved["late_exact"]  # the latest joiner forgotten exactly: only its rounds replayed
+    assert late["replayed_rounds"] == late["rounds"] - late["victim_first_round"] + 1 < late["rounds"]
+    assert late["exact_forget_s"] > 0 and late["retrain_s"] > 0
