@@ -44,7 +44,14 @@ if TYPE_CHECKING:
     from hyperfed.federation import HyperLoRAServer
     from hyperfed.rundir import RunDirectory
 
-__all__ = ["replay_on_grid", "replay_in_process", "replay_on_superlink", "serve_replay", "remove_replay_files"]
+__all__ = [
+    "replay_on_grid",
+    "replay_in_process",
+    "replay_on_superlink",
+    "serve_replay",
+    "remove_replay_files",
+    "clients_left",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +68,21 @@ def replay_on_grid(
     one would change the result: :class:`~hyperfed.flower.errors.ClientIdentityError`);
     nodes of any other client are ignored. Returns the server after the last round.
     """
-    from hyperfed.federation import make_server
-    from hyperfed.rundir import load_optimizer_file
+    from hyperfed.unlearning.replay import resumed_server
 
     config = RunConfig.from_dict(rd.read_json(rd.config_path))
     fed = config.with_method("hyperlora").federation
     if not 1 <= first_round <= fed.rounds:
         raise ConfigError(f"cannot replay from round {first_round} of a {fed.rounds}-round run")
-    left = [c for c in rd.load_checkpoint(max(rd.checkpoint_rounds())).client_ids if c != client_id]
-    hypernet = rd.load_checkpoint(first_round - 1)
-    if client_id in hypernet.clients:
-        hypernet.remove_client(client_id)
-    server = make_server("hyperlora", build_peft_model(config.base_model, fed.lora_rank), fed, hypernet=hypernet)
-    server.trainer.load_state_dict(load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
+    left = clients_left(rd, client_id)
+    server = resumed_server(rd, client_id, first_round, build_peft_model(config.base_model, fed.lora_rank), fed)
     strategy = AdapterStrategy(
-        server, directory=ClientDirectory(only=left), min_nodes=len(left), evaluate_every=0, first_round=first_round
+        server,
+        directory=ClientDirectory(only=left),
+        min_nodes=len(left),
+        evaluate_every=0,
+        evaluate_last=False,  # the forget regenerates and measures afterwards
+        first_round=first_round,
     )
     log.info("replaying rounds %d..%d without %r on %d nodes", first_round, fed.rounds, client_id, len(left))
     run_strategy(grid, strategy, timeout=timeout, evaluate_before_training=False, required=left)
@@ -85,6 +92,11 @@ def replay_on_grid(
     return server
 
 
+def clients_left(rd: RunDirectory, client_id: str) -> list[str]:
+    """The clients of the run's latest checkpoint but ``client_id``: who a replay needs."""
+    return [c for c in rd.load_checkpoint(max(rd.checkpoint_rounds())).client_ids if c != client_id]
+
+
 def replay_in_process(rd: RunDirectory, client_id: str, first_round: int) -> HyperLoRAServer:
     """:func:`replay_on_grid` on an in-process grid of the clients left (the default
     ClientApp, identified by ``client-id``, each training on its own data)."""
@@ -92,8 +104,8 @@ def replay_in_process(rd: RunDirectory, client_id: str, first_round: int) -> Hyp
     from hyperfed.flower.inprocess import InProcessGrid
 
     config = RunConfig.from_dict(rd.read_json(rd.config_path))
-    left = [c for c in rd.load_checkpoint(max(rd.checkpoint_rounds())).client_ids if c != client_id]
-    grid = InProcessGrid(client_app, [{keys.CLIENT_ID: c} for c in left], config.to_run_config())
+    nodes = [{keys.CLIENT_ID: c} for c in clients_left(rd, client_id)]
+    grid = InProcessGrid(client_app, nodes, config.to_run_config())
     return replay_on_grid(grid, rd, client_id, first_round, timeout=config.round_timeout)
 
 
@@ -110,12 +122,8 @@ def serve_replay(grid: Grid, config: RunConfig, client_id: str, first_round: int
     from hyperfed.unlearning.forget import pending_forget
 
     rd = RunDirectory(config.run_dir).require_run()
-    journal = pending_forget(rd)
-    if not journal or (journal["client_id"], journal["mode"], journal.get("first_round")) != (
-        client_id,
-        "exact",
-        first_round,
-    ):
+    journal = pending_forget(rd) or {}
+    if [journal.get(k) for k in ("client_id", "mode", "first_round")] != [client_id, "exact", first_round]:
         raise ConfigError(f"no pending exact forget of {client_id!r} from round {first_round} in {rd.root}")
     server = replay_on_grid(grid, rd, client_id, first_round, timeout=config.round_timeout)
     folder = rd.forget_dir(client_id) / _RESULT
@@ -142,14 +150,14 @@ def replay_on_superlink(
     config = RunConfig.from_dict(rd.read_json(rd.config_path))
     work = rd.forget_dir(client_id) / _WORK
     result = rd.forget_dir(client_id) / _RESULT
-    if _finished_replay(result, client_id, first_round) is None:  # else a resumed forget: it ran already
+    if not _finished_replay(result, client_id, first_round):  # else a resumed forget: it ran already
         shutil.rmtree(result, ignore_errors=True)  # an interrupted attempt's leftover
         toml = write_run_config(config, work / "run-config.toml", extra=_replay_keys(rd, client_id, first_round))
         env = flower_env(work / "flwr-home")
         write_connection(work / "flwr-home", "replay", superlink)
         run_id = flwr_run(APP_DIR, "replay", env, toml, work / "logs" / "flwr-run.log", timeout, None)
         status = run_status("replay", run_id, env)
-        if status != "finished:completed" or _finished_replay(result, client_id, first_round) is None:
+        if status != "finished:completed" or not _finished_replay(result, client_id, first_round):
             raise FlowerRunError(f"replay run {run_id} ended with status {status!r}; see {work / 'logs'}")
     hypernet = load_hypernet(result)
     if client_id in hypernet.client_ids:
@@ -157,16 +165,16 @@ def replay_on_superlink(
     return hypernet, load_optimizer_file(result)
 
 
-def _finished_replay(folder: Path, client_id: str, first_round: int) -> dict[str, Any] | None:
-    """The metadata of a complete replay result for this forget in ``folder``, else ``None``."""
+def _finished_replay(folder: Path, client_id: str, first_round: int) -> bool:
+    """Whether ``folder`` holds a complete replay result for this forget."""
     from hypernet.io import read_meta
 
     try:
         extra = read_meta(folder).get("extra", {})
     except CorruptFileError:  # none there, or half written
-        return None
+        return False
     wanted = {"replay_without": client_id, "first_round": first_round}
-    return extra if isinstance(extra, dict) and all(extra.get(k) == v for k, v in wanted.items()) else None
+    return isinstance(extra, dict) and all(extra.get(k) == v for k, v in wanted.items())
 
 
 def _replay_keys(rd: RunDirectory, client_id: str, first_round: int) -> dict[str, RunConfigValue]:

@@ -56,6 +56,8 @@ class AdapterStrategy(FedAvg):
     on_round
         Called with each round's :class:`~hyperfed.federation.RoundOutcome` once the server
         has learned from it (recording, progress).
+    evaluate_last
+        Evaluate after the last round too (an exact forget's replay skips it: nobody reads it).
     first_round
         The run's round that Flower's round 1 is (an exact forget's replay resumes a run at
         its client's first round): sampling, client seeds, history and ``on_round`` all see
@@ -75,6 +77,7 @@ class AdapterStrategy(FedAvg):
         min_nodes: int = 1,
         evaluate_every: int = 1,
         on_round: Callable[[RoundOutcome], None] | None = None,
+        evaluate_last: bool = True,
         first_round: int = 1,
     ) -> None:
         if not 1 <= first_round <= server.config.rounds:
@@ -90,6 +93,7 @@ class AdapterStrategy(FedAvg):
         self.server = server
         self.directory = directory if directory is not None else ClientDirectory()  # an empty one is falsy
         self.evaluate_every = evaluate_every
+        self.evaluate_last = evaluate_last
         self.on_round = on_round
         self.first_round = first_round
         self.history = FlowerHistory()
@@ -187,7 +191,7 @@ class AdapterStrategy(FedAvg):
     ) -> Iterable[Message]:
         """Every connected client gets the adapter the server would give it now."""
         server_round = self.run_round(server_round)
-        last = server_round == self.server.config.rounds
+        last = self.evaluate_last and server_round == self.server.config.rounds
         periodic = self.evaluate_every > 0 and server_round % self.evaluate_every == 0
         if not (last or periodic):
             return []

@@ -17,14 +17,14 @@ from torch import nn
 from hyperfed.config import RunConfig
 from hyperfed.data.corpus import FederatedCorpus
 from hyperfed.errors import ForgetInterruptedError
-from hyperfed.federation import HyperLoRAServer, make_server, run_rounds
+from hyperfed.federation import FederationConfig, HyperLoRAServer, make_server, run_rounds
 from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hyperfed.rundir.fingerprints import POLICY_KEY
 from hypernet.base_models import add_lora
 from hypernet.errors import ConfigError
 from hypernet.io import read_meta
 
-__all__ = ["replay_without", "load_experiment", "exact_model_step"]
+__all__ = ["replay_without", "resumed_server", "load_experiment", "exact_model_step"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ def load_experiment(rd: RunDirectory) -> tuple[RunConfig, FederatedCorpus, nn.Mo
     return config, build_corpus(config.corpus), load_or_build_base_model(config.base_model)
 
 
+def resumed_server(
+    rd: RunDirectory, client_id: str, first_round: int, peft_model: nn.Module, fed: FederationConfig
+) -> HyperLoRAServer:
+    """The run's HyperLoRA server as it was after round ``first_round - 1`` (weights and
+    optimizer state of that checkpoint), without ``client_id``: where a replay starts."""
+    hypernet = rd.load_checkpoint(first_round - 1)
+    if client_id in hypernet.clients:
+        hypernet.remove_client(client_id)
+    server = make_server("hyperlora", peft_model, fed, hypernet=hypernet)
+    server.trainer.load_state_dict(load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
+    return server
+
+
 def replay_without(
     rd: RunDirectory, client_id: str, first_round: int, last_round: int
 ) -> tuple[HyperLoRAServer, list[int]]:
@@ -48,13 +61,9 @@ def replay_without(
         raise ConfigError(f"cannot replay rounds {first_round}..{last_round}")
     config, corpus, base = load_experiment(rd)
     fed = config.with_method("hyperlora").federation
-    hypernet = rd.load_checkpoint(first_round - 1)
-    if client_id in hypernet.clients:
-        hypernet.remove_client(client_id)
-    clients = {cid: data for cid, data in corpus.clients.items() if cid in hypernet.clients}
     peft_model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
-    server = make_server("hyperlora", peft_model, fed, hypernet=hypernet)
-    server.trainer.load_state_dict(load_optimizer_file(rd.checkpoint_dir(first_round - 1)))
+    server = resumed_server(rd, client_id, first_round, peft_model, fed)
+    clients = {cid: data for cid, data in corpus.clients.items() if cid in server.hypernet.clients}
     rounds = list(range(first_round, last_round + 1))
     log.info("replaying rounds %d..%d without %r", first_round, last_round, client_id)
     run_rounds(server, peft_model, clients, fed, first_round=first_round, last_round=last_round)
