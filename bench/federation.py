@@ -1,4 +1,4 @@
-"""Benchmark federated training: round cost, server memory, and who wins at which data size.
+"""Benchmark federated training: round cost and server memory of HyperLoRA vs FedAvg-LoRA.
 
 Run:  python bench/federation.py [--out bench/results/federation.json] [--quick]
 
@@ -6,8 +6,9 @@ Run:  python bench/federation.py [--out bench/results/federation.json] [--quick]
    (generate/aggregate: what the hypernetwork adds) and client time (local LoRA steps, which
    real clients would run in parallel).
 2. Server memory: bytes the server holds (weights + optimizer state) per method.
-3. A sweep over data per client (4, 16, 64 KiB): mean held-out loss of HyperLoRA,
-   FedAvg-LoRA and local-only on the same corpus, base model and budget.
+
+Who wins at which data size is ``bench/personalisation_sweep.py`` (the evaluation protocol,
+every method, seeds).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.base_model import BaseModelConfig, load_or_build_base_model  # noqa: E402
 from hyperfed.data.corpus import CorpusConfig, FederatedCorpus, build_corpus  # noqa: E402
-from hyperfed.federation import FederationConfig, evaluate_all, make_server, run_rounds  # noqa: E402
+from hyperfed.federation import FederationConfig, make_server  # noqa: E402
 from hyperfed.federation.client_side import local_round  # noqa: E402
 from hyperfed.federation.servers import AdapterServer, FedAvgLoRAServer, HyperLoRAServer  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
@@ -99,27 +100,6 @@ def bench_rounds(
     return rows
 
 
-def bench_sweep(base: torch.nn.Module, sizes: Sequence[float], rounds: int, local_steps: int) -> list[dict]:
-    rows = []
-    for kib in sizes:
-        corpus = build_corpus(CorpusConfig(domains=("code", "docs"), clients_per_domain=4, train_kib=kib, val_kib=4))
-        row: dict = {"train_KiB_per_client": kib}
-        losses = {}
-        for method in ("hyperlora", "fedavg", "local"):
-            config = FederationConfig(method=method, rounds=rounds, local=LocalTrainConfig(steps=local_steps))
-            model = add_lora(copy.deepcopy(base), rank=config.lora_rank)
-            server = make_server(method, model, config)
-            run_rounds(server, model, corpus.clients, config)
-            losses[method] = evaluate_all(server, model, corpus.clients)
-            row[method] = sum(losses[method].values()) / len(losses[method])
-        ids = list(corpus.clients)
-        row["hyper_beats_fedavg"] = f"{sum(losses['hyperlora'][c] < losses['fedavg'][c] for c in ids)}/{len(ids)}"
-        row["hyper_beats_local"] = f"{sum(losses['hyperlora'][c] < losses['local'][c] for c in ids)}/{len(ids)}"
-        rows.append(row)
-        print(format_table([row]), flush=True)
-    return rows
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/federation.json")
@@ -131,9 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
         base_cfg = BaseModelConfig(
             hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64
         )
-        counts, rounds, steps, sizes, sweep_rounds = (4, 8), 1, 1, (2,), 1
+        counts, rounds, steps = (4, 8), 1, 1
     else:
-        base_cfg, counts, rounds, steps, sizes, sweep_rounds = BaseModelConfig(), (8, 64), 3, 2, (4, 16, 64), 10
+        base_cfg, counts, rounds, steps = BaseModelConfig(), (8, 64), 3, 2
     base = load_or_build_base_model(base_cfg)
     corpus = build_corpus(
         CorpusConfig(domains=("code",), clients_per_domain=4, train_kib=16, val_kib=2, block_size=base_cfg.block_size)
@@ -145,9 +125,6 @@ def main(argv: list[str] | None = None) -> dict:
             result["rounds"], title=f"Round cost ({steps} local steps per client, batch 4×{base_cfg.block_size} bytes)"
         )
     )
-    print("\nData-per-client sweep (mean held-out loss, nats/byte; 8 clients: 4 code + 4 docs):")
-    result["sweep"] = bench_sweep(base, sizes, sweep_rounds, 10 if not args.quick else 1)
-    print(format_table(result["sweep"], title="\nSweep summary"))
     write_result(args.out, result)
     return result
 

@@ -2,7 +2,7 @@
 
 Run:  python bench/personalisation.py [--out bench/results/personalisation.json] [--quick]
                                       [--seeds 0 1 2] [--rounds 15] [--methods hyperlora fedavg ...]
-                                      [--policy shared|frozen|dp]
+                                      [--policy shared|frozen|dp] [--residual|--no-residual]
 
 Protocol (the experiment's, :mod:`hyperfed.experiment`):
 
@@ -53,9 +53,9 @@ GRID: dict[str, dict[str, tuple[float, ...]]] = {
 }
 
 
-def grid_points(method: str) -> list[dict[str, float]]:
+def grid_points(method: str, grid: dict[str, dict[str, tuple[float, ...]]] = GRID) -> list[dict[str, float]]:
     """Every setting of ``method``'s grid, as ``{"local_lr": …, "server_lr": …}`` dicts."""
-    axes = GRID.get(method, GRID["*"])
+    axes = grid.get(method, grid["*"])
     return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
@@ -152,8 +152,9 @@ def run_setting(
     seeds: list[int],
     label: str = "",
     on_run: Callable[[dict[str, Any]], None] | None = None,
+    grid: dict[str, dict[str, tuple[float, ...]]] = GRID,
 ) -> dict[str, Any]:
-    """Every method × grid point × seed on ``base``'s corpus and base model (``on_run`` is
+    """Every method × ``grid`` point × seed on ``base``'s corpus and base model (``on_run`` is
     called with the summary so far after each run, so a cut-off run leaves its data)."""
     corpus = build_corpus(base.corpus)
     base_model = load_or_build_base_model(base.base_model)
@@ -166,7 +167,7 @@ def run_setting(
     runs = []
     for seed in seeds:  # seed-major: a cut-off run has every method for its first seeds
         for method in methods:
-            for point in grid_points(method):
+            for point in grid_points(method, grid):
                 setting = " ".join(f"{k}={v:g}" for k, v in point.items())
                 result = run_one(base_model, corpus, configure(base, method, point, seed), method)
                 runs.append({"method": method, "setting": setting, "seed": seed} | result)
@@ -247,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         default="shared",
         help="HyperLoRA's shared-weight policy (frozen and dp with client-owned residual adapters, as the demo)",
     )
+    parser.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="HyperLoRA's client-owned residual adapters (default: with frozen and dp, not with shared)",
+    )
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     config = base_config(args.quick, args.rounds, args.train_kib)
@@ -257,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, evaluation=EvaluationConfig(every=args.evaluate_every))
     config = replace(
         config,
-        federation=replace(config.federation, shared_policy=args.policy, client_residual=args.policy != "shared"),
+        federation=replace(
+            config.federation,
+            shared_policy=args.policy,
+            client_residual=args.policy != "shared" if args.residual is None else args.residual,
+        ),
     )
 
     def document(result: dict[str, Any]) -> dict[str, Any]:
@@ -269,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "grid": {m: {k: list(v) for k, v in axes.items()} for m, axes in GRID.items()},
             "setup": budget(config, len(result["base_test"]))
             | {"seeds": seeds, "engine": config.engine, "corpus": repr(config.corpus), "quick": args.quick}
-            | {"hyperlora_policy": args.policy},
+            | {"hyperlora_policy": args.policy, "hyperlora_residual": config.federation.client_residual},
             **result,
         }
 

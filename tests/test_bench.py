@@ -30,7 +30,16 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    names = ("hypernet", "federation", "personalisation", "round_profile", "unlearning", "dp_many_clients", "ledger")
+    names = (
+        "hypernet",
+        "federation",
+        "personalisation",
+        "personalisation_sweep",
+        "round_profile",
+        "unlearning",
+        "dp_many_clients",
+        "ledger",
+    )
     for name in (*names, "real_llm"):
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())
     profile = json.loads((tmp_path / "results" / "round_profile.json").read_text())
@@ -46,6 +55,7 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         "## Hypernetwork",
         "## Federation",
         "## Personalisation",
+        "## Personalisation by data size",
         "## Where a round",
         "## Unlearning",
         "## Ledger",
@@ -109,3 +119,29 @@ def test_unlearning_quick_efficacy_writes_excess_removed_both_attacks_and_the_fr
     late = saved["late_exact"]  # the latest joiner forgotten exactly: only its rounds replayed
     assert late["replayed_rounds"] == late["rounds"] - late["victim_first_round"] + 1 < late["rounds"]
     assert late["exact_forget_s"] > 0 and late["retrain_s"] > 0
+
+
+def test_personalisation_sweep_quick_runs_every_cell_and_reports_each_methods_test_loss(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
+    from bench.personalisation_sweep import CELLS, main
+
+    out = tmp_path / "sweep.json"
+    assert main(["--quick", "--seeds", "0", "--methods", "hyperlora", "local", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["complete"] and [row["cell"] for row in result["summary"]] == [c[0] for c in CELLS]
+    for name, cell in result["cells"].items():
+        domains = {row["client"].split("/")[0] for row in cell["per_client"]}
+        assert domains == ({"code"} if name.endswith("1domain") else set(next(c[2] for c in CELLS if c[0] == name)))
+        table = {r["method"]: r for r in cell["table"]}
+        assert set(table) == {"HyperLoRA", "local-only", "base model"}
+        row = next(r for r in result["summary"] if r["cell"] == name)
+        assert row["best"] == min(("HyperLoRA", "local-only"), key=lambda m: table[m]["test_mean"])
+        assert row["HyperLoRA"] == f"{table['HyperLoRA']['test_mean']:.4f}"  # one seed: no ± std
+    assert Path(result["plot"]).read_bytes()[:4] == b"\x89PNG"
+    # a part of the sweep saves its cells only; --report merges what is there
+    part = tmp_path / "part.json"
+    assert main(["--quick", "--seeds", "0", "--methods", "local", "--cells", "1", "--out", str(part)]) == 0
+    assert not part.exists() and (tmp_path / "part" / f"{CELLS[1][0]}.json").is_file()
+    assert main(["--report", "--out", str(part)]) == 0
+    merged = json.loads(part.read_text())
+    assert not merged["complete"] and [r["cell"] for r in merged["summary"]] == [CELLS[1][0]]
