@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -38,11 +38,11 @@ from hyperfed.data.corpus import FederatedCorpus, build_corpus
 from hyperfed.federation import Evaluation, evaluate_all_splits, method_label, run_rounds
 from hyperfed.federation.public_pretrain import make_run_server
 from hyperfed.federation.servers import AdapterServer, HyperLoRAServer, RoundOutcome
+from hyperfed.plots import LOSS_CURVES, plot_curves
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.lock import run_lock
 from hyperfed.rundir.recorder import RunRecorder
 from hypernet import evaluate_loss
-from hypernet.atomic import atomic_write_bytes
 from hypernet.base_models import add_lora
 from hypernet.errors import ConfigError
 
@@ -53,15 +53,11 @@ __all__ = [
     "run_method",
     "select_round",
     "summary_rows",
-    "plot_curves",
     "metrics_without_client",
-    "redraw_plots",
     "corpus_manifest",
 ]
 
 log = logging.getLogger(__name__)
-
-LOSS_CURVES = "loss_curves.png"
 
 
 @dataclass
@@ -361,7 +357,7 @@ def _run_experiment(
             _mean(result.test(method)),
         )
     rd.write_json(rd.metrics_path, result.to_dict())
-    plot_curves(result, rd.plots_dir / LOSS_CURVES)
+    plot_curves(result, rd.plots_dir / LOSS_CURVES)  # hyperfed.plots
     return result
 
 
@@ -422,71 +418,6 @@ def metrics_without_client(metrics: dict[str, Any], client_id: str) -> dict[str,
         recomputed["mean"] = {}
         recomputed["mean_test"] = {}
     return {**scrubbed, **recomputed}
-
-
-def redraw_plots(rd: RunDirectory) -> None:
-    """Redraw ``plots/loss_curves.png`` from ``metrics.json`` (after a forget changed it).
-
-    Only a plot that exists is redrawn, and only from a :func:`run_experiment` metrics file.
-    """
-    path = rd.plots_dir / LOSS_CURVES
-    metrics = rd.read_json(rd.metrics_path, default={})
-    if not path.exists() or not isinstance(metrics.get("final"), dict) or not metrics.get("base"):
-        return
-    result = ExperimentResult.from_dict(metrics, rd.root)
-    from io import BytesIO
-
-    buffer = BytesIO()
-    plot_curves(result, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def plot_curves(result: ExperimentResult, path: Path | BinaryIO) -> Path | BinaryIO:
-    """Mean validation loss per round for each method (its selected round starred), with the
-    base model as a line; and each client's test loss at the selected round per method (the
-    final validation loss for a run without a test split), to a file path or a binary stream."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
-
-    fig = Figure(figsize=(12, 4.5))
-    left, right = fig.subplots(1, 2)
-    for method, curve in result.curves.items():
-        if not curve:
-            continue
-        rounds, losses = zip(*curve, strict=True)
-        (line,) = left.plot(rounds, losses, marker="o", label=method_label(method))
-        chosen = result.selected_round(method)
-        if chosen is not None:
-            left.plot([chosen], [dict(curve)[chosen]], marker="*", ms=14, color=line.get_color())
-    left.axhline(sum(result.base.values()) / len(result.base), color="grey", ls="--", label="base model")
-    left.set(xlabel="round", ylabel="mean validation loss (nats/byte)", title="Learning curves (same budget)")
-    left.legend()
-    on_test = result.has_test()
-    base = result.base_test if on_test else result.base
-    shown = {m: result.test(m) for m in result.final} if on_test else result.final
-    clients = list(base)
-    width = 0.8 / (len(shown) + 1)
-    xs = range(len(clients))
-    right.bar([x - 0.4 + width / 2 for x in xs], [base[c] for c in clients], width, label="base", color="lightgrey")
-    for i, (method, losses) in enumerate(shown.items(), start=1):
-        right.bar(
-            [x - 0.4 + width / 2 + i * width for x in xs],
-            [losses[c] for c in clients],
-            width,
-            label=method_label(method),
-        )
-    right.set_xticks(list(xs), clients, rotation=45, ha="right", fontsize=7)
-    if on_test:
-        right.set(ylabel="test loss (nats/byte)", title="Per client, test loss at the selected round")
-    else:
-        right.set(ylabel="validation loss (nats/byte)", title="Per client, after training")
-    lo = min(min(v.values()) for v in shown.values())
-    right.set_ylim(bottom=lo - 0.2)
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, format="png")
-    return path
 
 
 def _per_byte(corpus: FederatedCorpus, losses: dict[str, float], split: str = "val") -> dict[str, float]:

@@ -114,17 +114,20 @@ def serve_replay(grid: Grid, config: RunConfig, client_id: str, first_round: int
     """The ServerApp's side of :func:`replay_on_superlink`: replay on ``grid`` and write the
     result to ``forgets/<id>/replay/`` of ``config.run_dir``; return that folder.
 
-    Only a pending exact forget of ``client_id`` from ``first_round`` asks for it (its
-    journal says so; else :class:`~hypernet.errors.ConfigError` and nothing is written). It
+    Only a pending exact forget of ``client_id`` whose replay starts at ``first_round`` asks
+    for it (its journal says so; else :class:`~hypernet.errors.ConfigError` and nothing is written). It
     takes no run lock: the forget that asked holds it and waits for this run.
     """
     from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
     from hyperfed.unlearning.forget import pending_forget
+    from hyperfed.unlearning.replay import replay_start
 
     rd = RunDirectory(config.run_dir).require_run()
     journal = pending_forget(rd) or {}
-    if [journal.get(k) for k in ("client_id", "mode", "first_round")] != [client_id, "exact", first_round]:
-        raise ConfigError(f"no pending exact forget of {client_id!r} from round {first_round} in {rd.root}")
+    first = journal.get("first_round")
+    asked = [journal.get("client_id"), journal.get("mode"), isinstance(first, int) and replay_start(rd, first)]
+    if asked != [client_id, "exact", first_round]:
+        raise ConfigError(f"no pending exact forget of {client_id!r} replaying from round {first_round} in {rd.root}")
     server = replay_on_grid(grid, rd, client_id, first_round, timeout=config.round_timeout)
     folder = rd.forget_dir(client_id) / _RESULT
     extra = {"replay_without": client_id, "first_round": first_round, "round": server.config.rounds}

@@ -297,11 +297,19 @@ def _check_forgettable(rd: RunDirectory, client_id: str) -> None:
 
 
 def _first_round(rd: RunDirectory, client_id: str) -> int | None:
-    """The first round an adapter was generated for the client (``None``: never sampled)."""
-    for round_ in rd.adapter_rounds():
+    """The first round an adapter was generated for the client (``None``: never sampled).
+
+    An exact forget removes the adapters of the rounds after its client's first
+    (:func:`~hyperfed.unlearning.replay.drop_superseded`), so a client with no adapter left
+    may have been sampled in a round whose folder is gone: then the earliest such round is
+    returned — a replay from there is exact too, only longer.
+    """
+    rounds = rd.adapter_rounds()
+    for round_ in rounds:
         if rd.adapter_path(round_, client_id).exists():
             return round_
-    return None
+    gaps = sorted(set(range(1, max(rd.checkpoint_rounds(), default=0) + 1)) - set(rounds))
+    return gaps[0] if gaps and forgotten_clients(rd) else None
 
 
 # ----------------------------------------------------------------------------- steps
@@ -412,7 +420,8 @@ def _scrub_metrics(rd: RunDirectory, client_id: str) -> None:
     """``metrics.json`` without the client, every mean recomputed over the others, and the
     loss plot redrawn from it (its losses are traces too; see
     :func:`hyperfed.experiment.metrics_without_client`)."""
-    from hyperfed.experiment import metrics_without_client, redraw_plots
+    from hyperfed.experiment import metrics_without_client
+    from hyperfed.plots import redraw_plots
 
     metrics = rd.read_json(rd.metrics_path, default={})
     if metrics:

@@ -4,12 +4,21 @@
 base model from ``run.json`` (the simulation knows every client's data). Runs made by the
 Flower engine or a deployment replay as a Flower run whose server holds no data
 (:mod:`hyperfed.flower.replay`); :func:`exact_model_step` picks the way.
+
+After the replay nothing that learned from the client is kept: the checkpoints of rounds
+``first_round .. latest - 1`` (their shared weights had its updates) and every adapter
+generated in rounds ``first_round + 1 .. latest`` (by those weights) are removed
+(:func:`drop_superseded`); the ledger keeps their records, and the audit reports them as
+removed by the exact forget. A later exact forget then rolls back to the latest checkpoint
+still there before its client's first round (:func:`replay_start`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
 from typing import Any
 
 from torch import nn
@@ -21,10 +30,17 @@ from hyperfed.federation import FederationConfig, HyperLoRAServer, make_server, 
 from hyperfed.rundir import RunDirectory, load_optimizer_file
 from hyperfed.rundir.fingerprints import POLICY_KEY
 from hypernet.base_models import add_lora
-from hypernet.errors import ConfigError
+from hypernet.errors import ConfigError, CorruptFileError
 from hypernet.io import read_meta
 
-__all__ = ["replay_without", "resumed_server", "load_experiment", "exact_model_step"]
+__all__ = [
+    "replay_without",
+    "resumed_server",
+    "load_experiment",
+    "exact_model_step",
+    "replay_start",
+    "drop_superseded",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,31 +107,79 @@ def exact_model_step(rd: RunDirectory, journal: dict[str, Any]) -> None:
     kept = read_meta(rd.checkpoint_dir(round_)).get("extra", {})  # the run's recorded policy stays
     policy = {POLICY_KEY: kept[POLICY_KEY]} if isinstance(kept, dict) and POLICY_KEY in kept else {}
     extra = {"exact_forget": True, **policy}
-    journal["replayed_rounds"] = list(range(first, round_ + 1))
+    start = replay_start(rd, first)
+    journal["replayed_rounds"] = list(range(start, round_ + 1))
     if journal.get("superlink") or config.engine == "flower":
-        _flower_replay(rd, journal, config, extra)
-        return
-    server, _ = replay_without(rd, client_id, first, round_)
-    # weights and optimizer state in one swap; the checkpoint does not name the client
-    rd.save_checkpoint(round_, server.hypernet, server.trainer, extra=extra)
+        _flower_replay(rd, journal, config, extra, start)
+    else:
+        server, _ = replay_without(rd, client_id, start, round_)
+        # weights and optimizer state in one swap; the checkpoint does not name the client
+        rd.save_checkpoint(round_, server.hypernet, server.trainer, extra=extra)
+    drop_superseded(rd, first, round_)
 
 
-def _flower_replay(rd: RunDirectory, journal: dict[str, Any], config: RunConfig, extra: dict[str, Any]) -> None:
-    """The replay as a Flower run (:mod:`hyperfed.flower.replay`); a SuperLink that is down or
-    a client that does not connect leaves the forget pending, to ``--resume``."""
+def replay_start(rd: RunDirectory, first_round: int) -> int:
+    """The first round a replay for a client first sampled in ``first_round`` re-runs: the
+    one after the latest checkpoint before ``first_round`` (normally ``first_round``; earlier
+    where an exact forget removed checkpoints in between — the rounds between had no update
+    from the client, so replaying them changes nothing but the cost).
+
+    Raises
+    ------
+    CorruptFileError
+        No checkpoint before ``first_round`` is left (the round-0 one was removed).
+    """
+    before = [r for r in rd.checkpoint_rounds() if r < first_round]
+    if not before:
+        raise CorruptFileError(
+            f"{rd.root / 'checkpoints'} has no checkpoint before round {first_round} to replay from "
+            "(the round-0 checkpoint is gone): restore it from a backup"
+        )
+    return max(before) + 1
+
+
+def drop_superseded(rd: RunDirectory, first_round: int, last_round: int) -> None:
+    """Remove what learned from a client first sampled in ``first_round`` and is not the new
+    round-``last_round`` state: checkpoints ``first_round .. last_round - 1`` and the adapters
+    generated in rounds ``first_round + 1 .. last_round``. Idempotent (a crash re-runs it):
+    each folder is renamed out of the layout first, then deleted."""
+    doomed = [rd.checkpoint_dir(r) for r in range(first_round, last_round)]
+    doomed += [rd.root / "adapters" / f"round-{r:04d}" for r in range(first_round + 1, last_round + 1)]
+    for folder in doomed:
+        trash = folder.with_name(f".{folder.name}.old")  # a stray the audit names if a crash leaves it
+        if folder.is_dir():
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    if doomed:
+        log.info(
+            "removed checkpoints %d..%d and adapters of rounds %d..%d: they learned from the forgotten client",
+            first_round,
+            last_round - 1,
+            first_round + 1,
+            last_round,
+        )
+
+
+def _flower_replay(
+    rd: RunDirectory, journal: dict[str, Any], config: RunConfig, extra: dict[str, Any], start: int
+) -> None:
+    """The replay from round ``start`` as a Flower run (:mod:`hyperfed.flower.replay`); a
+    SuperLink that is down or a client that does not connect leaves the forget pending, to
+    ``--resume``."""
     from hyperfed.flower.errors import ClientIdentityError, FlowerRunError
     from hyperfed.flower.replay import remove_replay_files, replay_in_process, replay_on_superlink
 
-    client_id, round_, first = journal["client_id"], journal["round"], journal["first_round"]
+    client_id, round_ = journal["client_id"], journal["round"]
     try:
         if journal.get("superlink"):
             hypernet, state = replay_on_superlink(
-                rd, client_id, first, journal["superlink"], timeout=config.round_timeout
+                rd, client_id, start, journal["superlink"], timeout=config.round_timeout
             )
             rd.save_checkpoint(round_, hypernet, extra=extra, optimizer_state=state)
             remove_replay_files(rd, [client_id])
         else:
-            server = replay_in_process(rd, client_id, first)
+            server = replay_in_process(rd, client_id, start)
             rd.save_checkpoint(round_, server.hypernet, server.trainer, extra=extra)
     except (FlowerRunError, ClientIdentityError) as exc:
         raise ForgetInterruptedError(

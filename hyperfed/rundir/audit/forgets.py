@@ -21,10 +21,33 @@ from hyperfed.rundir.layout import client_from_file_name
 from hypernet import adapter_hash
 
 if TYPE_CHECKING:
-    from hyperfed.ledger.records import ForgetRecord
+    from hyperfed.ledger.records import ForgetRecord, GenerationRecord
     from hyperfed.rundir.audit.checks import AuditContext
 
-__all__ = ["check_regenerated_adapters"]
+__all__ = ["check_regenerated_adapters", "superseded_by_exact"]
+
+
+def superseded_by_exact(
+    forget_events: Sequence[ForgetRecord], generations: Sequence[GenerationRecord]
+) -> tuple[dict[int, str], dict[int, str]]:
+    """The checkpoint rounds and adapter rounds an exact forget removed, each mapped to the
+    client whose updates they had learned from (:func:`hyperfed.unlearning.replay.drop_superseded`):
+    checkpoints from the client's first generation round up to the forget's round
+    (exclusive), adapters after that first round up to the forget's round (inclusive). Read
+    from the ledger alone, so a file deleted for any other reason is still missing."""
+    first: dict[str, int] = {}
+    for g in generations:
+        first[g.client_id] = min(first.get(g.client_id, g.round), g.round)
+    checkpoints: dict[int, str] = {}
+    adapters: dict[int, str] = {}
+    for event in forget_events:
+        if event.mode != "exact" or event.client_id not in first:
+            continue
+        for r in range(first[event.client_id], event.round):
+            checkpoints.setdefault(r, event.client_id)
+        for r in range(first[event.client_id] + 1, event.round + 1):
+            adapters.setdefault(r, event.client_id)
+    return checkpoints, adapters
 
 
 def check_regenerated_adapters(audit: AuditContext, forget_events: Sequence[ForgetRecord]) -> None:

@@ -120,6 +120,39 @@ def test_exact_mode_equals_retraining_without_the_client(run):
     assert all(torch.equal(gold_state[k], exact_state[k]) for k in gold_state)  # bit for bit
 
 
+def _gold(run: RunDirectory, without: set[str]) -> dict[str, torch.Tensor]:
+    config, corpus, base = load_experiment(run)
+    fed = replace(config.federation, method="hyperlora")
+    model = add_lora(copy.deepcopy(base), rank=fed.lora_rank, seed=fed.seed)
+    gold = make_server("hyperlora", model, fed)
+    run_rounds(gold, model, {c: d for c, d in corpus.clients.items() if c not in without}, fed)
+    return gold.hypernet.state_dict()
+
+
+def test_exact_mode_removes_what_learned_from_the_client_and_a_second_exact_forget_stays_exact(run):
+    from hyperfed.rundir.audit import audit_run
+
+    ids = read_meta(run.checkpoint_dir(0))["client_ids"]
+    first = {c: next(r for r in range(1, 5) if c in poisson_sample(1, r, ids, 0.6)) for c in ids}
+    victim = min(ids, key=lambda c: (first[c], c))  # the earliest joiner: the most to remove
+    forget_client(run.root, victim, "exact")
+    f = first[victim]
+    # checkpoints f..3 had its updates, adapters of rounds f+1..4 came from them: all gone
+    assert run.checkpoint_rounds() == [r for r in range(5) if r < f or r == 4]
+    assert run.adapter_rounds() == [r for r in range(1, 5) if r <= f]
+    report = audit_run(run.root)
+    assert report.ok, [x.message for x in report.failures()]
+    removed = [x for x in report.findings if x.status == "forgotten" and "exact forget" in x.message]
+    assert f < 4 and {x.check for x in removed} == {"checkpoint", "adapter"}
+    # the next exact forget rolls back to the latest checkpoint left before its first round
+    second = max((c for c in ids if c != victim), key=lambda c: (first[c], c))
+    result = forget_client(run.root, second, "exact")
+    assert result.replayed_rounds[0] == min(first[second], f) and result.replayed_rounds[-1] == 4
+    gold, exact = _gold(run, {victim, second}), run.load_checkpoint(4).state_dict()
+    assert set(gold) == set(exact) and all(torch.equal(gold[k], exact[k]) for k in gold)  # bit for bit
+    assert audit_run(run.root).ok
+
+
 def test_unknown_and_already_forgotten_clients_are_refused(run):
     with pytest.raises(UnknownClientError):
         forget_client(run.root, "nobody", "delete")
