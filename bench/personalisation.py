@@ -53,6 +53,15 @@ GRID: dict[str, dict[str, tuple[float, ...]]] = {
 }
 
 
+#: One setting per method: what :data:`GRID` chose on validation in the committed run
+#: (bench/results/personalisation.json: 16 KiB, three domains, seeds 0–2) — for runs that
+#: cannot afford the grid (``--chosen``, the sweep).
+CHOSEN: dict[str, dict[str, tuple[float, ...]]] = {
+    "*": {"local_lr": (3e-3,)},
+    "hyperlora": {"local_lr": (3e-3,), "server_lr": (1e-3,)},
+}
+
+
 def grid_points(method: str, grid: dict[str, dict[str, tuple[float, ...]]] = GRID) -> list[dict[str, float]]:
     """Every setting of ``method``'s grid, as ``{"local_lr": …, "server_lr": …}`` dicts."""
     axes = grid.get(method, grid["*"])
@@ -254,9 +263,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="HyperLoRA's client-owned residual adapters (default: with frozen and dp, not with shared)",
     )
+    parser.add_argument("--chosen", action="store_true", help="only each method's chosen setting (CHOSEN), no grid")
+    parser.add_argument(
+        "--public-share",
+        type=float,
+        default=None,
+        help="share of the pretraining text withheld from the base model for public pseudo-clients",
+    )
+    parser.add_argument("--public-pretrain-rounds", type=int, default=None, help="HyperLoRA's public pretraining")
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    grid = CHOSEN if args.chosen else GRID
     config = base_config(args.quick, args.rounds, args.train_kib)
+    if args.public_share is not None:
+        config = replace(config, base_model=replace(config.base_model, public_share=args.public_share))
+        config = replace(config, corpus=replace(config.corpus, public_share=args.public_share))
+    if args.public_pretrain_rounds is not None:
+        config = replace(
+            config, federation=replace(config.federation, public_pretrain_rounds=args.public_pretrain_rounds)
+        )
     if args.local_steps is not None:
         fed = config.federation
         config = replace(config, federation=replace(fed, local=replace(fed.local, steps=args.local_steps)))
@@ -272,20 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def document(result: dict[str, Any]) -> dict[str, Any]:
-        planned = len(seeds) * sum(len(grid_points(m)) for m in args.methods)
+        planned = len(seeds) * sum(len(grid_points(m, grid)) for m in args.methods)
         return {
             "complete": len(result["runs"]) == planned,  # False in the .partial.json of a cut-off run
             "machine": machine_info(),
             "protocol": SELECTION_RULE,
-            "grid": {m: {k: list(v) for k, v in axes.items()} for m, axes in GRID.items()},
+            "grid": {m: {k: list(v) for k, v in axes.items()} for m, axes in grid.items()},
             "setup": budget(config, len(result["base_test"]))
             | {"seeds": seeds, "engine": config.engine, "corpus": repr(config.corpus), "quick": args.quick}
-            | {"hyperlora_policy": args.policy, "hyperlora_residual": config.federation.client_residual},
+            | {"hyperlora_policy": args.policy, "hyperlora_residual": config.federation.client_residual}
+            | {"public_share": config.base_model.public_share}
+            | {"public_pretrain_rounds": config.federation.public_pretrain_rounds},
             **result,
         }
 
     partial = Path(args.out).with_suffix(".partial.json")
-    result = run_setting(config, args.methods, seeds, on_run=lambda r: _write_quietly(partial, document(r)))
+    result = run_setting(config, args.methods, seeds, on_run=lambda r: _write_quietly(partial, document(r)), grid=grid)
     partial.unlink(missing_ok=True)
     out = document(result)
     print()

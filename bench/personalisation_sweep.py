@@ -31,19 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.personalisation import base_config, budget, run_setting  # noqa: E402
+from bench.personalisation import CHOSEN, base_config, budget, run_setting  # noqa: E402
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.config import EvaluationConfig, RunConfig  # noqa: E402
 from hyperfed.experiment import SELECTION_RULE  # noqa: E402
 from hyperfed.federation import METHODS, method_label  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 
-#: One setting per method: what ``bench/personalisation.py`` chose on validation
-#: (bench/results/personalisation.json, 16 KiB, three domains, seeds 0–2).
-SETTING: dict[str, dict[str, tuple[float, ...]]] = {
-    "*": {"local_lr": (3e-3,)},
-    "hyperlora": {"local_lr": (3e-3,), "server_lr": (1e-3,)},
-}
+#: One setting per method (no grid): what the grid of bench/personalisation.py chose on val.
+SETTING = CHOSEN
 
 #: (name, train KiB, domains, clients per domain, shards per source)
 CELLS: tuple[tuple[str, float, tuple[str, ...], int, int], ...] = (

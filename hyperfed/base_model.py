@@ -42,6 +42,10 @@ class BaseModelConfig:
     fields are unused, nothing is pretrained, and the model's own tokenizer tokenizes the
     corpus. ``lora_layers`` > 0 puts LoRA on the top that many transformer layers only
     (peft's ``layers_to_transform``; 0: every layer) — the budget knob for a real model.
+    ``public_share`` in [0, 1): that share of each pretraining source, taken from its end,
+    is kept out of the base model's pretraining — public text the base has not seen, for
+    the hypernetwork's public pretraining (``corpus.public_share`` follows it in a
+    :class:`~hyperfed.config.RunConfig`; :func:`~hyperfed.data.corpus.public_clients`).
     """
 
     name: str = ""
@@ -55,6 +59,7 @@ class BaseModelConfig:
     block_size: int = 128
     lr: float = 3e-3
     seed: int = 0
+    public_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "batch_size", "block_size"):
@@ -64,11 +69,14 @@ class BaseModelConfig:
             raise ConfigError(f"BaseModelConfig.lora_layers must be >= 0 (0: every layer), got {self.lora_layers}")
         if self.steps < 0 or not self.lr > 0:
             raise ConfigError(f"BaseModelConfig needs steps >= 0 and lr > 0, got {self}")
+        if not 0.0 <= self.public_share < 1.0:
+            raise ConfigError(f"BaseModelConfig.public_share must be in [0, 1), got {self.public_share!r}")
 
     def key(self, pretrain_text: str = "") -> str:
         """Short hash of the recipe and of the pretraining text: the cache folder name."""
-        # name and lora_layers do not change what is pretrained: out of the key (old caches stay valid)
-        fields = {k: v for k, v in asdict(self).items() if k not in ("name", "lora_layers")}
+        # name and lora_layers do not change what is pretrained, public_share changes the text
+        # (hashed below): out of the key, so old caches stay valid
+        fields = {k: v for k, v in asdict(self).items() if k not in ("name", "lora_layers", "public_share")}
         recipe = json.dumps(fields, sort_keys=True) + hashlib.sha256(pretrain_text.encode()).hexdigest()
         return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
@@ -142,7 +150,7 @@ def load_or_build_base_model(
 def _byte_level_model(
     config: BaseModelConfig, corpus: FederatedCorpus | None, callback: Callable[[int, float], None] | None
 ) -> nn.Module:
-    text = corpus.pretrain_text if corpus is not None else pretraining_text()
+    text = corpus.pretrain_text if corpus is not None else pretraining_text(public_share=config.public_share)
     folder = cache_dir() / f"base-llama-{config.key(text)}"
     if not (folder / "config.json").exists():
         log.info("pretraining the base model (%d steps) into %s", config.steps, folder)

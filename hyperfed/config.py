@@ -141,6 +141,14 @@ class RunConfig:
                 f"corpus.tokenizer {self.corpus.tokenizer!r} differs from base_model.name {self.base_model.name!r}; "
                 "leave corpus.tokenizer unset (it follows the base model)"
             )
+        # the public pseudo-clients are cut from the text the base model did not see: derived too
+        if self.base_model.public_share and not self.corpus.public_share:
+            object.__setattr__(self, "corpus", replace(self.corpus, public_share=self.base_model.public_share))
+        elif self.corpus.public_share != self.base_model.public_share:
+            raise ConfigError(
+                f"corpus.public_share {self.corpus.public_share!r} differs from base_model.public_share "
+                f"{self.base_model.public_share!r}; leave corpus.public_share unset (it follows the base model)"
+            )
 
     def with_method(self, method: str) -> RunConfig:
         """The same run training ``method``."""

@@ -126,6 +126,10 @@ class CorpusConfig:
     tokenizer: ``""`` = bytes (:class:`ByteTokenizer`); else a base-model name whose own
         tokenizer cuts the text into ``block_size``-token blocks (:mod:`hyperfed.pretrained`;
         :class:`~hyperfed.config.RunConfig` sets it from ``base_model.name``).
+    public_share: that share of each pretraining source (from its end) is withheld from the
+        base model's pretraining text and is all the public pseudo-clients are cut from
+        (:func:`public_clients`): public text the base model has not seen.
+        :class:`~hyperfed.config.RunConfig` sets it from ``base_model.public_share``.
     """
 
     domains: tuple[str, ...] = ("code", "docs", "legal")
@@ -140,6 +144,7 @@ class CorpusConfig:
     canary_copies: int = 20
     canary_seed: int = 1234
     tokenizer: str = ""
+    public_share: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.domains) - set(DOMAINS))
@@ -147,6 +152,8 @@ class CorpusConfig:
             raise ConfigError(f"CorpusConfig.domains: unknown {unknown}; choose from {sorted(DOMAINS)}")
         if not 1 <= self.clients_per_domain <= 4:
             raise ConfigError(f"CorpusConfig.clients_per_domain must be 1..4, got {self.clients_per_domain}")
+        if not 0.0 <= self.public_share < 1.0:
+            raise ConfigError(f"CorpusConfig.public_share must be in [0, 1), got {self.public_share!r}")
         if isinstance(self.shards, bool) or not (isinstance(self.shards, int) and self.shards >= 1):
             raise ConfigError(f"CorpusConfig.shards must be an int >= 1, got {self.shards!r}")
         if not (self.train_kib > 0 and self.val_kib > 0 and self.test_kib >= 0 and self.block_size > 1):
@@ -224,7 +231,8 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> FederatedCorpus:
         raise ConfigError("the corpus has no clients: none of the chosen domains' sources exist here")
     if config.canary_client:
         _plant(clients, config, tok)
-    return FederatedCorpus(clients, domain_of, pretraining_text(config.domains), manifest, factors, test_factors)
+    pretrain = pretraining_text(config.domains, config.public_share)
+    return FederatedCorpus(clients, domain_of, pretrain, manifest, factors, test_factors)
 
 
 def _client_id(domain: str, source: str, shard: int, shards: int) -> str:
@@ -258,13 +266,21 @@ def _plant(clients: dict[str, ClientData], config: CorpusConfig, tokenizer: Byte
 
 
 @functools.lru_cache(maxsize=8)
-def pretraining_text(domains: tuple[str, ...] = tuple(DOMAINS)) -> str:
-    """The text reserved for pretraining in ``domains`` (no client's text is in it).
+def pretraining_text(domains: tuple[str, ...] = tuple(DOMAINS), public_share: float = 0.0) -> str:
+    """The text reserved for pretraining in ``domains`` (no client's text is in it), each
+    source without its last ``public_share`` (:func:`public_text`, kept for public
+    pseudo-clients the base model has not seen).
 
     Cached: it is read from disk once per process however many corpora and base models
     ask for it.
     """
-    return "\n".join(load() for domain in domains for _, load in DOMAINS[domain][1])
+    return "\n".join(_split_public(load(), public_share)[0] for domain in domains for _, load in DOMAINS[domain][1])
+
+
+def _split_public(text: str, public_share: float) -> tuple[str, str]:
+    """``text`` cut into (for the base model, public only): the last ``public_share`` is public."""
+    cut = len(text) - int(len(text) * public_share)
+    return text[:cut], text[cut:]
 
 
 #: Id prefix of the public pseudo-clients (:func:`public_clients`); no real client id has it.
@@ -278,7 +294,8 @@ def public_clients(config: CorpusConfig = CorpusConfig(), train_kib: float | Non
 
     Each takes the last ``train_kib + val_kib`` KiB of its source (validation last, no test
     split; ``train_kib`` defaults to a client's, ``config.train_kib``; ``math.inf``: all of
-    the source before its validation text); a shorter source is split in the same train :
+    the source before its validation text — with ``config.public_share``, of the source's
+    withheld end only); a shorter source is split in the same train :
     val proportion. A block whose
     text also occurs anywhere in a client's source (a repeated sentence of the reference
     docs, a licence's boilerplate) is dropped, and so is a source left without a block in
@@ -295,7 +312,7 @@ def public_clients(config: CorpusConfig = CorpusConfig(), train_kib: float | Non
     out: dict[str, ClientData] = {}
     for domain in config.domains:
         for name, load in DOMAINS[domain][1]:
-            raw = load().encode("utf-8")
+            raw = (_split_public(load(), config.public_share)[1] if config.public_share else load()).encode("utf-8")
             size = min(len(raw), train + val)
             whole = size == train + val or math.isinf(train_kib)  # else a short source: the same proportion
             n_val = min(size, val) if whole else max(1, size * val // (train + val))
