@@ -39,6 +39,7 @@ __all__ = [
     "adapter_hash",
     "file_sha256",
     "save_hypernet",
+    "remove_client_from_checkpoint",
     "load_hypernet",
     "read_meta",
     "verify_checkpoint",
@@ -100,7 +101,6 @@ def save_hypernet(
     such siblings in the same swap, so the weights and their siblings change together
     (:func:`hypernet.atomic.atomic_directory`: a crash leaves the old or the new set).
     """
-    blob = save(_tensors(hypernet))
     meta = {
         "format": FORMAT_VERSION,
         "architecture": hypernet.architecture,
@@ -108,9 +108,56 @@ def save_hypernet(
         "spec": json.loads(hypernet.spec.to_json()),
         "lora_config": hypernet.lora_config,
         "client_ids": hypernet.client_ids,
-        "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "extra": dict(extra or {}),
     }
+    return _write_checkpoint(path, _tensors(hypernet), meta, files)
+
+
+def remove_client_from_checkpoint(
+    path: str | os.PathLike[str], client_id: str, files: Mapping[str, bytes] | None = None
+) -> bool:
+    """Rewrite checkpoint ``path`` without ``client_id`` (its tensors and its name), with
+    ``files`` siblings written in the same atomic swap, as :func:`save_hypernet` would
+    write the loaded generator after ``remove_client`` — the same bytes — but at the tensor
+    level: no generator is built (a forget purges every checkpoint of a run). Returns
+    ``False`` and writes nothing if the checkpoint does not hold the client.
+
+    Raises
+    ------
+    CorruptFileError
+        Missing, unparsable or tampered files (as :func:`load_hypernet`).
+    CheckpointMismatchError
+        The architecture tag is unknown, or the client is named without its tensors.
+    """
+    path = Path(path)
+    meta = verify_checkpoint(path)
+    if client_id not in meta["client_ids"]:
+        return False
+    names = checkpoint_architecture(meta).embedding_tensor_names(client_id)
+    try:
+        tensors = load_file(path / HYPERNET_WEIGHTS)
+    except SafetensorError as exc:
+        raise CorruptFileError(f"{path / HYPERNET_WEIGHTS} is not a valid safetensors file ({exc})") from None
+    if names[0] not in tensors:
+        raise CheckpointMismatchError(f"{path} names client {client_id!r} but holds no tensor {names[0]!r}")
+    for name in names:
+        tensors.pop(name, None)
+    kept = {k: v for k, v in meta.items() if k != "weights_sha256"}
+    kept["client_ids"] = [c for c in meta["client_ids"] if c != client_id]
+    _write_checkpoint(path, tensors, kept, files)
+    return True
+
+
+def _write_checkpoint(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    files: Mapping[str, bytes] | None,
+) -> Path:
+    """``tensors`` and ``meta`` (plus the weights' sha256) as a checkpoint folder, keeping
+    the folder's other siblings and writing ``files``, in one atomic swap."""
+    blob = save(dict(tensors))
+    meta = dict(meta) | {"weights_sha256": hashlib.sha256(blob).hexdigest()}
     written = {HYPERNET_WEIGHTS: blob, HYPERNET_META: json.dumps(meta, indent=1, sort_keys=True).encode()}
     for name in files or {}:
         if name in written or Path(name).name != name or name.startswith("."):

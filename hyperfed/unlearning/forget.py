@@ -60,9 +60,9 @@ from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
 from hyperfed.rundir.lock import run_lock
 from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
-from hypernet import HyperLoRA, load_hypernet, save_hypernet
+from hypernet import HyperLoRA
 from hypernet.atomic import atomic_write_bytes
-from hypernet.io import read_meta, verify_checkpoint
+from hypernet.io import read_meta, remove_client_from_checkpoint, verify_checkpoint
 from hypernet.trainer_state import remove_client_state
 
 if TYPE_CHECKING:
@@ -377,10 +377,11 @@ def delete_model_step(rd: RunDirectory, journal: dict) -> None:
 def _purge_checkpoint(folder: Path, client_id: str) -> None:
     """Rewrite one checkpoint folder without the client's embedding and optimizer state.
 
-    Both files change in one swap of the folder (:func:`hypernet.save_hypernet` with the
-    optimizer as a sibling), so a crash leaves the old pair or the new one; an optimizer
-    file is never dropped, whether or not it held the client (it may never have been
-    sampled by that round). Nothing is written if the client is in neither.
+    Both files change in one swap of the folder
+    (:func:`hypernet.io.remove_client_from_checkpoint` with the optimizer as a sibling;
+    tensor level, no generator is built), so a crash leaves the old pair or the new one; an
+    optimizer file is never dropped, whether or not it held the client (it may never have
+    been sampled by that round). Nothing is written if the client is in neither.
     """
     meta = read_meta(folder)
     optimizer = load_optimizer_file(folder)
@@ -391,10 +392,8 @@ def _purge_checkpoint(folder: Path, client_id: str) -> None:
     if not in_meta:
         atomic_write_bytes(folder / OPTIMIZER_FILE, save(kept))
         return
-    hypernet = load_hypernet(folder)
-    hypernet.remove_client(client_id)
     files = {OPTIMIZER_FILE: save(kept)} if (folder / OPTIMIZER_FILE).exists() else None
-    save_hypernet(hypernet, folder, extra=meta.get("extra", {}), files=files)
+    remove_client_from_checkpoint(folder, client_id, files=files)
 
 
 def _purge_checkpoints(rd: RunDirectory, client_id: str) -> None:

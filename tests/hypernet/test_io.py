@@ -58,6 +58,30 @@ def test_save_load_generate_is_bitwise_identical(llama_model, tmp_path):
     assert meta["extra"] == {"round": 3}
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_removing_a_client_at_the_tensor_level_writes_what_save_hypernet_would(llama_model, tmp_path, residual):
+    from hypernet.io import remove_client_from_checkpoint
+
+    hn = HyperLoRA.from_peft_model(llama_model, HyperLoRAConfig(client_residual=residual), client_ids=["a", "b", "c"])
+    with torch.no_grad():
+        for p in hn.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_hypernet(hn, tmp_path / "ckpt", extra={"round": 3}, files={"optimizer.safetensors": b"old"})
+    assert remove_client_from_checkpoint(tmp_path / "ckpt", "b", files={"optimizer.safetensors": b"new"})
+    hn.remove_client("b")
+    save_hypernet(hn, tmp_path / "gold", extra={"round": 3})
+    for name in (HYPERNET_WEIGHTS, HYPERNET_META):  # byte for byte
+        assert (tmp_path / "ckpt" / name).read_bytes() == (tmp_path / "gold" / name).read_bytes()
+    assert (tmp_path / "ckpt" / "optimizer.safetensors").read_bytes() == b"new"
+    assert load_hypernet(tmp_path / "ckpt").client_ids == ["a", "c"]
+    before = (tmp_path / "ckpt" / HYPERNET_WEIGHTS).read_bytes()
+    assert not remove_client_from_checkpoint(tmp_path / "ckpt", "b")  # not there: nothing written
+    assert (tmp_path / "ckpt" / HYPERNET_WEIGHTS).read_bytes() == before
+    (tmp_path / "ckpt" / HYPERNET_WEIGHTS).write_bytes(before[:-8] + b"tampered")
+    with pytest.raises(CorruptFileError):
+        remove_client_from_checkpoint(tmp_path / "ckpt", "a")
+
+
 def test_adapter_hash_is_canonical_and_sensitive():
     a = {"x.lora_A.weight": torch.arange(6.0).view(2, 3), "x.lora_B.weight": torch.ones(3, 2)}
     reordered = dict(reversed(list(a.items())))
