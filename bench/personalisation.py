@@ -277,7 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     config = base_config(args.quick, args.rounds, args.train_kib)
     if args.public_share is not None:
         config = replace(config, base_model=replace(config.base_model, public_share=args.public_share))
-        config = replace(config, corpus=replace(config.corpus, public_share=args.public_share))
     if args.public_pretrain_rounds is not None:
         config = replace(
             config, federation=replace(config.federation, public_pretrain_rounds=args.public_pretrain_rounds)

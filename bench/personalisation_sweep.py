@@ -38,9 +38,6 @@ from hyperfed.experiment import SELECTION_RULE  # noqa: E402
 from hyperfed.federation import METHODS, method_label  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 
-#: One setting per method (no grid): what the grid of bench/personalisation.py chose on val.
-SETTING = CHOSEN
-
 #: (name, train KiB, domains, clients per domain, shards per source)
 CELLS: tuple[tuple[str, float, tuple[str, ...], int, int], ...] = (
     ("4KiB-1domain", 4, ("code",), 3, 3),
@@ -85,9 +82,10 @@ def plot(cells: dict[str, dict[str, Any]], path: Path) -> Path:
     fig = Figure(figsize=(10, 4))
     panels = {"one domain": fig.add_subplot(1, 2, 1), "mixed domains": fig.add_subplot(1, 2, 2)}
     series: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    shape = {name: (kib, len(domains)) for name, kib, domains, *_ in CELLS}
     for name, cell in cells.items():
-        kib = float(name.split("KiB")[0])
-        panel = "one domain" if name.endswith("1domain") else "mixed domains"
+        kib, n_domains = shape[name]
+        panel = "one domain" if n_domains == 1 else "mixed domains"
         base = next(r["test_mean"] for r in cell["table"] if r["method"] == "base model")
         for r in cell["table"]:
             if r["method"] != "base model":
@@ -130,7 +128,7 @@ def report(out: Path, cells_dir: Path, quick: bool) -> dict[str, Any]:
         "complete": len(cells) == len(CELLS),
         "machine": machine_info(),
         "protocol": SELECTION_RULE,
-        "setting": {m: {k: list(v) for k, v in axes.items()} for m, axes in SETTING.items()},
+        "setting": {m: {k: list(v) for k, v in axes.items()} for m, axes in CHOSEN.items()},
         "setup": first["setup"],
         "summary": rows,
         "cells": {n: {k: c[k] for k in ("setup", "table", "per_client", "pairwise")} for n, c in cells.items()},
@@ -174,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(len(CELLS)) if args.cells is None else args.cells:
             cell = CELLS[index]
             cfg = cell_config(config, cell, args.quick)
-            result = run_setting(cfg, args.methods, seeds, label=f"{cell[0]:>15} ", grid=SETTING)
+            result = run_setting(cfg, args.methods, seeds, label=f"{cell[0]:>15} ", grid=CHOSEN)
             setup = budget(cfg, len(result["base_test"])) | {
                 "seeds": seeds,
                 "engine": cfg.engine,

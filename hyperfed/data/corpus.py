@@ -268,8 +268,8 @@ def _plant(clients: dict[str, ClientData], config: CorpusConfig, tokenizer: Byte
 @functools.lru_cache(maxsize=8)
 def pretraining_text(domains: tuple[str, ...] = tuple(DOMAINS), public_share: float = 0.0) -> str:
     """The text reserved for pretraining in ``domains`` (no client's text is in it), each
-    source without its last ``public_share`` (:func:`public_text`, kept for public
-    pseudo-clients the base model has not seen).
+    source without its last ``public_share`` (kept for the public pseudo-clients of
+    :func:`public_clients`, which the base model then has not seen).
 
     Cached: it is read from disk once per process however many corpora and base models
     ask for it.

@@ -50,7 +50,7 @@ from hyperfed.errors import CorruptFileError, HyperFedError
 from hyperfed.ledger.base import LedgerBackend
 from hyperfed.ledger.client import Ledger
 from hyperfed.ledger.embedded import EmbeddedLedger
-from hyperfed.ledger.records import CheckpointRecord
+from hyperfed.ledger.records import CheckpointRecord, GenerationRecord
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
 from hyperfed.rundir.audit.files import check_checkpoint_files, check_layout, check_metrics, check_pending_forget
@@ -86,7 +86,9 @@ class AuditContext:
         self.notes: list[str] = []
         self.active: set[str] = set()  # registered, not forgotten (check_clients)
         self.files: dict[tuple[int, str], dict[str, str]] | None = None  # record_checkpoint_files
-        self._superseded: tuple[dict[int, str], dict[int, str]] | None = None  # superseded()
+        # round -> client: checkpoints / adapter rounds an exact forget removed (superseded_by_exact)
+        self.superseded_checkpoints: dict[int, str] = {}
+        self.superseded_adapters: dict[int, str] = {}
         self.block_of: dict[str, int] = {}  # tx id -> block number (embedded ledgers)
 
     # --------------------------------------------------------------- helpers
@@ -185,8 +187,8 @@ class AuditContext:
                     f"ledger: checkpoint of round {round_}",
                     f"{self.rel(folder)} was never recorded (still in the outbox?)",
                 )
-            elif not folder.is_dir() and round_ in self.superseded(ledger)[0]:
-                cid = self.superseded(ledger)[0][round_]
+            elif not folder.is_dir() and round_ in self.superseded_checkpoints:
+                cid = self.superseded_checkpoints[round_]
                 self.add(
                     "checkpoint", "forgotten", folder, f"removed by the exact forget of {cid!r}: it had learned from it"
                 )
@@ -297,8 +299,8 @@ class AuditContext:
             )
 
     # -------------------------------------------------------------- adapters
-    def check_adapters(self, ledger: Ledger, forgotten: set[str]) -> None:
-        records = {(g.round, g.client_id): g for g in self.query("list_generations", ledger.list_generations, [])}
+    def check_adapters(self, generations: list[GenerationRecord], forgotten: set[str]) -> None:
+        records = {(g.round, g.client_id): g for g in generations}
         rd = self.run_dir
         on_disk = {(r, c) for r in rd.adapter_rounds() for c in rd.adapter_clients(r)}
         for round_, cid in sorted(set(records) | on_disk):
@@ -314,8 +316,8 @@ class AuditContext:
                     f"ledger: generation ({round_}, {cid!r})",
                     f"{self.rel(path)} was never recorded (still in the outbox?)",
                 )
-            elif (round_, cid) not in on_disk and round_ in self.superseded(ledger)[1]:
-                victim = self.superseded(ledger)[1][round_]
+            elif (round_, cid) not in on_disk and round_ in self.superseded_adapters:
+                victim = self.superseded_adapters[round_]
                 self.add(
                     "adapter",
                     "forgotten",
@@ -339,14 +341,6 @@ class AuditContext:
                         path,
                         f"hash {actual[:16]}… ≠ {record.adapter_hash[:16]}… recorded in {self.where(record.tx_id)}",
                     )
-
-    def superseded(self, ledger: Ledger) -> tuple[dict[int, str], dict[int, str]]:
-        """Checkpoint and adapter rounds exact forgets removed (read from the ledger once)."""
-        if self._superseded is None:
-            forgets = self.query("list_forgets", ledger.forget_events, [])
-            generations = self.query("list_generations", ledger.list_generations, [])
-            self._superseded = superseded_by_exact(forgets, generations)
-        return self._superseded
 
     # ------------------------------------------------------- clients, salts
     def read_salts(self) -> dict[str, bytes]:
@@ -450,10 +444,13 @@ def audit_run(
             salts = audit.read_salts()
             if opened is not None:
                 forgotten = audit.check_clients(opened, salts)
+                forgets = audit.query("list_forgets", opened.forget_events, [])
+                generations = audit.query("list_generations", opened.list_generations, [])
+                audit.superseded_checkpoints, audit.superseded_adapters = superseded_by_exact(forgets, generations)
                 audit.check_checkpoints(opened, forgotten, salts)
                 check_shared_policy(audit, opened)
-                audit.check_adapters(opened, forgotten)
-                check_regenerated_adapters(audit, audit.query("list_forgets", opened.forget_events, []))
+                audit.check_adapters(generations, forgotten)
+                check_regenerated_adapters(audit, forgets)
                 check_metrics(audit, audit.active, forgotten)
             check_outbox(audit)
         check_layout(audit)
