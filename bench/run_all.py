@@ -199,16 +199,19 @@ def render_dp_many_clients(dp: dict) -> str:
         {"method": m, "mean_test_loss": v, "selected_round": dp["selected_round"].get(m, "")}
         for m, v in dp["mean_test_loss"].items()
     ]
-    wins, total = dp["hyperlora_beats_local_on"]
-    return (
+    parts = [
         "\n## The `dp` policy with many clients (`bench/dp_many_clients.py`)\n\n"
         f"{dp['clients']} clients (`corpus.shards = {s['shards']}`), {s['rounds']} rounds, Poisson q = "
-        f"{s['sample_rate']}, z = {s['noise']}, C = {s['clip']}: ε = {g['epsilon']:.3g} at δ = {g['delta']:g} "
-        "(Opacus RDP). Early-stopped on validation, reported on test; one seed.\n\n"
-        + md_table(rows)
-        + f"\nHyperLoRA (`dp`) beats local-only on {wins}/{total} clients. Forgetting the canary client (delete):\n\n"
-        + md_table(dp["unlearning"])
-    )
+        f'{s["sample_rate"]}, z = {s["noise"]}, C = {s["clip"]}, `dp_scope = "{s.get("dp_scope", "all")}"`: '
+        f"ε = {g['epsilon']:.3g} at δ = {g['delta']:g} (Opacus RDP). Early-stopped on validation, reported on "
+        "test; one seed.\n\n" + md_table(rows)
+    ]
+    if "hyperlora_beats_local_on" in dp:
+        wins, total = dp["hyperlora_beats_local_on"]
+        parts.append(f"\nHyperLoRA (`dp`) beats local-only on {wins}/{total} clients.\n")
+    if "unlearning" in dp:
+        parts.append("\nForgetting the canary client (delete):\n\n" + md_table(dp["unlearning"]))
+    return "".join(parts)
 
 
 def render_real_llm(real: dict) -> str:

@@ -16,10 +16,12 @@ from typing import Any
 from hypernet import LocalTrainConfig, TrainerConfig
 from hypernet.errors import ConfigError
 
-__all__ = ["FederationConfig", "local_seed", "SHARED_POLICIES"]
+__all__ = ["FederationConfig", "local_seed", "SHARED_POLICIES", "DP_SCOPES"]
 
 #: How the hypernetwork's shared weights may learn from clients (see :class:`FederationConfig`).
 SHARED_POLICIES = ("shared", "frozen", "dp")
+#: Which shared weights learn under the ``dp`` policy (:attr:`FederationConfig.dp_scope`).
+DP_SCOPES = ("all", "base")
 
 
 def local_seed(seed: int, round_: int, client_id: str) -> int:
@@ -66,6 +68,11 @@ class FederationConfig:
         expected number of clients per round (``sample_rate`` × registered clients).
     dp_noise_multiplier, dp_clip, dp_delta: the ``dp`` policy's noise multiplier z, clipping
         norm C and the δ at which ε is reported (:mod:`hyperfed.federation.privacy`).
+    dp_scope: which shared weights learn under ``dp``: ``"all"`` (trunk, heads and base
+        adapters) or ``"base"`` (only the per-target base adapters, a DP-FedAvg of the
+        adapter everyone starts from; the trunk and heads keep their initial or publicly
+        pretrained values). Fewer noised coordinates: the same z and C put far less noise
+        on the model.
     public_pretrain_rounds: before the federation, a HyperLoRA run trains its hypernetwork
         (shared weights included) this many rounds on public pseudo-clients cut from the
         corpus's pretraining text, then drops them
@@ -87,6 +94,7 @@ class FederationConfig:
     dp_noise_multiplier: float = 1.0
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
+    dp_scope: str = "all"
     public_pretrain_rounds: int = 0
     local: LocalTrainConfig = field(default_factory=_default_local)
     server: TrainerConfig = field(default_factory=_default_server)
@@ -119,6 +127,8 @@ class FederationConfig:
             raise ConfigError(f"FederationConfig.dp_clip must be > 0, got {self.dp_clip!r}")
         if not 0.0 < self.dp_delta < 1.0:
             raise ConfigError(f"FederationConfig.dp_delta must be in (0, 1), got {self.dp_delta!r}")
+        if self.dp_scope not in DP_SCOPES:
+            raise ConfigError(f"FederationConfig.dp_scope must be one of {list(DP_SCOPES)}, got {self.dp_scope!r}")
         if isinstance(self.public_pretrain_rounds, bool) or not (
             isinstance(self.public_pretrain_rounds, int) and self.public_pretrain_rounds >= 0
         ):

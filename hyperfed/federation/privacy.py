@@ -104,12 +104,13 @@ def describe_guarantee(fed: FederationConfig, rounds: int) -> dict[str, Any]:
         }
     if policy == "dp":
         eps = client_level_epsilon(fed.dp_noise_multiplier, fed.sample_rate, rounds, fed.dp_delta)
+        scope = "" if fed.dp_scope == "all" else " (only the base adapters learn; the trunk and heads stay fixed)"
         return {
             "policy": policy,
             "guarantee": "(ε, δ)-DP",
             "epsilon": eps,
             "delta": fed.dp_delta,
-            "text": f"client-level (ε = {eps:.3g}, δ = {fed.dp_delta:g})-DP of the shared weights over {rounds} "
+            "text": f"client-level (ε = {eps:.3g}, δ = {fed.dp_delta:g})-DP of the shared weights{scope} over {rounds} "
             f"rounds (z = {fed.dp_noise_multiplier:g}, C = {fed.dp_clip:g}, q = {fed.sample_rate:g}); after delete "
             "the model is (ε, δ)-indistinguishable from one trained without the client",
         }
@@ -162,11 +163,16 @@ def dp_shared_update(
     noise_multiplier: float,
     expected_clients: float,
     generator: torch.Generator,
+    scope: str = "all",
 ) -> dict[str, float]:
     """One ``dp`` step: per-client shared gradients clipped and noised (:func:`clip_and_noise`),
-    client-owned state from each client's own unclipped gradient. Returns ``‖θᵢ − θ̃ᵢ‖₂``."""
+    client-owned state from each client's own unclipped gradient. Returns ``‖θᵢ − θ̃ᵢ‖₂``.
+
+    ``scope`` ``"base"``: only the base adapters are clipped, noised and stepped; the other
+    shared weights get no gradient (they do not move)."""
     hypernet = trainer.hypernet
-    shared = hypernet.shared_parameters()
+    shared = hypernet.base_parameters() if scope == "base" else hypernet.shared_parameters()
+    still = [p for p in hypernet.shared_parameters() if all(p is not s for s in shared)]
     trainer.zero_grad()
     per_client: list[list[torch.Tensor]] = []
     norms: dict[str, float] = {}
@@ -178,5 +184,7 @@ def dp_shared_update(
     noisy = clip_and_noise(per_client, clip, noise_multiplier, expected_clients, generator)
     for p, g in zip(shared, noisy, strict=True):
         p.grad = g
+    for p in still:
+        p.grad = None
     trainer.step_from_gradients()  # embeddings and residuals kept their own (unclipped) gradients
     return norms

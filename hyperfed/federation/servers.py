@@ -313,6 +313,7 @@ class HyperLoRAServer(AdapterServer):
                 self.config.dp_noise_multiplier,
                 expected,
                 self.noise_generator,
+                self.config.dp_scope,
             )
         return self.trainer.apply_client_updates(returned, sent, weights, update_shared=policy == "shared")
 

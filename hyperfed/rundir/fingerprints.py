@@ -65,7 +65,7 @@ OPTIMIZER_PART = "optimizer/"  # + "shared" or "client/<client id>"
 _CONFIG_FIELDS = ("format", "architecture", "config", "spec", "lora_config")
 POLICY_PART = "policy"
 POLICY_KEY = "policy"  # hypernet.json: {"extra": {"policy": run_policy(...)}}
-_DP_FIELDS = ("dp_noise_multiplier", "dp_clip", "dp_delta", "sample_rate")  # what dp's (ε, δ) depends on
+_DP_FIELDS = ("dp_noise_multiplier", "dp_clip", "dp_delta", "sample_rate", "dp_scope")  # what dp's guarantee depends on
 
 
 def run_policy(config: Mapping[str, object] | None) -> dict[str, object]:

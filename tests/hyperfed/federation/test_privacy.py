@@ -81,3 +81,28 @@ def test_dp_server_clips_each_clients_shared_contribution(tiny_peft):
     # 2 · 1e-3 / (0.5 · 4 expected clients) = 1e-3 in L2
     assert 0 < float(moved.norm()) <= 1e-3 + 1e-9
     assert not torch.equal(emb_before, server.hypernet.client_parameter("a"))  # unclipped client state moved
+
+
+def test_dp_scope_base_noises_and_steps_only_the_base_adapters(tiny_peft):
+    """``dp_scope="base"``: the trunk and heads keep their values bit for bit (no gradient, no
+    noise); the base adapters take the noised step; ε and the guarantee name the scope."""
+    fed = FederationConfig(shared_policy="dp", dp_scope="base", dp_noise_multiplier=1.0, dp_clip=1e-3, sample_rate=0.5)
+    server = make_server("hyperlora", tiny_peft, fed)
+    sent = server.configure_round(1, ["a", "b", "c", "d"])
+    replies = {c: Reply({k: v - 0.05 for k, v in sent[c].items()}, 10) for c in ("a", "b")}
+    hypernet = server.hypernet
+    learning = {id(p) for p in hypernet.base_parameters()}
+    shared = {id(p) for p in hypernet.shared_parameters()}
+    fixed = {n: p.detach().clone() for n, p in hypernet.named_parameters() if id(p) in shared - learning}
+    base_before = [p.detach().clone() for p in hypernet.base_parameters()]
+    assert fixed and base_before
+    server.aggregate_round(1, replies)
+    params = dict(hypernet.named_parameters())
+    assert all(torch.equal(params[n].detach(), t) for n, t in fixed.items())
+    assert all(not torch.equal(p.detach(), q) for p, q in zip(hypernet.base_parameters(), base_before, strict=True))
+    guarantee = describe_guarantee(fed, 10)
+    assert guarantee["epsilon"] == client_level_epsilon(1.0, 0.5, 10, 1e-5)
+    assert "only the base adapters learn" in guarantee["text"]
+    assert "only the base" not in describe_guarantee(FederationConfig(shared_policy="dp"), 10)["text"]
+    with pytest.raises(ConfigError, match="dp_scope"):
+        FederationConfig(dp_scope="heads")

@@ -12,7 +12,7 @@ from hyperfed.ledger.client import Ledger
 from hyperfed.rundir import RunDirectory
 from hyperfed.rundir.audit import audit_run
 from hyperfed.rundir.audit.policy import frozen_shared_problems, recorded_policies, shared_policy_of
-from hyperfed.rundir.fingerprints import POLICY_PART, policy_digest, shared_weights_hash
+from hyperfed.rundir.fingerprints import POLICY_PART, policy_digest, run_policy, shared_weights_hash
 from hyperfed.rundir.recorder import RunRecorder
 from hyperfed.unlearning import forget_client
 from hypernet import ClientData, LocalTrainConfig, load_hypernet, save_hypernet
@@ -57,9 +57,18 @@ def test_only_shared_and_dp_change_the_shared_weights(tiny_peft, policy):
 
 def test_policy_keys_travel_in_the_flat_run_config_and_run_json():
     config = RunConfig.from_run_config(
-        {"shared-policy": "dp", "dp-noise-multiplier": 2, "dp-clip": 0.5, "dp-delta": 1e-6, "client-residual": True}
+        {
+            "shared-policy": "dp",
+            "dp-noise-multiplier": 2,
+            "dp-clip": 0.5,
+            "dp-delta": 1e-6,
+            "dp-scope": "base",
+            "client-residual": True,
+        }
     )
     fed = config.federation
+    assert fed.dp_scope == "base"
+    assert run_policy(config.to_dict())["dp_scope"] == "base"  # recorded with the policy
     assert (fed.shared_policy, fed.dp_noise_multiplier, fed.dp_clip, fed.dp_delta, fed.client_residual) == (
         "dp",
         2.0,
