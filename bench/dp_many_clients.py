@@ -2,7 +2,8 @@
 
 Run:  python bench/dp_many_clients.py [--shards 32] [--rounds 50] [--sample-rate 0.125]
                                       [--noise 1.0] [--clip 0.05] [--dp-scope all|base]
-                                      [--methods hyperlora,local,fedavg] [--out FILE] [--quick]
+                                      [--methods hyperlora,local,fedavg] [--skip-forget]
+                                      [--out FILE] [--quick]
 
 The corpus is the code and docs domains' eight sources, each cut into ``--shards`` clients
 (``CorpusConfig.shards``; 32 → 256 clients of 1.5 KiB train, 0.375 KiB validation and
@@ -100,13 +101,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--every", type=int, default=5, help="evaluate every this many rounds")
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--attack-steps", type=int, default=100)
+    parser.add_argument("--skip-forget", action="store_true", help="measure utility only (no forget, no retrain)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, not a measurement)")
     parser.add_argument("--out", default="bench/results/dp_many_clients.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.shards, args.rounds, args.every, args.candidates, args.attack_steps = 4, 2, 1, 50, 5
     config, victim = many_client_config(args)
-    forget = "hyperlora" in args.methods
+    forget = "hyperlora" in args.methods and not args.skip_forget
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = run_experiment(Path(tmp) / "run", config)

@@ -61,7 +61,6 @@ from hyperfed.ledger.embedded.chain import (
     Problem,
     VerifyReport,
     block_hash,
-    decode_writes,
     encode_writes,
     signing_message,
     verify_chain,
@@ -71,7 +70,8 @@ from hyperfed.ledger.embedded.identity import (
     load_certificate,
     writer_identity,
 )
-from hyperfed.ledger.embedded.stub import HistoryEntry, Simulation, StateReader, simulate_transaction
+from hyperfed.ledger.embedded.sqlite_state import BLOCK_COLUMNS, SCHEMA, TIP, SqliteState
+from hyperfed.ledger.embedded.stub import Simulation, StateReader, simulate_transaction
 
 if TYPE_CHECKING:  # signing pulls the Gateway package (gRPC): imported on the first commit only
     from hyperfed.ledger.gateway.identity import SigningIdentity
@@ -83,66 +83,11 @@ log = logging.getLogger(__name__)
 FORMAT = "hyperfed-embedded-ledger/2"  # /2: signed blocks
 LEGACY_FORMATS = ("hyperfed-embedded-ledger/1",)  # unsigned blocks: read, upgraded on first commit
 _QUERIES = frozenset(HyperFedContract().get_evaluate_transactions())
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS blocks (
-    number INTEGER PRIMARY KEY, prev_hash TEXT NOT NULL, tx_id TEXT NOT NULL UNIQUE,
-    function TEXT NOT NULL, args TEXT NOT NULL, creator_msp TEXT NOT NULL,
-    timestamp REAL NOT NULL, writes TEXT NOT NULL, hash TEXT NOT NULL, signature TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history (
-    key TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (key, block)) WITHOUT ROWID;
-"""
-_TIP = "SELECT number, hash FROM blocks ORDER BY number DESC LIMIT 1"
-_BLOCK_COLUMNS = "number, prev_hash, tx_id, function, args, creator_msp, timestamp, writes, hash"
-# Composite keys start with "\x00", which sorts before everything else: starting an
-# unbounded scan at "\x01" skips them, as a Fabric peer does.
-_FIRST_SIMPLE_KEY = "\x01"
 
 
 def new_tx_id(creator_msp: str) -> str:
     """A Fabric-style transaction id: hex sha256(random nonce || creator)."""
     return hashlib.sha256(os.urandom(24) + creator_msp.encode("utf-8")).hexdigest()
-
-
-class _SqliteState:
-    """Committed state of one connection, as :class:`~hyperfed.ledger.embedded.stub.StateReader`."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def read(self, key: str) -> tuple[bytes, int] | None:
-        row = self._conn.execute("SELECT value, version FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else (bytes(row[0]), int(row[1]))
-
-    def read_range(self, start: str, end: str) -> list[tuple[str, bytes, int]]:
-        sql = "SELECT key, value, version FROM state WHERE key >= ?"
-        params = [start or _FIRST_SIMPLE_KEY]
-        if end:
-            sql, params = sql + " AND key < ?", params + [end]
-        rows = self._conn.execute(sql + " ORDER BY key", params).fetchall()
-        return [(k, bytes(v), int(n)) for k, v, n in rows]
-
-    def read_history(self, key: str) -> list[HistoryEntry]:
-        rows = self._conn.execute(
-            "SELECT b.tx_id, b.timestamp, b.writes FROM history h JOIN blocks b"
-            " ON b.number = h.block WHERE h.key = ? ORDER BY h.block DESC",
-            (key,),
-        ).fetchall()
-        out = []
-        for tx_id, timestamp, writes in rows:
-            value = decode_writes(writes).get(key)
-            out.append(HistoryEntry(tx_id=tx_id, timestamp=float(timestamp), value=value))
-        return out
-
-    def has_transaction(self, tx_id: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM blocks WHERE tx_id = ?", (tx_id,)).fetchone()
-        return row is not None
-
-    def version(self, key: str) -> int | None:
-        row = self._conn.execute("SELECT version FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else int(row[0])
 
 
 class EmbeddedLedger(LedgerBackend):
@@ -199,7 +144,7 @@ class EmbeddedLedger(LedgerBackend):
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._create_schema()
-            self._state = _SqliteState(self._conn)
+            self._state = SqliteState(self._conn)
             if not read_only:
                 self._ensure_configured(writer_msp)
         except BaseException:
@@ -242,7 +187,7 @@ class EmbeddedLedger(LedgerBackend):
         with self._transaction("" if self.read_only else "IMMEDIATE") as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not self.read_only or "ledger_meta" not in tables:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
+                for statement in filter(str.strip, SCHEMA.split(";")):
                     conn.execute(statement)
             row = conn.execute("SELECT value FROM ledger_meta WHERE name = 'format'").fetchone()
             if row is None:
@@ -339,7 +284,7 @@ class EmbeddedLedger(LedgerBackend):
         signer = self._signing_identity()
         with self._transaction("IMMEDIATE") as conn:
             self._validate(sim)
-            tip = conn.execute(_TIP).fetchone()
+            tip = conn.execute(TIP).fetchone()
             number, prev_hash = (0, GENESIS_PREV_HASH) if tip is None else (tip[0] + 1, tip[1])
             self._check_writer(conn, signer, number)
             args, writes = json.dumps(list(sim.args), ensure_ascii=False), encode_writes(sim.writes)
@@ -349,7 +294,7 @@ class EmbeddedLedger(LedgerBackend):
             signature = base64.b64encode(signer.sign(signing_message(digest))).decode("ascii")
             row = (number, prev_hash, sim.tx_id, sim.function, args, sim.creator_msp, sim.timestamp, writes, digest)
             conn.execute(
-                f"INSERT INTO blocks ({_BLOCK_COLUMNS}, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO blocks ({BLOCK_COLUMNS}, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*row, signature),
             )
             for key, value in sorted(sim.writes.items()):
@@ -415,7 +360,7 @@ class EmbeddedLedger(LedgerBackend):
     def head(self) -> tuple[int, str] | None:
         """``(number, hash)`` of the last block, or ``None`` for an empty file."""
         with self._transaction() as conn:
-            row = conn.execute(_TIP).fetchone()
+            row = conn.execute(TIP).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
 
     def blocks(self, start: int = 0) -> list[Block]:
