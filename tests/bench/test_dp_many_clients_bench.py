@@ -22,3 +22,22 @@ def test_the_quick_many_client_dp_bench_reports_epsilon_utility_and_the_forget(t
     assert {"before forget", "after delete", "retrain (gold)", "strong attack on delete"} <= set(systems)
     assert json.loads((tmp_path / "dp.json").read_text())["clients"] == 32
     assert "ε = " in render_dp_many_clients(out)
+
+
+def test_methods_option_and_a_utility_only_result_render():
+    import argparse
+
+    from bench.dp_many_clients import _methods
+
+    assert _methods("hyperlora, local") == ("hyperlora", "local")
+    with pytest.raises(argparse.ArgumentTypeError, match="methods must come from"):
+        _methods("hyperlora,ditto")
+    out = {
+        "clients": 256,
+        "settings": {"shards": 32, "rounds": 10, "sample_rate": 0.5, "noise": 1.5, "clip": 0.05, "dp_scope": "base"},
+        "guarantee": {"epsilon": 6.44, "delta": 1e-5},
+        "mean_test_loss": {"hyperlora": 1.47, "base": 1.50},
+        "selected_round": {"hyperlora": 4},
+    }
+    text = render_dp_many_clients(out)
+    assert '`dp_scope = "base"`' in text and "ε = 6.44" in text and "Forgetting" not in text

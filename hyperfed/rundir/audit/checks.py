@@ -47,9 +47,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hyperfed.errors import CorruptFileError, HyperFedError
-from hyperfed.ledger.base import LedgerBackend
 from hyperfed.ledger.client import Ledger
-from hyperfed.ledger.embedded import EmbeddedLedger
 from hyperfed.ledger.records import CheckpointRecord, GenerationRecord
 from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory
@@ -72,7 +70,6 @@ __all__ = ["audit_run"]
 
 log = logging.getLogger(__name__)
 
-_MISSING_KINDS = {"missing-block", "chain-truncated", "state-deleted", "history-deleted"}
 _READ_ERRORS = (HyperFedError, KeyError, TypeError, ValueError)
 
 
@@ -115,56 +112,6 @@ class AuditContext:
         except _READ_ERRORS as exc:
             self.add("ledger", "mismatch", f"ledger: {what}", f"cannot be read: {exc}")
             return default
-
-    # ---------------------------------------------------------------- ledger
-    def verify_chain(self, backend: LedgerBackend, label: str) -> bool:
-        """Verify a backend's local chain against ``ledger_head.json``; ``False`` if the
-        backend keeps none (a Fabric network verifies its own chain)."""
-        if backend.local_file is None:
-            return False
-        head_path = self.run_dir.ledger_head_path
-        anchor = None
-        if not head_path.exists():
-            self.add(
-                "ledger",
-                "missing",
-                head_path,
-                "no ledger head anchor: a truncated chain would go unnoticed (RunRecorder.close() writes it)",
-            )
-        else:
-            try:
-                data = self.run_dir.read_json(head_path)
-                anchor = (int(data["number"]), str(data["hash"]))
-            except (CorruptFileError, KeyError, TypeError, ValueError) as exc:
-                self.add("ledger", "mismatch", head_path, f"unreadable anchor: {exc}")
-        if isinstance(backend, EmbeddedLedger):
-            report = backend.verify(expected_head=anchor, trusted_cert=self.trusted_cert)
-        else:
-            report = backend.verify(expected_head=anchor)
-        if report is None:
-            return False
-        self.note_signatures(report.signer, report.unsigned)
-        self.block_of = {b.tx_id: b.number for b in backend.blocks()}
-        for problem in report.problems:
-            status = "missing" if problem.kind in _MISSING_KINDS else "mismatch"
-            self.add("ledger", status, f"{label}: {problem.location}", f"{problem.kind}: {problem.detail}")
-        if report.ok:
-            pinned = f", anchored at block {anchor[0]}" if anchor else ""
-            self.add("ledger", "match", label, f"{report.blocks} blocks: hash chain, state and history replay{pinned}")
-        return True
-
-    def note_signatures(self, signer: str, unsigned: int) -> None:
-        """Say plainly what the block signatures prove."""
-        if self.trusted_cert is not None:
-            self.notes.append(f"block signatures verified against the {signer}: nobody without its key wrote them")
-        elif signer:
-            self.notes.append(
-                f"no trusted certificate given: block signatures were checked against the {signer} "
-                "that the ledger file itself holds, which proves internal consistency only (whoever "
-                "rewrites the file can replace it); pass --trust-cert WRITER-CERT.pem to prove who wrote it"
-            )
-        if unsigned:
-            self.notes.append(f"{unsigned} blocks carry no signature (written before the ledger signed its blocks)")
 
     # ----------------------------------------------------------- checkpoints
     def check_checkpoints(self, ledger: Ledger, forgotten: set[str], salts: dict[str, bytes]) -> None:

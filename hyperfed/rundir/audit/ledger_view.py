@@ -3,7 +3,7 @@
 Opening the run's own SQLite file — even ``mode=ro`` — lets SQLite create or update the
 ``-shm`` index beside it, so the audit reads byte copies in a temporary folder
 (:func:`snapshot`), and :func:`audited_ledger` verifies an embedded ledger's signed hash
-chain before its contents are checked.
+chain (:func:`check_chain`) before its contents are checked.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hyperfed.errors import HyperFedError
+from hyperfed.errors import CorruptFileError, HyperFedError
+from hyperfed.ledger.base import LedgerBackend
 from hyperfed.ledger.client import Ledger
 from hyperfed.ledger.embedded import EmbeddedLedger
 from hyperfed.rundir import RunDirectory
@@ -24,7 +25,17 @@ from hyperfed.rundir import RunDirectory
 if TYPE_CHECKING:
     from hyperfed.rundir.audit.checks import AuditContext
 
-__all__ = ["embedded_path", "snapshot", "read_only_copy", "audited_ledger", "check_outbox"]
+__all__ = [
+    "embedded_path",
+    "snapshot",
+    "read_only_copy",
+    "audited_ledger",
+    "check_chain",
+    "note_signatures",
+    "check_outbox",
+]
+
+_MISSING_KINDS = {"missing-block", "chain-truncated", "state-deleted", "history-deleted"}
 
 
 def embedded_path(url: str | None, run_dir: RunDirectory) -> Path | None:
@@ -59,6 +70,57 @@ def read_only_copy(path: Path, folder: Path) -> sqlite3.Connection:
     return sqlite3.connect(snapshot(path, folder))
 
 
+def check_chain(audit: AuditContext, backend: LedgerBackend, label: str) -> bool:
+    """Verify a backend's local chain against ``ledger_head.json``; ``False`` if the
+    backend keeps none (a Fabric network verifies its own chain)."""
+    if backend.local_file is None:
+        return False
+    head_path = audit.run_dir.ledger_head_path
+    anchor = None
+    if not head_path.exists():
+        audit.add(
+            "ledger",
+            "missing",
+            head_path,
+            "no ledger head anchor: a truncated chain would go unnoticed (RunRecorder.close() writes it)",
+        )
+    else:
+        try:
+            data = audit.run_dir.read_json(head_path)
+            anchor = (int(data["number"]), str(data["hash"]))
+        except (CorruptFileError, KeyError, TypeError, ValueError) as exc:
+            audit.add("ledger", "mismatch", head_path, f"unreadable anchor: {exc}")
+    if isinstance(backend, EmbeddedLedger):
+        report = backend.verify(expected_head=anchor, trusted_cert=audit.trusted_cert)
+    else:
+        report = backend.verify(expected_head=anchor)
+    if report is None:
+        return False
+    note_signatures(audit, report.signer, report.unsigned)
+    audit.block_of = {b.tx_id: b.number for b in backend.blocks()}
+    for problem in report.problems:
+        status = "missing" if problem.kind in _MISSING_KINDS else "mismatch"
+        audit.add("ledger", status, f"{label}: {problem.location}", f"{problem.kind}: {problem.detail}")
+    if report.ok:
+        pinned = f", anchored at block {anchor[0]}" if anchor else ""
+        audit.add("ledger", "match", label, f"{report.blocks} blocks: hash chain, state and history replay{pinned}")
+    return True
+
+
+def note_signatures(audit: AuditContext, signer: str, unsigned: int) -> None:
+    """Say plainly what the block signatures prove."""
+    if audit.trusted_cert is not None:
+        audit.notes.append(f"block signatures verified against the {signer}: nobody without its key wrote them")
+    elif signer:
+        audit.notes.append(
+            f"no trusted certificate given: block signatures were checked against the {signer} "
+            "that the ledger file itself holds, which proves internal consistency only (whoever "
+            "rewrites the file can replace it); pass --trust-cert WRITER-CERT.pem to prove who wrote it"
+        )
+    if unsigned:
+        audit.notes.append(f"{unsigned} blocks carry no signature (written before the ledger signed its blocks)")
+
+
 @contextlib.contextmanager
 def audited_ledger(audit: AuditContext, ledger: Ledger | None, url: str | None) -> Iterator[tuple[Ledger | None, str]]:
     """The ledger to audit against (verifying its chain when it is embedded)."""
@@ -67,7 +129,7 @@ def audited_ledger(audit: AuditContext, ledger: Ledger | None, url: str | None) 
         if audit.trusted_cert is not None and local is None:
             audit.notes.append("the trusted certificate was not used: this ledger keeps no local signed chain")
         label = audit.rel(local) if local is not None else repr(ledger.backend)
-        if not audit.verify_chain(ledger.backend, label):
+        if not check_chain(audit, ledger.backend, label):
             audit.notes.append(
                 "ledger is not embedded: its contents were audited through the "
                 "Ledger API; hash-chain verification is the ledger network's own"
@@ -96,7 +158,7 @@ def audited_ledger(audit: AuditContext, ledger: Ledger | None, url: str | None) 
             yield None, label
             return
         with backend:
-            audit.verify_chain(backend, label)
+            check_chain(audit, backend, label)
             yield Ledger(backend), label
 
 
