@@ -1,8 +1,8 @@
 """Benchmark the ``dp`` policy where client-level DP can work: many clients, little data each.
 
-Run:  python bench/dp_many_clients.py [--shards 32] [--rounds 50] [--sample-rate 0.125]
-                                      [--noise 1.0] [--clip 0.05] [--dp-scope all|base]
-                                      [--methods hyperlora,local,fedavg] [--skip-forget]
+Run:  python bench/dp_many_clients.py [--shards 32] [--rounds 20] [--sample-rate 0.25]
+                                      [--noise 1.25] [--clip 0.05] [--dp-scope base|all]
+                                      [--methods hyperlora,local,fedavg] [--skip-forget] [--seed 0]
                                       [--out FILE] [--quick]
 
 The corpus is the code and docs domains' eight sources, each cut into ``--shards`` clients
@@ -63,6 +63,7 @@ def many_client_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
         dp_noise_multiplier=args.noise,
         dp_clip=args.clip,
         dp_scope=args.dp_scope,
+        seed=args.seed,
     )
     corpus = CorpusConfig(
         domains=("code", "docs"),
@@ -92,13 +93,14 @@ def many_client_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--sample-rate", type=float, default=0.125)
-    parser.add_argument("--noise", type=float, default=1.0, help="noise multiplier z")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--sample-rate", type=float, default=0.25)
+    parser.add_argument("--noise", type=float, default=1.25, help="noise multiplier z")
     parser.add_argument("--clip", type=float, default=0.05, help="clipping norm C of a client's shared gradient")
-    parser.add_argument("--dp-scope", choices=DP_SCOPES, default="all", help="which shared weights learn under dp")
+    parser.add_argument("--dp-scope", choices=DP_SCOPES, default="base", help="which shared weights learn under dp")
     parser.add_argument("--methods", type=_methods, default=METHODS, help="comma-separated, from " + ",".join(METHODS))
-    parser.add_argument("--every", type=int, default=5, help="evaluate every this many rounds")
+    parser.add_argument("--seed", type=int, default=0, help="seeds sampling, client training and the hypernetwork")
+    parser.add_argument("--every", type=int, default=2, help="evaluate every this many rounds")
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--attack-steps", type=int, default=100)
     parser.add_argument("--skip-forget", action="store_true", help="measure utility only (no forget, no retrain)")

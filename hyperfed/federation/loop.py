@@ -63,15 +63,9 @@ def run_rounds(
         sent = server.configure_round(round_, sampled)
         replies = {cid: local_round(peft_model, sent[cid], clients[cid], config, round_, cid) for cid in sampled}
         outcome = server.aggregate_round(round_, replies)
-        norms = sorted(outcome.update_norms.values())
-        median = norms[len(norms) // 2] if norms else float("nan")  # what a dp clip C should sit near
-        log.info(
-            "round %d: %d sampled, train loss %.4f, median update norm %.3g",
-            round_,
-            len(sampled),
-            outcome.train_loss,
-            median,
-        )
+        norms = sorted(outcome.update_norms.values())  # a dp clip C should sit near their median
+        median = f", median update norm {norms[len(norms) // 2]:.3g}" if norms else ""
+        log.info("round %d: %d sampled, train loss %.4f%s", round_, len(sampled), outcome.train_loss, median)
         outcomes.append(outcome)
         if callback:
             callback(outcome)
