@@ -172,7 +172,8 @@ def dp_shared_update(
     shared weights get no gradient (they do not move)."""
     hypernet = trainer.hypernet
     shared = hypernet.base_parameters() if scope == "base" else hypernet.shared_parameters()
-    still = [p for p in hypernet.shared_parameters() if all(p is not s for s in shared)]
+    learning = {id(p) for p in shared}
+    still = [p for p in hypernet.shared_parameters() if id(p) not in learning]
     trainer.zero_grad()
     per_client: list[list[torch.Tensor]] = []
     norms: dict[str, float] = {}
