@@ -3,6 +3,7 @@
 Run:  python bench/dp_many_clients.py [--shards 32] [--rounds 20] [--sample-rate 0.25]
                                       [--noise 1.25] [--clip 0.05] [--dp-scope base|all]
                                       [--methods hyperlora,local,fedavg] [--skip-forget] [--seed 0]
+                                      [--public-share 0.5 --public-pretrain-rounds 30]
                                       [--out FILE] [--quick]
 
 The corpus is the code and docs domains' eight sources, each cut into ``--shards`` clients
@@ -14,7 +15,10 @@ canary client is forgotten in delete mode and measured against the gold standard
 (retrained without it): exposure, excess removed, both recovery attacks, forget time vs
 retrain (only when HyperLoRA is among ``--methods``). ε at δ comes from Opacus's accountant
 (:func:`~hyperfed.federation.privacy.describe_guarantee`). ``--dp-scope base`` privatises
-only the base adapters (``FederationConfig.dp_scope``).
+only the base adapters (``FederationConfig.dp_scope``). ``--public-share`` withholds that
+share of the pretraining text from the base model and ``--public-pretrain-rounds`` trains
+the hypernetwork on it first (public pseudo-clients, no privacy cost): with scope ``base``
+its trunk and heads then stay at their public values and each client's embedding steers them.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def many_client_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
         dp_noise_multiplier=args.noise,
         dp_clip=args.clip,
         dp_scope=args.dp_scope,
+        public_pretrain_rounds=args.public_pretrain_rounds,
         seed=args.seed,
     )
     corpus = CorpusConfig(
@@ -76,10 +81,18 @@ def many_client_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
         canary_count=5,
         canary_copies=8,
     )
-    base, every = BaseModelConfig(), args.every
+    base, every = BaseModelConfig(public_share=args.public_share), args.every
     if args.quick:
         fed = replace(fed, lora_rank=2, local=LocalTrainConfig(steps=2, batch_size=2))
-        base = BaseModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4)
+        base = BaseModelConfig(
+            public_share=args.public_share,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            num_kv_heads=1,
+            steps=10,
+            batch_size=4,
+        )
     return RunConfig(
         federation=fed,
         corpus=corpus,
@@ -100,6 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dp-scope", choices=DP_SCOPES, default="base", help="which shared weights learn under dp")
     parser.add_argument("--methods", type=_methods, default=METHODS, help="comma-separated, from " + ",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0, help="seeds sampling, client training and the hypernetwork")
+    parser.add_argument(
+        "--public-share", type=float, default=0.0, help="share of the pretraining text the base model never sees"
+    )
+    parser.add_argument(
+        "--public-pretrain-rounds", type=int, default=0, help="HyperLoRA's rounds on public pseudo-clients first"
+    )
     parser.add_argument("--every", type=int, default=2, help="evaluate every this many rounds")
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--attack-steps", type=int, default=100)

@@ -46,6 +46,7 @@ from chaincode.records import (
     check_commitments,
     check_digest,
     check_file_digests,
+    check_guarantee,
     check_mode,
     check_msp,
     check_round,
@@ -260,11 +261,14 @@ class HyperFedContract(ContractQueries, Contract):
         commitments: str,
         adapters_root: str,
         mode: str,
+        guarantee: str,
     ) -> str:
         """Forget a client: final, with the new checkpoint and regenerated adapters' root.
 
         ``commitments`` is the new checkpoint's ``{client id: commitment}`` over the
-        remaining clients (it must not list the forgotten one).
+        remaining clients (it must not list the forgotten one); ``guarantee`` what the
+        forget guarantees (:func:`chaincode.records.check_guarantee`: exact, (ε, δ)-DP with
+        its ε and δ, or none), recorded with the event.
         """
         stub, tx = await writer_tx(ctx)
         check_client_id(client_id)
@@ -272,6 +276,7 @@ class HyperFedContract(ContractQueries, Contract):
         for name, value in (("weights_hash", weights_hash), ("adapters_root", adapters_root)):
             check_digest(name, value)
         check_mode(mode)
+        stated = check_guarantee(guarantee)
         leaves = check_commitments("commitments", commitments)
         if client_id in leaves:
             raise ContractError("bad-argument", "commitments lists the forgotten client")
@@ -282,6 +287,7 @@ class HyperFedContract(ContractQueries, Contract):
             "merkle_root": keyed_merkle_root(leaves),
             "adapters_root": adapters_root,
             "mode": mode,
+            "guarantee": stated,
             "remaining_client_ids": list(leaves),
         }
         existing = await get_record(stub, "forget", forget_key(client_id))

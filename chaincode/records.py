@@ -54,6 +54,8 @@ __all__ = [
     "check_msp",
     "check_client_list",
     "check_commitments",
+    "check_guarantee",
+    "GUARANTEES",
     "encode",
     "decode",
     "timestamp_iso",
@@ -224,6 +226,47 @@ def check_commitments(name: str, text: str) -> dict[str, str]:
             "bad-argument", f"{name} must be a JSON object {{client id: commitment}}, got {type(value).__name__}"
         )
     return {check_client_id(c): check_digest(f"{name}[{c!r}]", value[c]) for c in sorted(value)}
+
+
+#: What a forget can guarantee: the shared weights hold nothing of the client ("exact"),
+#: hold it only under client-level differential privacy, or nothing is claimed.
+GUARANTEES = ("exact", "(ε, δ)-DP", "none")
+_GUARANTEE_NUMBERS = ("epsilon", "delta", "epsilon_known_participation")
+_GUARANTEE_KEYS = frozenset(("policy", "guarantee", "text", *_GUARANTEE_NUMBERS))
+
+
+def check_guarantee(text: str) -> dict[str, Any]:
+    """A forget's stated guarantee: a JSON object with ``policy`` (a mode-like token),
+    ``guarantee`` (one of :data:`GUARANTEES`), ``text`` (≤ 2,000 printable characters) and the
+    numbers ``epsilon``, ``delta`` and optionally ``epsilon_known_participation`` (finite,
+    ≥ 0, or null); no other keys."""
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else text
+    except ValueError:
+        raise ContractError("bad-argument", "guarantee must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ContractError("bad-argument", f"guarantee must be a JSON object, got {type(value).__name__}")
+    extra = sorted(set(value) - _GUARANTEE_KEYS)
+    if extra:
+        raise ContractError("bad-argument", f"guarantee has unknown keys {extra[:3]}")
+    if not isinstance(value.get("policy"), str) or not _MODE.fullmatch(value["policy"]):
+        raise ContractError("bad-argument", f"guarantee.policy must be a short token, got {value.get('policy')!r}")
+    if value.get("guarantee") not in GUARANTEES:
+        raise ContractError("bad-argument", f"guarantee.guarantee must be one of {list(GUARANTEES)}")
+    note = value.get("text")
+    if not isinstance(note, str) or len(note) > 2000 or not note.isprintable():
+        raise ContractError("bad-argument", "guarantee.text must be at most 2,000 printable characters")
+    for name in _GUARANTEE_NUMBERS:
+        number = value.get(name)
+        if name not in value and name == "epsilon_known_participation":
+            continue
+        if number is not None and (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or not (0 <= number < float("inf"))  # NaN fails too
+        ):
+            raise ContractError("bad-argument", f"guarantee.{name} must be a finite number >= 0 or null")
+    return {k: value[k] for k in sorted(value)}
 
 
 # ------------------------------------------------------------------------ encoding

@@ -83,7 +83,8 @@ def _run_comparison(config: RunConfig, out: str, overwrite: bool = False) -> int
     on_test = result.has_test()
     title = (
         "Test loss per client at each method's selected round (nats/byte, lower is better; round = lowest mean "
-        "validation loss, 0 = before training), same budget for every method"
+        f"validation loss, 0 = before training), same budget for every method; one seed ({config.federation.seed}: "
+        "the three-seed comparison is bench/personalisation.py)"
         if on_test
         else "Validation loss per client after the last round (nats/byte, lower is better; no test split)"
     )
@@ -100,6 +101,11 @@ def _run_comparison(config: RunConfig, out: str, overwrite: bool = False) -> int
                 f"HyperLoRA vs {method_label(other)}: better on {wins}/{len(mine)} clients, "
                 f"mean {'test' if on_test else 'val'} loss lower by {diff:+.4f}"
             )
+    if "hyperlora" in methods:
+        from hyperfed.federation.privacy import describe_guarantee
+
+        stated = describe_guarantee(config.federation, config.federation.rounds)
+        print(f"HyperLoRA's shared weights: {stated['policy']!r}; a delete guarantees {stated['text']}")
     rejected = sum(len(r) for rounds in result.rejected.values() for r in rounds.values())
     print(f"Rejected client replies: {rejected}")
     print("Time: " + ", ".join(f"{method_label(m)} {s:.0f} s" for m, s in result.seconds.items()))
@@ -236,6 +242,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     )
     if result.replayed_rounds:
         print(f"replayed rounds {result.replayed_rounds[0]}..{result.replayed_rounds[-1]} without it")
+    if result.guarantee:
+        print(f"guarantee (recorded on the ledger): {result.guarantee['text']}")
     return 0
 
 

@@ -51,6 +51,7 @@ def test_run_all_quick_writes_every_json_and_the_report(tmp_path):
         "## Personalisation by data size",
         "## Where a round",
         "## Unlearning",
+        "## Shared-weight policies",
         "## Ledger",
         "## Real LLM",
         "Machine:",

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "client_level_epsilon",
     "describe_guarantee",
+    "forget_guarantee",
     "clip_and_noise",
     "dp_shared_update",
     "secret_generator",
@@ -88,12 +89,14 @@ def describe_guarantee(fed: FederationConfig, rounds: int) -> dict[str, Any]:
     ``"exact"`` (``frozen``), ``"(ε, δ)-DP"`` (``dp``) or ``"none"`` (``shared``).
     """
     policy = fed.shared_policy
+    # public pretraining costs no privacy: it runs before any client, on text no client owns
+    public = (
+        f"pretrained on public text only, {fed.public_pretrain_rounds} rounds before any client"
+        if fed.public_pretrain_rounds
+        else ""
+    )
     if policy == "frozen":
-        public = (
-            f" (they were pretrained on public text only, {fed.public_pretrain_rounds} rounds before any client)"
-            if fed.public_pretrain_rounds
-            else ""
-        )
+        public = f" (they were {public})" if public else ""
         return {
             "policy": policy,
             "guarantee": "exact",
@@ -105,16 +108,49 @@ def describe_guarantee(fed: FederationConfig, rounds: int) -> dict[str, Any]:
     if policy == "dp":
         eps = client_level_epsilon(fed.dp_noise_multiplier, fed.sample_rate, rounds, fed.dp_delta)
         scope = "" if fed.dp_scope == "all" else " (only the base adapters learn; the trunk and heads stay fixed)"
+        public = f"; the shared weights were {public}" if public else ""
         return {
             "policy": policy,
             "guarantee": "(ε, δ)-DP",
             "epsilon": eps,
             "delta": fed.dp_delta,
             "text": f"client-level (ε = {eps:.3g}, δ = {fed.dp_delta:g})-DP of the shared weights{scope} over {rounds} "
-            f"rounds (z = {fed.dp_noise_multiplier:g}, C = {fed.dp_clip:g}, q = {fed.sample_rate:g}); after delete "
-            "the model is (ε, δ)-indistinguishable from one trained without the client",
+            f"rounds{public} (z = {fed.dp_noise_multiplier:g}, C = {fed.dp_clip:g}, q = {fed.sample_rate:g}); "
+            "after delete the model is (ε, δ)-indistinguishable from one trained without the client",
         }
     return {"policy": policy, "guarantee": "none", "epsilon": None, "delta": None, "text": SHARED_TEXT}
+
+
+def forget_guarantee(
+    fed: FederationConfig, rounds: int, replays: bool, participations: int | None = None
+) -> dict[str, Any]:
+    """What one forget guarantees: :func:`describe_guarantee` of the run's policy, unless the
+    forget mode ``replays`` the rounds without the client (then ``"exact"`` under any policy).
+
+    Under ``dp`` a delete also states ``epsilon_known_participation``: ε for an observer who
+    knows the ``participations`` rounds the client took part in (the ledger's generation
+    records show them), i.e. the Gaussian mechanism composed that many times *without*
+    amplification by sampling (Opacus, sample rate 1). ``epsilon`` assumes participation is
+    secret; the honest bound for a ledger reader is the second number.
+    """
+    if replays and fed.shared_policy != "frozen":
+        return {
+            "policy": fed.shared_policy,
+            "guarantee": "exact",
+            "epsilon": 0.0,
+            "delta": 0.0,
+            "text": "exact: rolled back to the checkpoint before the client's first contribution and "
+            "replayed without it (the result equals a run that never had the client)",
+        }
+    stated = describe_guarantee(fed, rounds)
+    if fed.shared_policy == "dp" and participations is not None:
+        known = client_level_epsilon(fed.dp_noise_multiplier, 1.0, participations, fed.dp_delta)
+        stated["epsilon_known_participation"] = known
+        stated["text"] += (
+            f"; for an observer who knows the client's {participations} rounds (the ledger's generation "
+            f"records show them) ε = {known:.3g}"
+        )
+    return stated
 
 
 def secret_generator() -> torch.Generator:

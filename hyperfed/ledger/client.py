@@ -145,6 +145,7 @@ class Ledger:
         commitments: Mapping[str, str],
         adapters_root: str,
         mode: str,
+        guarantee: Mapping[str, Any],
     ) -> Receipt:
         """Record that ``client_id`` was forgotten (final) and the resulting checkpoint.
 
@@ -161,6 +162,9 @@ class Ledger:
             :func:`~hyperfed.ledger.commitment.adapters_root` of the regenerated adapters.
         mode
             How it was forgotten, e.g. ``"delete"`` or ``"exact"``.
+        guarantee
+            What the forget guarantees (:func:`hyperfed.federation.privacy.forget_guarantee`:
+            ``policy``, ``guarantee``, ``epsilon``, ``delta``, ``text``), recorded with it.
         """
         return self._submit(
             "record_forget",
@@ -170,6 +174,7 @@ class Ledger:
             _commitments(commitments),
             adapters_root,
             mode,
+            json.dumps(dict(guarantee), sort_keys=True, allow_nan=False, ensure_ascii=False),
         )
 
     def flush(self) -> FlushReport | None:

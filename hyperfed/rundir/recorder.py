@@ -266,12 +266,19 @@ class RunRecorder:
         return receipts
 
     def record_forget(
-        self, client_id: str, round: int, hypernet: HyperLoRA, adapter_hashes: Mapping[str, str], mode: str
+        self,
+        client_id: str,
+        round: int,
+        hypernet: HyperLoRA,
+        adapter_hashes: Mapping[str, str],
+        mode: str,
+        guarantee: Mapping[str, Any],
     ) -> Receipt:
         """Record that ``client_id`` was forgotten, with the new checkpoint and adapters.
 
         Call it once ``hypernet`` no longer holds the client and the regenerated adapters
-        are saved; ``adapter_hashes`` are their hashes (``RunDirectory.save_adapter``).
+        are saved; ``adapter_hashes`` are their hashes (``RunDirectory.save_adapter``);
+        ``guarantee`` what the forget guarantees (recorded with the event).
         Destroying the client's salt and purging its files is the caller's job.
         """
         if client_id in hypernet.clients:
@@ -280,7 +287,7 @@ class RunRecorder:
             )
         weights = shared_weights_hash(hypernet)
         receipt = self.ledger.record_forget(
-            client_id, round, weights, self.commitments(hypernet), adapters_root(adapter_hashes), mode
+            client_id, round, weights, self.commitments(hypernet), adapters_root(adapter_hashes), mode, guarantee
         )
         self._weights[round] = weights
         self._registered.discard(client_id)

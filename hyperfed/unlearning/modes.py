@@ -26,11 +26,14 @@ __all__ = ["ForgetMode", "FORGET_MODES", "forget_mode"]
 
 @dataclass(frozen=True)
 class ForgetMode:
-    """A registered forget mode: a one-line summary and its model step
-    (``"module:function"``, imported on first use)."""
+    """A registered forget mode: a one-line summary, its model step (``"module:function"``,
+    imported on first use), and whether it replays the rounds without the client (then its
+    guarantee is exact under any shared-weight policy, else the policy's:
+    :func:`hyperfed.federation.privacy.forget_guarantee`)."""
 
     summary: str
     model_step: str
+    replays: bool = False
 
     def build_model(self, run_dir: RunDirectory, journal: dict[str, Any]) -> None:
         module, name = self.model_step.split(":")
@@ -47,6 +50,7 @@ FORGET_MODES: dict[str, ForgetMode] = {
     "exact": ForgetMode(
         "roll back before the client's first round and replay the later rounds without it",
         "hyperfed.unlearning.replay:exact_model_step",
+        replays=True,
     ),
 }
 

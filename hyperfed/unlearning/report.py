@@ -235,7 +235,7 @@ def forget_and_verify(
         len(measure.canaries),
         {name: retrain_s / max(result.seconds, 1e-9) for name, (result, _) in results.items()},
         excess_removed_by_row(rows),
-        guarantee=shared_guarantee(rd.read_json(rd.config_path), latest),
+        guarantee=results[mode][0].guarantee or shared_guarantee(rd.read_json(rd.config_path), latest),
     )
     out = rd.forget_dir(client_id)
     rd.write_json(out / "report.json", report.to_dict())

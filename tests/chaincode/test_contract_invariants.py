@@ -101,7 +101,7 @@ def test_init_ledger_is_once_and_by_the_writer_itself(ledger):
         ("register_client", ["a", h("a")]),
         ("record_checkpoint", ["0", h("w"), "{}"]),
         ("record_generation", ["0", "a", h("x"), h("w")]),
-        ("record_forget", ["a", "0", h("w"), "{}", h("x"), "delete"]),
+        ("record_forget", ["a", "0", h("w"), "{}", h("x"), "delete", '{"policy": "frozen", "guarantee": "exact"}']),
     ],
 )
 def test_every_write_needs_the_writer_msp(ledger, function, args):

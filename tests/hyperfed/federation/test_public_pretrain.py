@@ -145,3 +145,13 @@ def test_the_frozen_guarantee_says_the_shared_weights_saw_public_text_only():
     guarantee = describe_guarantee(_fed(), 2)
     assert guarantee["guarantee"] == "exact" and "public text only, 2 rounds" in guarantee["text"]
     assert "public" not in describe_guarantee(replace(_fed(), public_pretrain_rounds=0), 2)["text"]
+
+
+def test_the_dp_guarantee_names_public_pretraining_and_its_epsilon_ignores_it():
+    from hyperfed.federation.privacy import client_level_epsilon, describe_guarantee
+
+    fed = replace(_fed(), shared_policy="dp", dp_scope="base", dp_noise_multiplier=1.25, sample_rate=0.25)
+    guarantee = describe_guarantee(fed, 20)
+    assert "shared weights were pretrained on public text only, 2 rounds before any client" in guarantee["text"]
+    assert guarantee["epsilon"] == client_level_epsilon(1.25, 0.25, 20, fed.dp_delta)  # public rounds cost no ε
+    assert "public" not in describe_guarantee(replace(fed, public_pretrain_rounds=0), 20)["text"]

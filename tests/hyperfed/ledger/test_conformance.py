@@ -21,6 +21,14 @@ def h(text: str) -> str:
 COMMITMENTS = {"alice": h("c-alice"), "bob": h("c-bob"), "carol": h("c-carol")}
 # Embeddings move during training: round 1's commitments differ from the registered ones.
 ROUND1 = {cid: h(f"c-{cid}-round-1") for cid in COMMITMENTS}
+DP_GUARANTEE = {
+    "policy": "dp",
+    "guarantee": "(ε, δ)-DP",
+    "epsilon": 6.29,
+    "delta": 1e-5,
+    "epsilon_known_participation": 10.2,
+    "text": "client-level (ε = 6.29, δ = 1e-05)-DP of the shared weights",
+}
 
 
 @pytest.fixture
@@ -57,6 +65,7 @@ def forget_alice(ledger, round_no=1, **overrides):
         commitments=rest,
         adapters_root=h("adapters"),
         mode="delete",
+        guarantee=DP_GUARANTEE,
     )
     args.update(overrides)
     return ledger.record_forget(**args)
@@ -178,6 +187,25 @@ def test_forget_records_a_new_checkpoint_version_of_the_current_round(trained):
     carol = {"carol": ROUND1["carol"]}
     with refused("round-order"):
         forget_alice(trained, client_id="bob", round_no=0, commitments=carol)
+
+
+def test_forget_records_its_guarantee_and_refuses_a_malformed_one(trained):
+    for bad in (
+        {**DP_GUARANTEE, "guarantee": "probably"},
+        {**DP_GUARANTEE, "epsilon": -1.0},
+        {**DP_GUARANTEE, "delta": True},
+        {**DP_GUARANTEE, "note": "extra key"},
+        {k: v for k, v in DP_GUARANTEE.items() if k != "policy"},
+    ):
+        with refused("bad-argument"):
+            forget_alice(trained, guarantee=bad)
+    assert trained.get_client("alice").status == "active"  # a refused forget changed nothing
+    forget_alice(trained)
+    (event,) = trained.forget_events()
+    assert event.guarantee == DP_GUARANTEE
+    assert trained.client_history("alice").forget.guarantee["epsilon"] == 6.29
+    with refused("forgotten-client"):  # the same forget stating another guarantee is not a replay
+        forget_alice(trained, guarantee={**DP_GUARANTEE, "epsilon": 1.0})
 
 
 def test_forget_rejects_commitments_that_still_count_the_client(trained):

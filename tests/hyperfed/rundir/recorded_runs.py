@@ -145,4 +145,5 @@ def forget_by_purge(run: RecordedRun, client_id: str, round_: int, *, skip: str 
     regenerated_at = rd.regenerated(client_id)
     with torch.no_grad():  # saved where forget_client saves them: the audit checks their root
         regenerated = {c: regenerated_at.save_adapter(0, c, hypernet.generate(c)) for c in hypernet.client_ids}
-    run.recorder.record_forget(client_id, round_, hypernet, regenerated, mode="delete")
+    guarantee = {"policy": "shared", "guarantee": "none", "epsilon": None, "delta": None, "text": "no guarantee"}
+    run.recorder.record_forget(client_id, round_, hypernet, regenerated, mode="delete", guarantee=guarantee)
