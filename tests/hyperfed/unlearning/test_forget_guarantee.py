@@ -22,6 +22,7 @@ from hyperfed.federation import FederationConfig, make_server, poisson_sample, r
 from hyperfed.federation.privacy import client_level_epsilon
 from hyperfed.ledger import Ledger
 from hyperfed.rundir import RunDirectory
+from hyperfed.rundir.fingerprints import embedding_bytes
 from hyperfed.unlearning.forget import forget_client
 from hyperfed.unlearning.replay import load_experiment
 from hypernet import LocalTrainConfig
@@ -73,15 +74,25 @@ def _recorded_guarantee(rd: RunDirectory, client_id: str) -> dict:
         return dict(event.guarantee)
 
 
-def test_a_dp_delete_records_epsilon_and_epsilon_for_an_observer_who_knows_the_clients_rounds(recorded, tmp_path):
+def test_a_dp_delete_erases_the_residual_and_records_epsilon_for_an_observer_who_knows_the_rounds(recorded, tmp_path):
     rd = _copy(recorded, "dp", tmp_path)
     ids = read_meta(rd.checkpoint_dir(0))["client_ids"]
     victim = max(ids, key=lambda c: (len(_rounds_of(c, ids)), c))
     rounds = len(_rounds_of(victim, ids))
     assert rounds >= 1
 
+    vectors = [  # every client-owned vector of the victim in every checkpoint: embedding and residual
+        vector
+        for r in rd.checkpoint_rounds()
+        for vector in (rd.load_checkpoint(r).client_parameter(victim), rd.load_checkpoint(r).residual_parameter(victim))
+    ]
+    owned = [embedding_bytes(v) for v in vectors if torch.count_nonzero(v)]  # a zero residual is in any file
+    assert len(owned) > len(rd.checkpoint_rounds())  # some residuals learned
+
     result = forget_client(rd.root, victim, "delete")
 
+    blobs = [p.read_bytes() for p in rd.root.rglob("*") if p.is_file()]
+    assert not any(vector in blob for vector in owned for blob in blobs)  # residual bytes gone too
     stated = _recorded_guarantee(rd, victim)
     assert stated == result.guarantee
     assert stated["policy"] == "dp" and stated["guarantee"] == "(ε, δ)-DP"
