@@ -140,7 +140,8 @@ def forget_guarantee(
             "epsilon": 0.0,
             "delta": 0.0,
             "text": "exact: rolled back to the checkpoint before the client's first contribution and "
-            "replayed without it (the result equals a run that never had the client)",
+            "replayed without it (the result equals a run that never had the client"
+            + (", in distribution: the replay draws fresh DP noise)" if fed.shared_policy == "dp" else ")"),
         }
     stated = describe_guarantee(fed, rounds)
     if fed.shared_policy == "dp" and participations is not None:
