@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--report", action="store_true", help="only merge the saved cells and plot")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (two processes: 1 each)")
+    parser.add_argument(
+        "--policy",
+        choices=["frozen", "shared"],
+        default="frozen",
+        help="HyperLoRA's shared weights: frozen (+ client residuals, the default) or shared (no residuals)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             config,
             federation=replace(
                 fed,
-                shared_policy="frozen",
-                client_residual=True,
+                shared_policy=args.policy,
+                client_residual=args.policy == "frozen",
                 local=replace(fed.local, steps=fed.local.steps if args.quick else 5),
             ),
         )
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seeds": seeds,
                 "engine": cfg.engine,
                 "corpus": repr(cfg.corpus),
-                "hyperlora_policy": "frozen",
+                "hyperlora_policy": args.policy,
                 "methods": [method_label(m) for m in args.methods],
             }
             (cells_dir / f"{cell[0]}.json").write_text(json.dumps({"setup": setup, **result}, indent=1, default=str))
