@@ -10,7 +10,7 @@ import torch
 
 from hyperfed.base_model import BaseModelConfig, load_or_build_base_model
 from hyperfed.config import EvaluationConfig, RunConfig
-from hyperfed.data.corpus import PUBLIC_PREFIX, CorpusConfig, build_corpus, public_clients
+from hyperfed.data.corpus import DOMAINS, PUBLIC_PREFIX, CorpusConfig, build_corpus, public_clients
 from hyperfed.experiment import run_experiment
 from hyperfed.federation import FederationConfig, make_server, run_rounds
 from hyperfed.federation import public_pretrain as pp
@@ -73,6 +73,27 @@ def test_frozen_delete_after_public_pretraining_equals_retraining_without_the_cl
     assert mine.keys() == theirs.keys()
     for key in mine:
         torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_a_user_declares_a_folder_of_texts_public_and_the_frozen_run_never_changes_its_weights(tiny_peft, tmp_path):
+    # the README's "your own public data": any {id: ClientData} is public data to pretrain_on_public
+    from hyperfed.data.loaders import corpus_from_directory
+
+    texts = {name: load() for name, load in DOMAINS["legal"][1][:2]}  # text no client of CORPUS owns
+    for name, text in texts.items():
+        (tmp_path / f"{name}.txt").write_text(text[:6000])
+    declared = corpus_from_directory(tmp_path, block_size=32)
+    assert sorted(declared) == sorted(texts)
+    config = _fed()
+    pre = pp.pretrain_on_public(tiny_peft, config, declared)
+    assert pre.pseudo_clients == sorted(declared) and pre.hypernet.client_ids == []
+    model = copy.deepcopy(tiny_peft)
+    server = make_server("hyperlora", model, config, hypernet=pre.hypernet)
+    server.initial_embedding = pre.mean_embedding
+    committed = shared_weights_hash(server.hypernet)
+    run_rounds(server, model, build_corpus(CORPUS).clients, config)
+    assert shared_weights_hash(server.hypernet) == committed  # frozen: only client-owned state moved
+    assert len(server.hypernet.client_ids) == 3
 
 
 RUN = RunConfig(
