@@ -292,7 +292,7 @@ class HyperFedContract(ContractQueries, Contract):
         }
         existing = await get_record(stub, "forget", forget_key(client_id))
         if existing is not None:
-            if all(existing[k] == v for k, v in fact.items()):
+            if all(existing.get(k) == v for k, v in fact.items()):  # (a record from before a field: not a replay)
                 return answer(existing, replayed=True)
             raise ContractError(
                 "forgotten-client",

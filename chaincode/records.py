@@ -238,8 +238,8 @@ _GUARANTEE_KEYS = frozenset(("policy", "guarantee", "text", *_GUARANTEE_NUMBERS)
 def check_guarantee(text: str) -> dict[str, Any]:
     """A forget's stated guarantee: a JSON object with ``policy`` (a mode-like token),
     ``guarantee`` (one of :data:`GUARANTEES`), ``text`` (≤ 2,000 printable characters) and the
-    numbers ``epsilon``, ``delta`` and optionally ``epsilon_known_participation`` (finite,
-    ≥ 0, or null); no other keys."""
+    numbers ``epsilon``, ``delta`` and optionally ``epsilon_known_participation`` (each finite
+    and ≥ 0, or null: no privacy claimed); no other keys."""
     try:
         value = json.loads(text) if isinstance(text, (str, bytes)) else text
     except ValueError:
@@ -257,9 +257,11 @@ def check_guarantee(text: str) -> dict[str, Any]:
     if not isinstance(note, str) or len(note) > 2000 or not note.isprintable():
         raise ContractError("bad-argument", "guarantee.text must be at most 2,000 printable characters")
     for name in _GUARANTEE_NUMBERS:
-        number = value.get(name)
-        if name not in value and name == "epsilon_known_participation":
-            continue
+        if name not in value:
+            if name == "epsilon_known_participation":  # only a dp delete states it
+                continue
+            raise ContractError("bad-argument", f"guarantee.{name} is missing (a number or null)")
+        number = value[name]
         if number is not None and (
             isinstance(number, bool)
             or not isinstance(number, (int, float))

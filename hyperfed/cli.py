@@ -102,10 +102,14 @@ def _run_comparison(config: RunConfig, out: str, overwrite: bool = False) -> int
                 f"mean {'test' if on_test else 'val'} loss lower by {diff:+.4f}"
             )
     if "hyperlora" in methods:
-        from hyperfed.federation.privacy import describe_guarantee
+        from hyperfed.federation.privacy import client_level_epsilon, describe_guarantee
 
-        stated = describe_guarantee(config.federation, config.federation.rounds)
+        fed = config.federation
+        stated = describe_guarantee(fed, fed.rounds)
         print(f"HyperLoRA's shared weights: {stated['policy']!r}; a delete guarantees {stated['text']}")
+        if fed.shared_policy == "dp":  # the ledger shows who took part: the bound without amplification
+            worst = client_level_epsilon(fed.dp_noise_multiplier, 1.0, fed.rounds, fed.dp_delta)
+            print(f"  (ε = {worst:.3g} for a client sampled in all {fed.rounds} rounds, its rounds known)")
     rejected = sum(len(r) for rounds in result.rejected.values() for r in rounds.values())
     print(f"Rejected client replies: {rejected}")
     print("Time: " + ", ".join(f"{method_label(m)} {s:.0f} s" for m, s in result.seconds.items()))

@@ -107,14 +107,15 @@ def describe_guarantee(fed: FederationConfig, rounds: int) -> dict[str, Any]:
         }
     if policy == "dp":
         eps = client_level_epsilon(fed.dp_noise_multiplier, fed.sample_rate, rounds, fed.dp_delta)
+        shown = f"{eps:.3g}" if math.isfinite(eps) else "∞ (z = 0: no privacy)"
         scope = "" if fed.dp_scope == "all" else " (only the base adapters learn; the trunk and heads stay fixed)"
         public = f"; the shared weights were {public}" if public else ""
         return {
             "policy": policy,
             "guarantee": "(ε, δ)-DP",
-            "epsilon": eps,
+            "epsilon": eps if math.isfinite(eps) else None,  # JSON and the ledger take no infinity
             "delta": fed.dp_delta,
-            "text": f"client-level (ε = {eps:.3g}, δ = {fed.dp_delta:g})-DP of the shared weights{scope} over {rounds} "
+            "text": f"client-level (ε = {shown}, δ = {fed.dp_delta:g})-DP of the shared weights{scope} over {rounds} "
             f"rounds{public} (z = {fed.dp_noise_multiplier:g}, C = {fed.dp_clip:g}, q = {fed.sample_rate:g}); "
             "after delete the model is (ε, δ)-indistinguishable from one trained without the client",
         }
@@ -140,13 +141,16 @@ def forget_guarantee(
             "epsilon": 0.0,
             "delta": 0.0,
             "text": "exact: rolled back to the checkpoint before the client's first contribution and "
-            "replayed without it (the result equals a run that never had the client"
-            + (", in distribution: the replay draws fresh DP noise)" if fed.shared_policy == "dp" else ")"),
+            + (
+                "replayed without it (with fresh DP noise)"
+                if fed.shared_policy == "dp"
+                else "replayed without it (the result equals a run that never had the client)"
+            ),
         }
     stated = describe_guarantee(fed, rounds)
     if fed.shared_policy == "dp" and participations is not None:
         known = client_level_epsilon(fed.dp_noise_multiplier, 1.0, participations, fed.dp_delta)
-        stated["epsilon_known_participation"] = known
+        stated["epsilon_known_participation"] = known if math.isfinite(known) else None
         stated["text"] += (
             f"; for an observer who knows the client's {participations} rounds (the ledger's generation "
             f"records show them) ε = {known:.3g}"

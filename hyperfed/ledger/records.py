@@ -128,7 +128,7 @@ class ForgetRecord:
     remaining_client_ids: tuple[str, ...]
     tx_id: str
     timestamp: str
-    guarantee: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    guarantee: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

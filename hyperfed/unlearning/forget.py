@@ -59,6 +59,7 @@ from hyperfed.ledger.salts import SaltStore
 from hyperfed.rundir import OPTIMIZER_FILE, RunDirectory, load_optimizer_file
 from hyperfed.rundir.lock import run_lock
 from hyperfed.rundir.recorder import RunRecorder
+from hyperfed.unlearning.guarantee import participations, stated_guarantee
 from hyperfed.unlearning.modes import FORGET_MODES, forget_mode
 from hypernet import HyperLoRA
 from hypernet.atomic import atomic_write_bytes
@@ -187,7 +188,7 @@ def forget_client(
             "mode": mode,
             "round": latest,
             "first_round": _first_round(rd, client_id),
-            "participations": _participations(rd, client_id),
+            "participations": participations(rd, client_id),
             **({"superlink": superlink} if superlink else {}),
             "done": [],
             "started": time.time(),
@@ -314,31 +315,6 @@ def _first_round(rd: RunDirectory, client_id: str) -> int | None:
     return gaps[0] if gaps and forgotten_clients(rd) else None
 
 
-def _participations(rd: RunDirectory, client_id: str) -> int:
-    """The rounds the client took part in: rounds with an adapter generated for it, plus
-    (to stay an upper bound) rounds whose adapters an earlier exact forget removed."""
-    rounds = rd.adapter_rounds()
-    taken = sum(rd.adapter_path(r, client_id).exists() for r in rounds)
-    gaps = set(range(1, max(rd.checkpoint_rounds(), default=0) + 1)) - set(rounds)
-    return taken + (len(gaps) if forgotten_clients(rd) else 0)
-
-
-def _guarantee(rd: RunDirectory, journal: dict[str, Any]) -> dict[str, Any]:
-    """What this forget guarantees (recorded on the ledger with it; a function of the run's
-    config and the journal only, so a retried ledger step sends the same record)."""
-    from hyperfed.config import RunConfig
-    from hyperfed.federation.privacy import forget_guarantee
-
-    fed = RunConfig.from_dict(rd.read_json(rd.config_path, default={})).federation
-    participations = journal.get("participations")
-    return forget_guarantee(
-        fed,
-        journal["round"],
-        forget_mode(journal["mode"]).replays,
-        participations if isinstance(participations, int) and participations >= 0 else None,
-    )
-
-
 # ----------------------------------------------------------------------------- steps
 def _complete(
     rd: RunDirectory, journal: dict[str, Any], server: HyperLoRAServer | None, after_step: Callable[[str], None] | None
@@ -355,6 +331,9 @@ def _complete(
         if after_step:
             after_step(name)
 
+    if not isinstance(journal.get("participations"), int) and "purge_adapters" not in journal["done"]:
+        journal["participations"] = participations(rd, client_id)  # a journal from before the field
+        rd.write_json(rd.root / JOURNAL, journal)
     step("model", lambda: _new_model(rd, journal))
     hypernet = rd.load_checkpoint(round_)
     if server is not None and client_id in server.hypernet.clients:
@@ -364,7 +343,7 @@ def _complete(
     step("regenerate", lambda: _regenerate(rd, client_id, hypernet))
     hashes = rd.read_json(rd.forget_dir(client_id) / "adapter_hashes.json")
     result.adapter_hashes = {cid: hashes[cid] for cid in hypernet.client_ids}
-    result.guarantee = _guarantee(rd, journal)
+    result.guarantee = stated_guarantee(rd, journal)
     with RunRecorder.open(rd) as recorder:
         step("destroy_salt", lambda: recorder.salts.destroy(client_id))
         status: list[str] = []

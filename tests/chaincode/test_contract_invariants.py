@@ -202,3 +202,22 @@ def test_checkpoint_leaves_are_one_key_per_client_and_rechecked_against_the_root
     conn.close()
     for call in (lambda: typed.membership_proof("a", 0), lambda: typed.checkpoint_commitments(0)):
         assert code_of(call) == "corrupt-state"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"policy": "dp", "guarantee": "(ε, δ)-DP", "epsilon": NaN, "delta": 1e-5, "text": ""}',
+        '{"policy": "dp", "guarantee": "(ε, δ)-DP", "epsilon": Infinity, "delta": 1e-5, "text": ""}',
+        '{"policy": "dp", "guarantee": "(ε, δ)-DP", "epsilon": 1e400, "delta": 1e-5, "text": ""}',
+        '{"policy": "dp", "guarantee": "(ε, δ)-DP", "delta": 1e-5, "text": ""}',
+        '{"policy": "dp", "guarantee": "(ε, δ)-DP", "epsilon": 1, "delta": 1e-5, "text": "a\\nb"}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_a_guarantee_the_contract_cannot_store_as_a_finite_claim_is_refused(text):
+    from chaincode.records import ContractError, check_guarantee
+
+    with pytest.raises(ContractError, match="bad-argument"):
+        check_guarantee(text)

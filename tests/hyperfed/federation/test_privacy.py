@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -106,3 +107,16 @@ def test_dp_scope_base_noises_and_steps_only_the_base_adapters(tiny_peft):
     assert "only the base" not in describe_guarantee(FederationConfig(shared_policy="dp"), 10)["text"]
     with pytest.raises(ConfigError, match="dp_scope"):
         FederationConfig(dp_scope="heads")
+
+
+def test_no_noise_states_no_finite_epsilon_and_the_ledger_accepts_it():
+    from chaincode.records import check_guarantee
+    from hyperfed.federation.privacy import forget_guarantee
+
+    fed = FederationConfig(shared_policy="dp", dp_noise_multiplier=0.0, sample_rate=0.5)
+    stated = forget_guarantee(fed, 10, replays=False, participations=3)
+    assert stated["epsilon"] is None and stated["epsilon_known_participation"] is None
+    assert "∞" in stated["text"]
+    assert check_guarantee(json.dumps(stated, allow_nan=False))["epsilon"] is None
+    exact = forget_guarantee(fed, 10, replays=True)
+    assert exact["guarantee"] == "exact" and "fresh DP noise" in exact["text"]

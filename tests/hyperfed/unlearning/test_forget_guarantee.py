@@ -129,3 +129,60 @@ def test_a_shared_delete_records_no_guarantee(recorded, tmp_path):
     forget_client(rd.root, victim, "delete")
     stated = _recorded_guarantee(rd, victim)
     assert (stated["guarantee"], stated["epsilon"]) == ("none", None) and "--mode exact" in stated["text"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_ledger_step_resent_after_a_crash_is_a_replay_of_the_same_record(recorded, tmp_path, monkeypatch):
+    # the crash lands after the ledger committed the forget but before the journal says so: the
+    # retry sends the same arguments (the guarantee's floats included), so it is answered with
+    # the committed record, not refused as a second forget
+    from hyperfed.rundir.recorder import RunRecorder
+    from hyperfed.unlearning.forget import recover_pending_forget
+
+    rd = _copy(recorded, "dp", tmp_path)
+    victim = read_meta(rd.checkpoint_dir(0))["client_ids"][0]
+    real, receipts = RunRecorder.record_forget, []
+
+    def commit_then_crash(self, *args, **kwargs):
+        receipts.append(real(self, *args, **kwargs))
+        if len(receipts) == 1:
+            raise Crash("after the ledger committed")
+        return receipts[-1]
+
+    monkeypatch.setattr(RunRecorder, "record_forget", commit_then_crash)
+    with pytest.raises(Crash):
+        forget_client(rd.root, victim, "delete")
+    result = recover_pending_forget(rd.root)
+    assert result is not None and len(receipts) == 2
+    # the same record either way: the outbox's idempotent delivery or the contract's replay answers it
+    assert receipts[1].record == receipts[0].record and receipts[1].status == "committed"
+    with Ledger.from_url(str(rd.ledger_path)) as ledger:
+        assert [e.client_id for e in ledger.forget_events()] == [victim]
+    assert _recorded_guarantee(rd, victim) == result.guarantee
+
+
+def test_a_journal_from_before_the_participation_count_still_states_both_epsilons(recorded, tmp_path):
+    import json
+
+    from hyperfed.unlearning.forget import JOURNAL, recover_pending_forget
+
+    rd = _copy(recorded, "dp", tmp_path)
+    ids = read_meta(rd.checkpoint_dir(0))["client_ids"]
+    victim = ids[1]
+
+    def crash(step: str) -> None:
+        if step == "model":
+            raise Crash(step)
+
+    with pytest.raises(Crash):
+        forget_client(rd.root, victim, "delete", after_step=crash)
+    journal = json.loads((rd.root / JOURNAL).read_text())
+    del journal["participations"]  # as an older version wrote it
+    (rd.root / JOURNAL).write_text(json.dumps(journal))
+    result = recover_pending_forget(rd.root)
+    assert result is not None
+    known = client_level_epsilon(1.5, 1.0, len(_rounds_of(victim, ids)), 1e-5)
+    assert result.guarantee["epsilon_known_participation"] == pytest.approx(known)
