@@ -122,17 +122,17 @@ def summary_rows(results: list[dict]) -> list[dict]:
         rows.append(
             {
                 "method": f"HyperLoRA {r['policy']}",
-                "mean test": r["mean_test"]["hyperlora"],
+                "mean test": f"{r['mean_test']['hyperlora']:.4f}",
                 "round": r["selected_round"]["hyperlora"],
                 "beats local-only on": f"{sum(mine[c] < local[c] for c in local)}/{len(local)}" if local else "–",
-                "exposure before": bits.get("before forget"),
-                "after delete": bits.get("after delete"),
-                "gold": bits.get("retrain (gold)"),
+                "exposure before": _bits(bits.get("before forget")),
+                "after delete": _bits(bits.get("after delete")),
+                "gold": _bits(bits.get("retrain (gold)")),
                 "excess removed": "n/a" if removed is None else f"{removed:.0%}",
                 "attack delete / gold": _pair(bits, "attack on delete", "attack on retrain"),
                 "strong attack delete / gold": _pair(bits, "strong attack on delete", "strong attack on retrain"),
-                "forget s": by.get("after delete", {}).get("seconds"),
-                "retrain s": by.get("retrain (gold)", {}).get("seconds"),
+                "forget s": _bits(by.get("after delete", {}).get("seconds")),
+                "retrain s": _bits(by.get("retrain (gold)", {}).get("seconds")),
                 "guarantee": _guarantee(r["guarantee"]),
             }
         )
@@ -141,12 +141,17 @@ def summary_rows(results: list[dict]) -> list[dict]:
             rows.append(
                 {
                     "method": method_label(method),
-                    "mean test": ref["mean_test"][method],
+                    "mean test": f"{ref['mean_test'][method]:.4f}",
                     "round": ref["selected_round"][method],
                 }
             )
-        rows.append({"method": "base model", "mean test": ref["base_mean_test"], "round": 0})
+        rows.append({"method": "base model", "mean test": f"{ref['base_mean_test']:.4f}", "round": 0})
     return rows
+
+
+def _bits(value: object) -> str:
+    """Two decimals (bits or seconds), ``–`` where there is no number."""
+    return f"{value:.2f}" if isinstance(value, int | float) else "–"
 
 
 def _pair(bits: dict, first: str, second: str) -> str:
@@ -165,8 +170,11 @@ def frontier(results: list[dict]) -> list[dict]:
     points = []
     for n, r in enumerate(results):
         for p in frontier_points(r["efficacy"], prefix=f"{r['policy']} "):
-            if n == 0 or not p["system"].endswith(" base"):
-                points.append(p)
+            if p["system"].endswith(" base"):
+                if n:
+                    continue
+                p = p | {"system": "base"}  # the same base model under every policy
+            points.append(p)
     return points
 
 

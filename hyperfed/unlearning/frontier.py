@@ -64,8 +64,15 @@ def draw_frontier(ax: Any, points: Sequence[Mapping[str, Any]]) -> None:
         color = colors.get(label.rsplit(" ", 1)[-1], "tab:blue")
         ax.scatter(p["retained_loss"], p["exposure_bits"], color=color, s=40, zorder=3)
         labels.setdefault((round(p["retained_loss"], 6), round(p["exposure_bits"], 6)), []).append(label)
-    for xy, names in labels.items():
-        ax.annotate(" = ".join(names), xy, fontsize=8, xytext=(4, 4), textcoords="offset points")
+    # neighbours closer than a label's width alternate above / below, so labels do not overprint
+    xs, ys = [xy[0] for xy in labels], [xy[1] for xy in labels]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for xy, names in sorted(labels.items()):
+        crowded = sum(abs(xy[0] - x) < 0.1 * span_x and abs(xy[1] - y) < 0.05 * span_y for x, y in placed)
+        placed.append(xy)
+        offset = (4, 4 - 11 * (crowded % 2)) if crowded < 2 else (4, 4 + 11 * (crowded // 2))
+        ax.annotate(" = ".join(names), xy, fontsize=8, xytext=offset, textcoords="offset points")
     ax.set_xlabel("remaining clients' mean held-out loss (nats/byte)", fontsize=8)
     ax.set_ylabel("forgotten client's canary exposure (bits)", fontsize=8)
     ax.grid(alpha=0.3)
