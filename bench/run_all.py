@@ -70,7 +70,9 @@ def md_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
 
     def cell(v: object) -> str:
-        if isinstance(v, float):
+        if isinstance(v, float):  # losses and bits keep 4 decimals: their differences live there
+            if 1e-3 <= abs(v) < 10:
+                return f"{v:.4f}"
             return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
         return str(v)
 
@@ -236,7 +238,8 @@ def render_dp_many_clients(dp: dict, more_seeds: list[dict] | None = None) -> st
     parts = [
         "\n## The `dp` policy with many clients (`bench/dp_many_clients.py`)\n\n"
         f"{dp['clients']} clients (`corpus.shards = {s['shards']}`), {s['rounds']} rounds, Poisson q = "
-        f'{s["sample_rate"]}, z = {s["noise"]}, C = {s["clip"]}, `dp_scope = "{s.get("dp_scope", "all")}"`: '
+        f'{s["sample_rate"]}, z = {s["noise"]}, C = {s["clip"]}, `dp_scope = "{s.get("dp_scope", "all")}"`, '
+        f"public share {s.get('public_share', 0)} with {s.get('public_pretrain_rounds', 0)} public pretraining rounds: "
         f"ε = {g['epsilon']:.3g} at δ = {g['delta']:g} (Opacus RDP). Early-stopped on validation, reported on "
         f"test; seed {s.get('seed', 0)}.\n\n" + md_table(rows)
     ]
