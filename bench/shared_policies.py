@@ -30,8 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results_io import machine_info, write_result  # noqa: E402
-from bench.unlearning import efficacy_rows  # noqa: E402
-from hyperfed.base_model import BaseModelConfig  # noqa: E402
+from bench.unlearning import QUICK_EFFICACY, efficacy_rows  # noqa: E402
 from hyperfed.config import EvaluationConfig, RunConfig  # noqa: E402
 from hyperfed.data.corpus import CorpusConfig  # noqa: E402
 from hyperfed.experiment import run_experiment  # noqa: E402
@@ -39,7 +38,6 @@ from hyperfed.federation import FederationConfig, method_label  # noqa: E402
 from hyperfed.render import format_table  # noqa: E402
 from hyperfed.unlearning.frontier import frontier_points, plot_frontier  # noqa: E402
 from hyperfed.unlearning.report import forget_and_verify  # noqa: E402
-from hypernet import LocalTrainConfig  # noqa: E402
 
 VICTIM = "code/email"
 REFERENCES = ("fedavg", "local")
@@ -65,23 +63,7 @@ def base_config(rounds: int, quick: bool) -> tuple[RunConfig, int, int]:
             1000,
             100,
         )
-    config = RunConfig(
-        federation=FederationConfig(rounds=2, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2),
-        corpus=CorpusConfig(
-            clients_per_domain=1,
-            train_kib=2,
-            val_kib=1,
-            test_kib=1,
-            block_size=64,
-            canary_client="code/asyncio",
-            canary_count=2,
-            canary_copies=4,
-        ),
-        base_model=BaseModelConfig(
-            hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64
-        ),
-        evaluation=EvaluationConfig(every=1),
-    )
+    config = replace(QUICK_EFFICACY, evaluation=EvaluationConfig(every=1))  # every step, tiny
     return config, 50, 5
 
 

@@ -163,26 +163,30 @@ def efficacy_rows(report: VerificationReport) -> list[dict]:
     ]
 
 
+#: The efficacy part's tiny setup (``--quick``): a smoke test of every step, not a measurement.
+QUICK_EFFICACY = RunConfig(
+    federation=FederationConfig(rounds=2, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2),
+    corpus=CorpusConfig(
+        domains=("code", "docs"),
+        clients_per_domain=2,
+        train_kib=2,
+        val_kib=1,
+        block_size=64,
+        canary_client="code/asyncio",
+        canary_count=2,
+        canary_copies=4,
+    ),
+    base_model=BaseModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64
+    ),
+    methods=("hyperlora",),
+    evaluation=EvaluationConfig(every=2),
+)
+
+
 def bench_efficacy(quick: bool) -> VerificationReport:
     if quick:
-        config = RunConfig(
-            federation=FederationConfig(rounds=2, local=LocalTrainConfig(steps=2, batch_size=2), lora_rank=2),
-            corpus=CorpusConfig(
-                domains=("code", "docs"),
-                clients_per_domain=2,
-                train_kib=2,
-                val_kib=1,
-                block_size=64,
-                canary_client="code/asyncio",
-                canary_count=2,
-                canary_copies=4,
-            ),
-            base_model=BaseModelConfig(
-                hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, steps=10, batch_size=4, block_size=64
-            ),
-            methods=("hyperlora",),
-            evaluation=EvaluationConfig(every=2),
-        )
+        config = QUICK_EFFICACY
         victim, candidates, attack = "code/asyncio", 50, 5
     else:
         config = RunConfig(corpus=CorpusConfig(canary_client="code/email"), methods=("hyperlora",))
