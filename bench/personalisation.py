@@ -3,6 +3,7 @@
 Run:  python bench/personalisation.py [--out bench/results/personalisation.json] [--quick]
                                       [--seeds 0 1 2] [--rounds 15] [--methods hyperlora fedavg ...]
                                       [--policy shared|frozen|dp] [--residual|--no-residual]
+      python bench/personalisation.py --merge PART.json PART.json ... --out RESULT.json
 
 Protocol (the experiment's, :mod:`hyperfed.experiment`):
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import statistics
 import sys
 import time
@@ -62,6 +64,14 @@ CHOSEN: dict[str, dict[str, tuple[float, ...]]] = {
 }
 
 
+#: What :data:`GRID` chose on validation with public pretraining (``--public-share 0.5
+#: --public-pretrain-rounds 30``; bench/results/personalisation_public.json, seeds 0–2).
+CHOSEN_PUBLIC: dict[str, dict[str, tuple[float, ...]]] = {
+    "*": {"local_lr": (3e-3,)},
+    "hyperlora": {"local_lr": (3e-3,), "server_lr": (3e-3,)},
+}
+
+
 def grid_points(method: str, grid: dict[str, dict[str, tuple[float, ...]]] = GRID) -> list[dict[str, float]]:
     """Every setting of ``method``'s grid, as ``{"local_lr": …, "server_lr": …}`` dicts."""
     axes = grid.get(method, grid["*"])
@@ -72,7 +82,11 @@ def configure(base: RunConfig, method: str, point: dict[str, float], seed: int) 
     """``base`` for one run: ``method``, the grid ``point``'s learning rates and ``seed``."""
     fed = base.federation
     local = replace(fed.local, lr=point.get("local_lr", fed.local.lr))
-    server = replace(fed.server, lr=point.get("server_lr", fed.server.lr))
+    server = replace(
+        fed.server,
+        lr=point.get("server_lr", fed.server.lr),
+        embedding_lr=point.get("embedding_lr", fed.server.embedding_lr),
+    )
     return replace(base, federation=replace(fed, method=method, seed=seed, local=local, server=server))
 
 
@@ -190,6 +204,74 @@ def run_setting(
     return {"runs": runs, "base_test": base_test} | summarise(runs, base_test)
 
 
+#: What results must share to be merged: the same setup, so their runs are one grid's runs.
+MERGE_KEYS = (
+    "rounds",
+    "local_steps",
+    "sample_rate",
+    "clients",
+    "client_steps",
+    "evaluate_every",
+    "engine",
+    "corpus",
+    "hyperlora_policy",
+    "hyperlora_residual",
+    "public_share",
+    "public_pretrain_rounds",
+)
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    """The results in ``paths`` — parts of one grid run as separate processes (a method or a
+    learning rate each) — as one result: their runs pooled and summarised again, so each
+    method's setting is chosen on val over every grid point any part ran. The parts must
+    share their setup (:data:`MERGE_KEYS`) and base-model test losses; a (method, setting,
+    seed) run in two parts must have the same result (runs are deterministic)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for path, part in zip(paths, parts, strict=True):
+        for key in MERGE_KEYS:
+            if part["setup"].get(key) != first["setup"].get(key):
+                raise ValueError(f"{path}: setup {key} {part['setup'].get(key)!r} != {first['setup'].get(key)!r}")
+        if part["base_test"] != first["base_test"]:
+            raise ValueError(f"{path}: another base model (its base test losses differ from {paths[0]}'s)")
+        for run in part["runs"]:
+            key = (run["method"], run["setting"], run["seed"])
+            if key in runs and runs[key]["test"] != run["test"]:
+                raise ValueError(f"{path}: run {key} differs from the same run in another part")
+            runs.setdefault(key, run)
+    pooled = list(runs.values())
+    grid = {
+        m: sorted({r["setting"] for r in pooled if r["method"] == m})
+        for m in dict.fromkeys(r["method"] for r in pooled)
+    }
+    seeds = sorted({run["seed"] for run in pooled})
+    return {
+        "complete": all(part.get("complete", True) for part in parts),
+        "machine": first.get("machine", machine_info()),
+        "protocol": SELECTION_RULE,
+        "grid": grid,
+        "setup": first["setup"] | {"seeds": seeds},
+        "merged_from": [str(p) for p in paths],
+        "runs": pooled,
+        "base_test": first["base_test"],
+        **summarise(pooled, first["base_test"]),
+    }
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    print()
+    print(
+        format_table(result["table"], title="Mean test loss at the selected round, setting chosen on val (nats/byte)")
+    )
+    print()
+    print(format_table(result["per_client"], title="Per client: test loss (mean over seeds) of each chosen setting"))
+    if result["pairwise"]:
+        print()
+        print(format_table(result["pairwise"]))
+
+
 def base_config(
     quick: bool, rounds: int | None, train_kib: float | None = None, domains: tuple[str, ...] | None = None
 ) -> RunConfig:
@@ -271,7 +353,18 @@ def main(argv: list[str] | None = None) -> int:
         help="share of the pretraining text withheld from the base model for public pseudo-clients",
     )
     parser.add_argument("--public-pretrain-rounds", type=int, default=None, help="HyperLoRA's public pretraining")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULT",
+        help="pool the runs of these results (parts of one grid, same setup) into --out and summarise; runs nothing",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = merge(args.merge)
+        print_tables(merged)
+        write_result(args.out, merged)
+        return 0
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     grid = CHOSEN if args.chosen else GRID
     config = base_config(args.quick, args.rounds, args.train_kib)
@@ -314,15 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_setting(config, args.methods, seeds, on_run=lambda r: _write_quietly(partial, document(r)), grid=grid)
     partial.unlink(missing_ok=True)
     out = document(result)
-    print()
-    print(
-        format_table(result["table"], title="Mean test loss at the selected round, setting chosen on val (nats/byte)")
-    )
-    print()
-    print(format_table(result["per_client"], title="Per client: test loss (mean over seeds) of each chosen setting"))
-    if result["pairwise"]:
-        print()
-        print(format_table(result["pairwise"]))
+    print_tables(result)
     write_result(args.out, out)
     return 0
 

@@ -2,6 +2,7 @@
 
 Run:  python bench/personalisation_sweep.py [--out bench/results/personalisation_sweep.json]
                                             [--quick] [--cells 0 1 …] [--seeds 0 1 2] [--report]
+                                            [--public-share 0.5 --public-pretrain-rounds 30]
 
 Cells: data per client (4 / 16 / 64 KiB of train text) × heterogeneity — one domain (code:
 three standard-library packages cut into three clients each) against three (code, docs,
@@ -16,6 +17,11 @@ Each cell is saved to ``<out stem>/<cell>.json`` as soon as it is done, so cells
 separate processes (``--cells 0 2 4`` and ``--cells 1 3 5``) and a cut-off sweep keeps its
 cells; ``--report`` (also run after the cells) merges what is there into the summary JSON
 and draws ``<out stem>.png``.
+
+With ``--public-pretrain-rounds N`` HyperLoRA's hypernetwork is first pretrained on public
+pseudo-clients (``--public-share``: the share of the pretraining text withheld from the base
+model for them), and every method runs at :data:`~bench.personalisation.CHOSEN_PUBLIC`,
+the setting the grid chose on validation in that setup.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.personalisation import CHOSEN, base_config, budget, run_setting  # noqa: E402
+from bench.personalisation import CHOSEN, CHOSEN_PUBLIC, base_config, budget, run_setting  # noqa: E402
 from bench.results_io import machine_info, write_result  # noqa: E402
 from hyperfed.config import EvaluationConfig, RunConfig  # noqa: E402
 from hyperfed.experiment import SELECTION_RULE  # noqa: E402
@@ -113,7 +119,7 @@ def plot(cells: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def report(out: Path, cells_dir: Path, quick: bool) -> dict[str, Any]:
+def report(out: Path, cells_dir: Path, quick: bool, public: bool = False) -> dict[str, Any]:
     """Merge every saved cell (in :data:`CELLS` order) into ``out`` and draw the plot."""
     cells = {}
     for name, *_ in CELLS:
@@ -128,7 +134,9 @@ def report(out: Path, cells_dir: Path, quick: bool) -> dict[str, Any]:
         "complete": len(cells) == len(CELLS),
         "machine": machine_info(),
         "protocol": SELECTION_RULE,
-        "setting": {m: {k: list(v) for k, v in axes.items()} for m, axes in CHOSEN.items()},
+        "setting": {
+            m: {k: list(v) for k, v in axes.items()} for m, axes in (CHOSEN_PUBLIC if public else CHOSEN).items()
+        },
         "setup": first["setup"],
         "summary": rows,
         "cells": {n: {k: c[k] for k in ("setup", "table", "per_client", "pairwise")} for n, c in cells.items()},
@@ -155,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         default="frozen",
         help="HyperLoRA's shared weights: frozen (+ client residuals, the default) or shared (no residuals)",
     )
+    parser.add_argument("--public-share", type=float, default=0.0, help="pretraining text withheld for public data")
+    parser.add_argument("--public-pretrain-rounds", type=int, default=0, help="HyperLoRA's public pretraining rounds")
     args = parser.parse_args(argv)
+    public = args.public_pretrain_rounds > 0
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -172,25 +183,30 @@ def main(argv: list[str] | None = None) -> int:
                 shared_policy=args.policy,
                 client_residual=args.policy == "frozen",
                 local=replace(fed.local, steps=fed.local.steps if args.quick else 5),
+                public_pretrain_rounds=args.public_pretrain_rounds,
             ),
+            base_model=replace(config.base_model, public_share=args.public_share),
         )
         cells_dir.mkdir(parents=True, exist_ok=True)
         for index in range(len(CELLS)) if args.cells is None else args.cells:
             cell = CELLS[index]
             cfg = cell_config(config, cell, args.quick)
-            result = run_setting(cfg, args.methods, seeds, label=f"{cell[0]:>15} ", grid=CHOSEN)
+            grid = CHOSEN_PUBLIC if public else CHOSEN
+            result = run_setting(cfg, args.methods, seeds, label=f"{cell[0]:>15} ", grid=grid)
             setup = budget(cfg, len(result["base_test"])) | {
                 "seeds": seeds,
                 "engine": cfg.engine,
                 "corpus": repr(cfg.corpus),
                 "hyperlora_policy": args.policy,
+                "public_share": args.public_share,
+                "public_pretrain_rounds": args.public_pretrain_rounds,
                 "methods": [method_label(m) for m in args.methods],
             }
             (cells_dir / f"{cell[0]}.json").write_text(json.dumps({"setup": setup, **result}, indent=1, default=str))
             print(format_table(result["table"], title=f"{cell[0]}: mean test loss at the selected round"), flush=True)
         if args.cells is not None:  # a part of the sweep: the report comes from a later --report
             return 0
-    report(out, cells_dir, args.quick)
+    report(out, cells_dir, args.quick, public)
     return 0
 
 

@@ -139,3 +139,61 @@ def test_personalisation_sweep_quick_runs_every_cell_and_reports_each_methods_te
     assert main(["--report", "--out", str(part)]) == 0
     merged = json.loads(part.read_text())
     assert not merged["complete"] and [r["cell"] for r in merged["summary"]] == [CELLS[1][0]]
+
+
+def test_personalisation_sweep_with_public_pretraining_runs_the_public_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERFED_CACHE", str(tmp_path / "cache"))
+    from bench.personalisation import CHOSEN_PUBLIC
+    from bench.personalisation_sweep import CELLS, main
+
+    out = tmp_path / "public.json"
+    argv = ["--quick", "--seeds", "0", "--methods", "hyperlora", "--cells", "0", "--out", str(out)]
+    assert main([*argv, "--public-share", "0.5", "--public-pretrain-rounds", "2"]) == 0
+    cell = json.loads((tmp_path / "public" / f"{CELLS[0][0]}.json").read_text())
+    assert cell["setup"]["public_share"] == 0.5 and cell["setup"]["public_pretrain_rounds"] == 2
+    assert "public_share=0.5" in cell["setup"]["corpus"]  # the corpus cuts its pseudo-clients from the withheld half
+    server_lr = CHOSEN_PUBLIC["hyperlora"]["server_lr"][0]
+    assert [r["setting"] for r in cell["runs"]] == [f"local_lr=0.003 server_lr={server_lr:g}"]
+
+
+def _part(runs: list[tuple[str, str, int, float, float]], **setup: object) -> dict:
+    """A personalisation result holding ``runs`` as (method, setting, seed, val, test on both clients)."""
+    return {
+        "setup": {"rounds": 6, "corpus": "demo", "public_share": 0.5} | setup,
+        "base_test": {"a": 2.0, "b": 2.0},
+        "runs": [
+            {"method": m, "setting": s, "seed": seed, "mean_val": val, "mean_test": test, "selected_round": 2}
+            | {"test": {"a": test, "b": test}, "seconds": 1.0}
+            for m, s, seed, val, test in runs
+        ],
+    }
+
+
+def test_personalisation_merge_chooses_on_val_over_every_parts_grid_points(tmp_path):
+    from bench.personalisation import main
+
+    paths = [tmp_path / f"{name}.json" for name in ("lr1", "lr3", "local")]
+    parts = [
+        _part([("hyperlora", "lr=1", 0, 1.50, 1.61), ("hyperlora", "lr=1", 1, 1.52, 1.62)]),
+        _part([("hyperlora", "lr=3", 0, 1.49, 1.60), ("hyperlora", "lr=3", 1, 1.51, 1.64)]),
+        _part(
+            [("local", "lr=3", 0, 1.55, 1.63), ("local", "lr=3", 1, 1.55, 1.63), ("hyperlora", "lr=1", 0, 1.50, 1.61)]
+        ),
+    ]
+    for path, part in zip(paths, parts, strict=True):
+        path.write_text(json.dumps(part))
+    out = tmp_path / "merged.json"
+    assert main(["--merge", *map(str, paths), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert len(merged["runs"]) == 6  # the run both parts hold counts once
+    assert merged["grid"] == {"hyperlora": ["lr=1", "lr=3"], "local": ["lr=3"]} and merged["setup"]["seeds"] == [0, 1]
+    hyperlora = next(row for row in merged["table"] if row["method"] == "HyperLoRA")
+    assert hyperlora["setting"] == "lr=3"  # lower mean val (1.50 < 1.51), although its test is worse …
+    assert hyperlora["test_mean"] == pytest.approx(1.62)  # … and reported on test
+
+    paths[2].write_text(json.dumps(_part([("local", "lr=3", 0, 1.55, 1.63)], public_share=0.0)))
+    with pytest.raises(ValueError, match="public_share"):
+        main(["--merge", *map(str, paths), "--out", str(out)])
+    paths[2].write_text(json.dumps(_part([("hyperlora", "lr=1", 0, 1.50, 1.70)])))
+    with pytest.raises(ValueError, match="differs from the same run"):
+        main(["--merge", *map(str, paths), "--out", str(out)])
