@@ -113,14 +113,21 @@ def plot(cells: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("mean test loss − base model (nats/byte)")
         ax.set_title(title)
         ax.axhline(0, color="grey", lw=0.5)
-    panels["mixed domains"].legend(fontsize=8)
+    drawn = [ax for ax in panels.values() if ax.get_legend_handles_labels()[0]]
+    drawn[-1].legend(fontsize=8)  # one legend: the methods are the same in both panels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
 
-def report(out: Path, cells_dir: Path, quick: bool, public: bool = False) -> dict[str, Any]:
-    """Merge every saved cell (in :data:`CELLS` order) into ``out`` and draw the plot."""
+def chosen_grid(setup: dict[str, Any]) -> dict[str, dict[str, tuple[float, ...]]]:
+    """The one setting per method a cell with this ``setup`` runs at."""
+    return CHOSEN_PUBLIC if setup.get("public_pretrain_rounds", 0) > 0 else CHOSEN
+
+
+def report(out: Path, cells_dir: Path, quick: bool) -> dict[str, Any]:
+    """Merge every saved cell (in :data:`CELLS` order) into ``out`` and draw the plot; the
+    setting reported is the one the cells ran at (public pretraining: :data:`CHOSEN_PUBLIC`)."""
     cells = {}
     for name, *_ in CELLS:
         path = cells_dir / f"{name}.json"
@@ -134,9 +141,7 @@ def report(out: Path, cells_dir: Path, quick: bool, public: bool = False) -> dic
         "complete": len(cells) == len(CELLS),
         "machine": machine_info(),
         "protocol": SELECTION_RULE,
-        "setting": {
-            m: {k: list(v) for k, v in axes.items()} for m, axes in (CHOSEN_PUBLIC if public else CHOSEN).items()
-        },
+        "setting": {m: {k: list(v) for k, v in axes.items()} for m, axes in chosen_grid(first["setup"]).items()},
         "setup": first["setup"],
         "summary": rows,
         "cells": {n: {k: c[k] for k in ("setup", "table", "per_client", "pairwise")} for n, c in cells.items()},
@@ -166,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--public-share", type=float, default=0.0, help="pretraining text withheld for public data")
     parser.add_argument("--public-pretrain-rounds", type=int, default=0, help="HyperLoRA's public pretraining rounds")
     args = parser.parse_args(argv)
-    public = args.public_pretrain_rounds > 0
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -187,11 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
             base_model=replace(config.base_model, public_share=args.public_share),
         )
+        grid = chosen_grid({"public_pretrain_rounds": args.public_pretrain_rounds})
         cells_dir.mkdir(parents=True, exist_ok=True)
         for index in range(len(CELLS)) if args.cells is None else args.cells:
             cell = CELLS[index]
             cfg = cell_config(config, cell, args.quick)
-            grid = CHOSEN_PUBLIC if public else CHOSEN
             result = run_setting(cfg, args.methods, seeds, label=f"{cell[0]:>15} ", grid=grid)
             setup = budget(cfg, len(result["base_test"])) | {
                 "seeds": seeds,
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(result["table"], title=f"{cell[0]}: mean test loss at the selected round"), flush=True)
         if args.cells is not None:  # a part of the sweep: the report comes from a later --report
             return 0
-    report(out, cells_dir, args.quick, public)
+    report(out, cells_dir, args.quick)
     return 0
 
 

@@ -154,6 +154,18 @@ def test_personalisation_sweep_with_public_pretraining_runs_the_public_setting(t
     assert "public_share=0.5" in cell["setup"]["corpus"]  # the corpus cuts its pseudo-clients from the withheld half
     server_lr = CHOSEN_PUBLIC["hyperlora"]["server_lr"][0]
     assert [r["setting"] for r in cell["runs"]] == [f"local_lr=0.003 server_lr={server_lr:g}"]
+    assert main(["--report", "--out", str(out)]) == 0  # the report reads the setting from the cells
+    assert json.loads(out.read_text())["setting"]["hyperlora"]["server_lr"] == [server_lr]
+
+
+def test_personalisation_grid_point_sets_each_learning_rate_it_names():
+    from bench.personalisation import base_config, configure
+
+    base = base_config(quick=True, rounds=None)
+    fed = configure(base, "hyperlora", {"local_lr": 1e-3, "server_lr": 3e-3, "embedding_lr": 1e-2}, 1).federation
+    assert (fed.local.lr, fed.server.lr, fed.server.embedding_lr, fed.seed) == (1e-3, 3e-3, 1e-2, 1)
+    fed = configure(base, "local", {"local_lr": 3e-3}, 0).federation
+    assert fed.server.embedding_lr == base.federation.server.embedding_lr  # a point without it leaves it alone
 
 
 def _part(runs: list[tuple[str, str, int, float, float]], **setup: object) -> dict:
